@@ -1,0 +1,101 @@
+"""Bytes to an upright RGB picture, refusing anything that could hurt the worker.
+
+Pillow's own decompression-bomb limit (~179 MP) is far above what a classifier needs, so we check
+the declared size before decoding a single pixel, and we only open formats we mean to serve.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from handler_config import InputLimits
+from request_errors import RequestError, bad_request
+
+# Photo formats only. MPO is what many phone cameras write (a JPEG with extra frames).
+SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+_WHITE = (255, 255, 255)
+
+
+def decode_rgb(data: bytes, limits: InputLimits) -> Image.Image:
+    """Decode the first frame, apply EXIF orientation and convert any mode to 8-bit RGB."""
+    image = _open(data)
+    _check_size(image, limits)
+    try:
+        image.load()
+        return to_rgb(ImageOps.exif_transpose(image))
+    except Image.DecompressionBombError as error:
+        raise RequestError(413, "ImageTooLarge", str(error)) from None
+    except MemoryError:
+        raise
+    except Exception as error:  # Pillow parses hostile bytes; any failure there is the input's
+        raise bad_request(
+            "CorruptImage", f"the {image.format} image is truncated or corrupt: {error}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB the way a viewer would show it.
+
+    Transparent pixels are composited on white (a plain convert turns them black), and 16-bit
+    samples are scaled to 8 bits (a plain convert clips everything above 255 to white).
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        samples = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(np.clip(np.rint(samples), 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        background = Image.new("RGB", image.size, _WHITE)
+        background.paste(image, mask=image.convert("RGBA").getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _open(data: bytes) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+    except Image.DecompressionBombError as error:
+        raise RequestError(413, "ImageTooLarge", str(error)) from None
+    except UnidentifiedImageError:
+        pass
+    except MemoryError:
+        raise
+    except Exception as error:  # a header Pillow recognised but could not parse
+        raise bad_request("CorruptImage", f"the image header is corrupt: {error}") from None
+    other_format = _identify(data)
+    if other_format:
+        raise RequestError(
+            415, "UnsupportedFormat",
+            f"{other_format} images are not served; send one of {', '.join(SUPPORTED_FORMATS)}")
+    raise bad_request("InvalidImage", f"the {len(data)} bytes sent are not an image Pillow can read")
+
+
+def _identify(data: bytes) -> str | None:
+    """Name a format we refuse, so the client learns why (the header is read, never decoded)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.format
+    except Exception:  # any failure here only means "not an image at all"
+        return None
+
+
+def _check_size(image: Image.Image, limits: InputLimits) -> None:
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise bad_request("InvalidImage", f"the image declares an empty size {width}x{height}")
+    if width * height > limits.max_image_pixels:
+        raise RequestError(
+            413, "ImageTooLarge",
+            f"the image is {width}x{height} = {width * height:,} pixels; the limit is "
+            f"{limits.max_image_pixels:,}. Downscale it before sending")
+    aspect = max(width, height) / min(width, height)
+    if aspect > limits.max_aspect_ratio:
+        raise bad_request(
+            "ExtremeAspectRatio",
+            f"the image is {width}x{height} (aspect ratio {aspect:.0f}:1); the limit is "
+            f"{limits.max_aspect_ratio:g}:1. Crop it to the region to classify")

@@ -1,0 +1,68 @@
+"""Find the image bytes in one TorchServe request, whatever form the client sent them in.
+
+TorchServe hands the handler one dict per request, keyed by parameter name:
+- a raw body (`curl -T img.jpg`, `--data-binary @img.jpg`) arrives as bytes under "body";
+- a multipart form arrives with one key per field; we read the field "data";
+- a JSON body is parsed by TorchServe into a dict when its content type is application/json;
+  we read base64 from its "data" key. Invalid JSON stays bytes, so we parse again to say why.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, Mapping
+
+from request_errors import RequestError, bad_request
+
+IMAGE_FIELD = "data"
+RAW_BODY_FIELD = "body"
+
+
+def image_bytes(request: Mapping[str, Any], content_types: Mapping[str, str]) -> bytes:
+    """Return the image bytes of one request, or raise RequestError naming what is wrong.
+
+    `content_types` maps each field of the request to the content type the client declared.
+    """
+    field = IMAGE_FIELD if IMAGE_FIELD in request else RAW_BODY_FIELD
+    if field not in request:
+        sent = ", ".join(sorted(request)) or "none"
+        raise bad_request(
+            "MissingField", f"no '{IMAGE_FIELD}' field in the form (fields sent: {sent}); "
+            f"send the image as -F '{IMAGE_FIELD}=@image.jpg' or as the raw request body")
+    payload = request[field]
+    if isinstance(payload, (bytes, bytearray)) and not payload:
+        raise bad_request("EmptyBody", "the request body is empty; send the image bytes")
+    if _is_json(content_types.get(field)):
+        document = _parse_json(bytes(payload)) if isinstance(payload, (bytes, bytearray)) else payload
+        return _base64_field(document)
+    if isinstance(payload, (bytes, bytearray)):
+        return bytes(payload)
+    raise bad_request(
+        "InvalidImage", f"'{field}' holds text, not an image file; send the file's bytes "
+        f"(-F '{IMAGE_FIELD}=@image.jpg' or --data-binary @image.jpg)")
+
+
+def _is_json(content_type: str | None) -> bool:
+    return bool(content_type) and content_type.split(";")[0].strip().lower() == "application/json"
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise bad_request("InvalidJSON", f"the body is not valid JSON: {error}") from None
+
+
+def _base64_field(document: Any) -> bytes:
+    if not isinstance(document, Mapping) or not isinstance(document.get(IMAGE_FIELD), str):
+        raise bad_request(
+            "InvalidJSON", f'a JSON body must be {{"{IMAGE_FIELD}": "<base64 image>"}}')
+    try:
+        decoded = base64.b64decode(document[IMAGE_FIELD], validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise bad_request("InvalidBase64", f"'{IMAGE_FIELD}' is not valid base64: {error}") from None
+    if not decoded:
+        raise bad_request("EmptyBody", f"'{IMAGE_FIELD}' decodes to an empty image")
+    return decoded

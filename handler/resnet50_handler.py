@@ -1,0 +1,110 @@
+"""TorchServe handler for torchvision's ResNet50: decode -> transform -> batch -> forward -> top-k.
+
+Each request in a batch is decoded and transformed on its own; one that fails gets its own 4xx
+answer with a JSON body naming the problem, and its batch-mates are classified as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Union
+
+import torch
+import torchvision
+from ts.handler_utils.timer import timed
+from ts.torch_handler.base_handler import BaseHandler
+
+from classification_transforms import classification_preset
+from handler_config import HandlerConfig
+from image_decoding import decode_rgb
+from request_errors import RequestError
+from request_payloads import image_bytes
+
+logger = logging.getLogger(__name__)
+
+Prediction = list[dict[str, Any]]
+Prepared = Union[torch.Tensor, RequestError]
+
+
+class ResNet50Handler(BaseHandler):
+    """ImageNet classification with the preprocessing of the weights it was built with."""
+
+    def initialize(self, context: Any) -> None:
+        self.context = context
+        self.config = HandlerConfig.from_yaml(context.model_yaml_config.get("handler"))
+        self.device = self._select_device(context.system_properties.get("gpu_id"))
+        self.model = self._load_model(context)
+        self.transform = classification_preset(self.config.preprocess)
+        self.initialized = True
+        if self.config.random_weights:
+            logger.warning("This archive holds SEEDED RANDOM weights: its labels are meaningless")
+        logger.info("ResNet50 (%s) ready on %s with %d intra-op threads",
+                    self.config.weights, self.device, torch.get_num_threads())
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        started = time.perf_counter()
+        self.context = context
+        prepared = self.preprocess(data)
+        good = [i for i, item in enumerate(prepared) if isinstance(item, torch.Tensor)]
+        predictions = self.postprocess(self.inference(torch.stack([prepared[i] for i in good]))) if good else []
+        responses: list[Any] = [None] * len(prepared)
+        for index, prediction in zip(good, predictions):
+            responses[index] = prediction
+        for index, item in enumerate(prepared):
+            if isinstance(item, RequestError):
+                context.set_response_status(item.status, item.kind, index)
+                responses[index] = item.to_json()
+        context.metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 2), None, "ms")
+        return responses
+
+    @timed
+    def preprocess(self, data: list[dict[str, Any]]) -> list[Prepared]:
+        """Decode and transform each request; a bad one becomes its RequestError."""
+        return [self._prepare(index, request) for index, request in enumerate(data)]
+
+    @timed
+    def inference(self, batch: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Forward the stacked batch and return class probabilities."""
+        with torch.inference_mode():
+            batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            return torch.softmax(self.model(batch), dim=1)
+
+    @timed
+    def postprocess(self, probabilities: torch.Tensor) -> list[Prediction]:
+        """Top-k as an ordered list: ImageNet labels repeat, so a dict keyed by label would lose some."""
+        top = torch.topk(probabilities.float().cpu(), k=self.config.topk, dim=1)
+        categories = self.config.categories
+        return [
+            [{"label": categories[i], "index": i, "probability": p}
+             for i, p in zip(indices.tolist(), values.tolist())]
+            for values, indices in zip(top.values, top.indices)
+        ]
+
+    def _prepare(self, index: int, request: dict[str, Any]) -> Prepared:
+        try:
+            content_types = {field: self._field_content_type(index, field) for field in request}
+            image = decode_rgb(image_bytes(request, content_types), self.config.limits)
+            return self.transform(image)
+        except RequestError as error:
+            logger.info("Request %s rejected: %s", self.context.get_request_id(index), error.message)
+            return error
+
+    def _field_content_type(self, index: int, field: str) -> str:
+        header = self.context.get_request_header(index, field)
+        return header.get("content-type", "") if isinstance(header, dict) else ""
+
+    def _select_device(self, gpu_id: int | None) -> torch.device:
+        if gpu_id is not None and torch.cuda.is_available():
+            torch.cuda.set_device(int(gpu_id))
+            return torch.device("cuda", int(gpu_id))
+        return torch.device("cpu")
+
+    def _load_model(self, context: Any) -> torch.nn.Module:
+        """weights_only=True: an archive's weights are data, never code that runs on load."""
+        weights_path = os.path.join(context.system_properties["model_dir"],
+                                    context.manifest["model"]["serializedFile"])
+        model = torchvision.models.resnet50(weights=None, num_classes=len(self.config.categories))
+        model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+        return model.eval().to(self.device, memory_format=torch.channels_last)

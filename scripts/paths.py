@@ -1,0 +1,18 @@
+"""Where the project keeps things. Build outputs live under ignored folders, never in git."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDLER_DIR = ROOT / "handler"
+CONFIG_DIR = ROOT / "config"
+MODEL_CONFIG_DIR = CONFIG_DIR / "models" / "resnet50"
+MODEL_STORE = ROOT / "model_store"
+BUILD_DIR = ROOT / "build"
+RUN_DIR = ROOT / "run"
+MODEL_NAME = "resnet50"
+DEFAULT_VERSION = "2.0"
+SERVED_VERSIONS = ("1.0", "2.0")
+
+
+def archive_name(version: str) -> str:
+    return f"{MODEL_NAME}-{version}.mar"

@@ -1,0 +1,103 @@
+"""A small client for TorchServe's REST inference and management APIs, with token auth.
+
+Every TorchServe error is raised as ApiError carrying the server's own status and message, so
+callers can print one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+
+class ApiError(RuntimeError):
+    """TorchServe refused a call, or could not be reached (status 0)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}" if status else message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Tokens:
+    inference: str
+    management: str
+
+    @classmethod
+    def from_key_file(cls, path: Path) -> "Tokens":
+        """TorchServe writes key_file.json into its working directory at start."""
+        try:
+            keys = json.loads(path.read_text())
+            return cls(inference=keys["inference"]["key"], management=keys["management"]["key"])
+        except FileNotFoundError:
+            raise ApiError(0, f"no key file at {path}: is the server running? Start it with `make serve`") from None
+        except (KeyError, TypeError, json.JSONDecodeError) as error:
+            raise ApiError(0, f"{path} is not a TorchServe key file ({error!r})") from None
+
+
+class RestClient:
+    def __init__(self, inference_url: str, management_url: str, tokens: Tokens, timeout: float = 120.0) -> None:
+        self.inference_url = inference_url.rstrip("/")
+        self.management_url = management_url.rstrip("/")
+        self.tokens = tokens
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    # Inference API
+    def ping(self) -> dict[str, Any]:
+        return self._call("GET", f"{self.inference_url}/ping", self.tokens.inference)
+
+    def predict(self, model: str, image: bytes, version: str | None = None,
+                content_type: str = "application/octet-stream") -> Any:
+        path = f"{model}/{version}" if version else model
+        return self._call("POST", f"{self.inference_url}/predictions/{path}", self.tokens.inference,
+                          data=image, headers={"Content-Type": content_type})
+
+    # Management API
+    def list_models(self) -> dict[str, Any]:
+        return self._call("GET", f"{self.management_url}/models", self.tokens.management)
+
+    def describe(self, model: str, version: str = "all") -> list[dict[str, Any]]:
+        return self._call("GET", f"{self.management_url}/models/{model}/{version}", self.tokens.management)
+
+    def register(self, archive: str, initial_workers: int, synchronous: bool = True) -> dict[str, Any]:
+        params = {"url": archive, "initial_workers": initial_workers, "synchronous": str(synchronous).lower()}
+        return self._call("POST", f"{self.management_url}/models", self.tokens.management, params=params)
+
+    def set_default(self, model: str, version: str) -> dict[str, Any]:
+        return self._call("PUT", f"{self.management_url}/models/{model}/{version}/set-default",
+                          self.tokens.management)
+
+    def scale(self, model: str, version: str, min_workers: int, max_workers: int) -> dict[str, Any]:
+        params = {"min_worker": min_workers, "max_worker": max_workers, "synchronous": "true"}
+        return self._call("PUT", f"{self.management_url}/models/{model}/{version}", self.tokens.management,
+                          params=params)
+
+    def unregister(self, model: str, version: str) -> dict[str, Any]:
+        return self._call("DELETE", f"{self.management_url}/models/{model}/{version}", self.tokens.management)
+
+    def _call(self, method: str, url: str, token: str, **kwargs: Any) -> Any:
+        headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
+        try:
+            response = self.session.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
+        except requests.ConnectionError:
+            raise ApiError(0, f"cannot reach TorchServe at {url}: is it running? (`make serve`)") from None
+        except requests.Timeout:
+            raise ApiError(0, f"TorchServe did not answer {method} {url} within {self.timeout:g} s") from None
+        body = _json_or_text(response)
+        if response.status_code >= 400:
+            message = body.get("message", body) if isinstance(body, dict) else body
+            raise ApiError(response.status_code, str(message))
+        return body
+
+
+def _json_or_text(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text

@@ -1,0 +1,183 @@
+"""Start, wait for, and stop one TorchServe instance living in its own run folder.
+
+The run folder holds everything the instance writes: its config.properties, key_file.json
+(TorchServe writes it to its working directory), logs/ and tmp/ (TorchServe keeps its pid file
+in the temp dir, so two instances side by side need two temp dirs).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from scripts.java_runtime import java_home
+from scripts.paths import CONFIG_DIR, MODEL_STORE, RUN_DIR
+from scripts.rest_api import ApiError, RestClient, Tokens
+from scripts.worker_plan import WorkerPlan
+
+HOST = "127.0.0.1"
+
+
+class ServerError(RuntimeError):
+    """The server did not start or stop as asked; the message says why and where to look."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    inference: int = 8080
+    management: int = 8081
+    metrics: int = 8082
+    grpc_inference: int = 7070
+    grpc_management: int = 7071
+
+    @classmethod
+    def free(cls) -> "Ports":
+        """Five ports the OS says are free now (for tests and side-by-side servers)."""
+        sockets = [socket.socket() for _ in range(5)]
+        try:
+            for sock in sockets:
+                sock.bind((HOST, 0))
+            return cls(*(sock.getsockname()[1] for sock in sockets))
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+@dataclass(frozen=True)
+class Server:
+    run_dir: Path = RUN_DIR
+    model_store: Path = MODEL_STORE
+    ports: Ports = field(default_factory=Ports)
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://{HOST}:{self.ports.inference}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{HOST}:{self.ports.management}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{HOST}:{self.ports.metrics}/metrics"
+
+    @property
+    def key_file(self) -> Path:
+        return self.run_dir / "key_file.json"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def config_file(self) -> Path:
+        return self.run_dir / "config.properties"
+
+    def client(self, timeout: float = 120.0) -> RestClient:
+        return RestClient(self.inference_url, self.management_url, Tokens.from_key_file(self.key_file), timeout)
+
+    def environment(self, plan: WorkerPlan | None = None) -> dict[str, str]:
+        env = dict(os.environ, TMPDIR=str(self.run_dir / "tmp"), TEMP=str(self.run_dir / "tmp"),
+                   JAVA_HOME=str(java_home()), LOG_LOCATION=str(self.log_dir),
+                   METRICS_LOCATION=str(self.log_dir))
+        if plan is not None:
+            # Workers inherit the frontend's environment; torch reads this for its intra-op threads.
+            env["OMP_NUM_THREADS"] = str(plan.threads_per_worker)
+        return env
+
+    def pid(self) -> int | None:
+        """The frontend's pid, if this instance is running."""
+        pid_file = self.run_dir / "tmp" / ".model_server.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+            return pid if "org.pytorch.serve.ModelServer" in psutil.Process(pid).cmdline() else None
+        except (FileNotFoundError, ValueError, psutil.Error):
+            return None
+
+
+def write_config(server: Server, plan: WorkerPlan) -> Path:
+    """config/config.properties plus this instance's ports, store and GPU count (later lines win)."""
+    overrides = {
+        "inference_address": server.inference_url,
+        "management_address": server.management_url,
+        "metrics_address": f"http://{HOST}:{server.ports.metrics}",
+        "grpc_inference_port": server.ports.grpc_inference,
+        "grpc_management_port": server.ports.grpc_management,
+        "model_store": server.model_store.resolve(),
+        "number_of_gpu": plan.number_of_gpu,
+    }
+    base = (CONFIG_DIR / "config.properties").read_text()
+    lines = [f"{key}={value}" for key, value in overrides.items()]
+    server.config_file.write_text(base + "\n# Set by scripts/server.py for this instance\n" + "\n".join(lines) + "\n")
+    return server.config_file
+
+
+def start(server: Server, plan: WorkerPlan, timeout: float = 90.0) -> None:
+    """Start TorchServe in the background and return once its inference API answers ping."""
+    if server.pid() is not None:
+        raise ServerError(f"a TorchServe instance is already running from {server.run_dir} "
+                          f"(pid {server.pid()}); stop it first with `make stop`")
+    for folder in (server.run_dir / "tmp", server.log_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    server.key_file.unlink(missing_ok=True)
+    command = [str(Path(sys.executable).parent / "torchserve"), "--start", "--ncs",
+               "--ts-config", str(write_config(server, plan)), "--model-store", str(server.model_store)]
+    with open(server.log_dir / "console.log", "ab") as console:
+        launched = subprocess.run(command, cwd=server.run_dir, env=server.environment(plan),
+                                  stdout=console, stderr=subprocess.STDOUT)
+    if launched.returncode != 0:
+        raise ServerError(f"torchserve --start failed; see {server.log_dir / 'console.log'}")
+    wait_until_up(server, timeout)
+
+
+def wait_until_up(server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.pid() is None and time.monotonic() > deadline - timeout + 5:
+            raise ServerError(f"TorchServe exited during start-up:\n{log_excerpt(server)}")
+        if server.key_file.is_file():
+            try:
+                server.client(timeout=2).ping()
+                return
+            except ApiError:
+                pass
+        time.sleep(0.5)
+    raise ServerError(f"TorchServe did not answer within {timeout:g} s:\n{log_excerpt(server)}")
+
+
+def stop(server: Server, timeout: float = 60.0) -> bool:
+    """Stop the frontend and every worker it started; returns False if nothing was running."""
+    pid = server.pid()
+    if pid is None:
+        return False
+    processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    subprocess.run([str(Path(sys.executable).parent / "torchserve"), "--stop", "--foreground"],
+                   cwd=server.run_dir, env=server.environment(), capture_output=True, timeout=timeout + 10)
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    for process in alive:  # workers that outlived their frontend
+        process.kill()
+    psutil.wait_procs(alive, timeout=10)
+    return True
+
+
+def log_excerpt(server: Server, lines: int = 30) -> str:
+    """The lines of TorchServe's logs that explain a failure: errors first, then the tail."""
+    excerpt: list[str] = []
+    for name in ("model_log.log", "ts_log.log", "console.log"):
+        path = server.log_dir / name
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace").splitlines()
+        relevant = [line for line in text if any(word in line for word in ("ERROR", "Error", "Traceback", "Exception"))]
+        chosen = (relevant or text)[-lines:]
+        if chosen:
+            excerpt.append(f"--- {path} ---")
+            excerpt.extend(chosen)
+    return "\n".join(excerpt) or f"(no logs in {server.log_dir})"
