@@ -14,8 +14,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from handler_config import InputLimits
 from request_errors import RequestError, bad_request
 
-# Photo formats only. MPO is what many phone cameras write (a JPEG with extra frames).
-SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Photo formats only. Pillow's JPEG opener also reads MPO, what many phone cameras write.
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 _WHITE = (255, 255, 255)
 

@@ -20,32 +20,49 @@ IMAGE_FIELD = "data"
 RAW_BODY_FIELD = "body"
 
 
-def image_bytes(request: Mapping[str, Any], content_types: Mapping[str, str]) -> bytes:
+def image_bytes(request: Mapping[str, Any], headers: Mapping[str, Any]) -> bytes:
     """Return the image bytes of one request, or raise RequestError naming what is wrong.
 
-    `content_types` maps each field of the request to the content type the client declared.
+    `headers` is the request's header map as TorchServe builds it: each field name maps to
+    {"content-type": ...}, and the HTTP headers map to their values.
     """
     field = IMAGE_FIELD if IMAGE_FIELD in request else RAW_BODY_FIELD
     if field not in request:
-        sent = ", ".join(sorted(request)) or "none"
-        raise bad_request(
-            "MissingField", f"no '{IMAGE_FIELD}' field in the form (fields sent: {sent}); "
-            f"send the image as -F '{IMAGE_FIELD}=@image.jpg' or as the raw request body")
+        raise _missing_field(request, headers)
     payload = request[field]
     if isinstance(payload, (bytes, bytearray)) and not payload:
         raise bad_request("EmptyBody", "the request body is empty; send the image bytes")
-    if _is_json(content_types.get(field)):
+    if _is_json(_field_content_type(headers, field)):
         document = _parse_json(bytes(payload)) if isinstance(payload, (bytes, bytearray)) else payload
         return _base64_field(document)
     if isinstance(payload, (bytes, bytearray)):
         return bytes(payload)
     raise bad_request(
         "InvalidImage", f"'{field}' holds text, not an image file; send the file's bytes "
-        f"(-F '{IMAGE_FIELD}=@image.jpg' or --data-binary @image.jpg)")
+        f"(-F '{IMAGE_FIELD}=@image.jpg' or -T image.jpg)")
 
 
-def _is_json(content_type: str | None) -> bool:
-    return bool(content_type) and content_type.split(";")[0].strip().lower() == "application/json"
+def _missing_field(request: Mapping[str, Any], headers: Mapping[str, Any]) -> RequestError:
+    declared = next((str(value) for name, value in headers.items() if name.lower() == "content-type"), "")
+    if declared.startswith("application/x-www-form-urlencoded"):
+        # curl --data-binary sends this type unless told otherwise, and TorchServe parses such a
+        # body as form fields, which mangles binary data.
+        return bad_request(
+            "UnsupportedContentType", "the body was sent as application/x-www-form-urlencoded "
+            "(curl --data-binary's default); add -H 'Content-Type: image/jpeg' or use -T image.jpg")
+    sent = ", ".join(sorted(request)) or "none"
+    return bad_request(
+        "MissingField", f"no '{IMAGE_FIELD}' field in the form (fields sent: {sent}); "
+        f"send the image as -F '{IMAGE_FIELD}=@image.jpg' or as the raw request body")
+
+
+def _field_content_type(headers: Mapping[str, Any], field: str) -> str:
+    value = headers.get(field)
+    return value.get("content-type", "") if isinstance(value, Mapping) else ""
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type.split(";")[0].strip().lower() == "application/json"
 
 
 def _parse_json(raw: bytes) -> Any:

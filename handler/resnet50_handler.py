@@ -84,16 +84,12 @@ class ResNet50Handler(BaseHandler):
 
     def _prepare(self, index: int, request: dict[str, Any]) -> Prepared:
         try:
-            content_types = {field: self._field_content_type(index, field) for field in request}
-            image = decode_rgb(image_bytes(request, content_types), self.config.limits)
+            headers = self.context.get_all_request_header(index)
+            image = decode_rgb(image_bytes(request, headers), self.config.limits)
             return self.transform(image)
         except RequestError as error:
             logger.info("Request %s rejected: %s", self.context.get_request_id(index), error.message)
             return error
-
-    def _field_content_type(self, index: int, field: str) -> str:
-        header = self.context.get_request_header(index, field)
-        return header.get("content-type", "") if isinstance(header, dict) else ""
 
     def _select_device(self, gpu_id: int | None) -> torch.device:
         if gpu_id is not None and torch.cuda.is_available():

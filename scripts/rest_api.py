@@ -62,8 +62,10 @@ class RestClient:
     def list_models(self) -> dict[str, Any]:
         return self._call("GET", f"{self.management_url}/models", self.tokens.management)
 
-    def describe(self, model: str, version: str = "all") -> list[dict[str, Any]]:
-        return self._call("GET", f"{self.management_url}/models/{model}/{version}", self.tokens.management)
+    def describe(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
+        """One version, "all" of them, or (None) the default version."""
+        path = f"{model}/{version}" if version else model
+        return self._call("GET", f"{self.management_url}/models/{path}", self.tokens.management)
 
     def register(self, archive: str, initial_workers: int, synchronous: bool = True) -> dict[str, Any]:
         params = {"url": archive, "initial_workers": initial_workers, "synchronous": str(synchronous).lower()}

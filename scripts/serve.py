@@ -1,0 +1,93 @@
+"""`make serve`: build the archives, start TorchServe, register 1.0 and 2.0, classify a photo.
+
+Exits non-zero with the relevant log lines if anything fails, and leaves no server behind then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import matplotlib.cbook
+
+from scripts import build_archives
+from scripts.paths import DEFAULT_VERSION, MODEL_NAME, MODEL_STORE, RUN_DIR, SERVED_VERSIONS, archive_name
+from scripts.rest_api import ApiError, RestClient
+from scripts.server import Ports, Server, ServerError, log_excerpt, start, stop
+from scripts.weights import OFFICIAL, RANDOM, WeightsError
+from scripts.worker_plan import Machine, WorkerPlan, plan_from_environment
+
+
+def sample_photo() -> Path:
+    """Grace Hopper in uniform: ImageNet classifiers usually answer "military uniform"."""
+    return Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
+def register_versions(client: RestClient, versions: tuple[str, ...], workers: int, default: str) -> None:
+    """Register each version with its workers (synchronously), then make `default` the default.
+
+    TorchServe ignores `defaultVersion` at start-up and defaults to the first version registered,
+    so the default is set explicitly and read back.
+    """
+    for version in versions:
+        client.register(archive_name(version), initial_workers=workers)
+    client.set_default(MODEL_NAME, default)
+    served = client.describe(MODEL_NAME)[0]["modelVersion"]
+    if served != default:
+        raise ServerError(f"asked for default version {default} but TorchServe serves {served}")
+
+
+def format_predictions(predictions: list[dict]) -> str:
+    rows = [f"  {p['probability']:7.2%}  {p['label']}  (class {p['index']})" for p in predictions]
+    return "\n".join(rows)
+
+
+def curl_command(server: Server, photo: Path) -> str:
+    """The token is read from the key file at run time, so it never lands in shell history."""
+    token = f"$(python3 -c \"import json; print(json.load(open('{server.key_file}'))['inference']['key'])\")"
+    return f'curl -H "Authorization: Bearer {token}" -T {photo} {server.inference_url}/predictions/{MODEL_NAME}'
+
+
+
+def serve(weights: str, server: Server, plan: WorkerPlan) -> int:
+    for version in SERVED_VERSIONS:
+        print(f"archive: {build_archives.build(version, weights, server.model_store)}")
+    print(f"workers: {plan.describe()}")
+    start(server, plan)
+    try:
+        client = server.client()
+        register_versions(client, SERVED_VERSIONS, plan.workers_per_version, DEFAULT_VERSION)
+        photo = sample_photo()
+        predictions = client.predict(MODEL_NAME, photo.read_bytes(), content_type="image/jpeg")
+    except (ApiError, ServerError) as error:
+        print(f"error: {error}\n{log_excerpt(server)}", file=sys.stderr)
+        stop(server)
+        print("TorchServe was stopped.", file=sys.stderr)
+        return 1
+    if weights == RANDOM:
+        print("\n!!! SEEDED RANDOM WEIGHTS: these labels are meaningless. Use WEIGHTS=official. !!!")
+    print(f"\n{MODEL_NAME} {DEFAULT_VERSION} (default; also serving {', '.join(SERVED_VERSIONS)}) "
+          f"on {photo.name}:\n{format_predictions(predictions)}\n")
+    print(f"Try it yourself:\n  {curl_command(server, photo)}\n")
+    print(f"Logs: {server.log_dir}   Metrics: {server.metrics_url}\nStop: make stop")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--weights", default=os.environ.get("WEIGHTS") or OFFICIAL,
+                        help="official (default), random, or a folder holding torchvision's files")
+    args = parser.parse_args(argv)
+    server = Server(run_dir=RUN_DIR, model_store=MODEL_STORE, ports=Ports())
+    try:
+        plan = plan_from_environment(Machine.detect())
+        return serve(args.weights, server, plan)
+    except (WeightsError, ServerError, ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""`make stop`: stop the TorchServe started by `make serve`, workers included."""
+
+from __future__ import annotations
+
+import sys
+
+from scripts.server import Server, stop
+
+
+def main() -> int:
+    server = Server()
+    if stop(server):
+        print(f"TorchServe ({server.run_dir}) stopped; no worker left behind.")
+    else:
+        print(f"No TorchServe is running from {server.run_dir}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Shared fixtures: seeded random weights, a handler in-process, and one real TorchServe.
+
+TorchServe puts the archive's folder on sys.path so the handler's modules import each other
+flat; the tests do the same with handler/.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "handler"))
+sys.path.insert(0, str(ROOT))
+
+from scripts import build_archives  # noqa: E402
+from scripts.paths import DEFAULT_VERSION, SERVED_VERSIONS  # noqa: E402
+from scripts.rest_api import RestClient  # noqa: E402
+from scripts.serve import register_versions  # noqa: E402
+from scripts.server import Ports, Server, start, stop  # noqa: E402
+from scripts.weights import RANDOM  # noqa: E402
+from scripts.worker_plan import WorkerPlan  # noqa: E402
+
+# One worker per version, two threads: this machine has two cores.
+TEST_PLAN = WorkerPlan(workers_per_version=1, number_of_gpu=0, threads_per_worker=2)
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("model_store")
+    for version in SERVED_VERSIONS:
+        build_archives.build(version, RANDOM, store)
+    return store
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iterator[Server]:
+    """One TorchServe for the whole session: free ports, its own run dir and TMPDIR, token auth on."""
+    instance = Server(run_dir=tmp_path_factory.mktemp("run"), model_store=model_store, ports=Ports.free())
+    start(instance, TEST_PLAN)
+    try:
+        register_versions(instance.client(), SERVED_VERSIONS, TEST_PLAN.workers_per_version, DEFAULT_VERSION)
+        yield instance
+    finally:
+        stop(instance)
+
+
+@pytest.fixture(scope="session")
+def client(server: Server) -> RestClient:
+    return server.client()

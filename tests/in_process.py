@@ -1,0 +1,98 @@
+"""Run the handler in this process exactly as a TorchServe worker does, without a server.
+
+The archive is loaded by TorchServe's own model loader, requests are decoded from the same wire
+frames the frontend sends (so JSON and text bodies are parsed as in a worker), and a batch goes
+through the same steps as `ts.service.Service.predict`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ts
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+from ts.model_loader import TsModelLoader
+from ts.protocol.otf_message_handler import _retrieve_input_data
+from ts.service import Service
+
+METRICS_CONFIG = Path(ts.__file__).parent / "configs" / "metrics.yaml"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request as the frontend forwards it: its parameters and HTTP headers."""
+
+    parameters: tuple[tuple[str, str, bytes], ...]  # (name, content type, raw bytes)
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def raw(cls, body: bytes, content_type: str = "image/jpeg") -> "Request":
+        return cls((("body", content_type, body),), (("Content-Type", content_type),))
+
+    @classmethod
+    def form(cls, **fields: bytes) -> "Request":
+        return cls(tuple((name, "application/octet-stream", value) for name, value in fields.items()),
+                   (("Content-Type", "multipart/form-data; boundary=x"),))
+
+    @classmethod
+    def json(cls, document: Any) -> "Request":
+        raw = document if isinstance(document, bytes) else json.dumps(document).encode()
+        return cls.raw(raw, "application/json")
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: Any
+
+
+class InProcessModel:
+    def __init__(self, archive: Path, extract_to: Path, batch_size: int = 8) -> None:
+        with zipfile.ZipFile(archive) as mar:
+            mar.extractall(extract_to)
+        self.service = TsModelLoader().load(
+            "resnet50", str(extract_to), handler="resnet50_handler", gpu_id=None, batch_size=batch_size,
+            metrics_cache=MetricsCacheYamlImpl(str(METRICS_CONFIG)))
+
+    @property
+    def handler(self) -> Any:
+        return self.service._entry_point.__self__
+
+    def infer(self, requests: list[Request]) -> list[Response]:
+        batch = [_wire_request(f"request-{i}", request) for i, request in enumerate(requests)]
+        headers, inputs, ids = Service.retrieve_data_for_inference(batch)
+        context = self.service.context
+        context.request_ids = ids
+        context.request_processor = headers
+        context.metrics.request_ids = ids
+        outputs = self.service._entry_point(inputs, context)
+        assert len(outputs) == len(requests), "one response per request"
+        return [Response(context.get_response_status(i)[0] or 200, output) for i, output in enumerate(outputs)]
+
+
+def _wire_request(request_id: str, request: Request) -> dict[str, Any]:
+    return {
+        "requestId": request_id.encode(),
+        "headers": [{"name": name.encode(), "value": value.encode()} for name, value in request.headers],
+        "parameters": [_wire_parameter(*parameter) for parameter in request.parameters],
+    }
+
+
+def _wire_parameter(name: str, content_type: str, value: bytes) -> dict[str, Any]:
+    """Decode one parameter frame with TorchServe's own decoder."""
+    frame = b"".join(struct.pack("!i", len(part)) + part for part in (name.encode(), content_type.encode(), value))
+    return _retrieve_input_data(_Socket(frame))
+
+
+class _Socket:
+    def __init__(self, data: bytes) -> None:
+        self._stream = io.BytesIO(data)
+
+    def recv(self, size: int) -> bytes:
+        return self._stream.read(size)

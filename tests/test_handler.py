@@ -1,0 +1,126 @@
+"""The handler in-process: fidelity to torchvision's own pipeline, payload forms and batching."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torchvision.models import ResNet50_Weights
+
+from handler_config import HandlerConfig
+from image_decoding import decode_rgb
+from images import encode, photo_bytes, sample_photo
+from in_process import InProcessModel, Request
+from scripts.paths import archive_name
+
+WEIGHTS = {"1.0": ResNet50_Weights.IMAGENET1K_V1, "2.0": ResNet50_Weights.IMAGENET1K_V2}
+
+
+@pytest.fixture(scope="module", params=sorted(WEIGHTS))
+def model(request: pytest.FixtureRequest, model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> InProcessModel:
+    version = request.param
+    loaded = InProcessModel(model_store / archive_name(version), tmp_path_factory.mktemp(f"model-{version}"))
+    loaded.version = version
+    return loaded
+
+
+def reference_weights(model: InProcessModel) -> ResNet50_Weights:
+    return WEIGHTS[model.version]
+
+
+@pytest.mark.parametrize("size, mode", [
+    ((640, 480), "RGB"), ((333, 500), "RGB"), ((224, 224), "RGB"), ((1500, 1000), "RGB"),
+    ((97, 61), "RGB"), ((500, 375), "L"), ((500, 375), "CMYK"), ((400, 300), "P"), ((400, 300), "RGBA"),
+])
+def test_preprocessing_matches_torchvision(model: InProcessModel, size: tuple[int, int], mode: str) -> None:
+    image = sample_photo().resize(size).convert(mode)
+    data = encode(image, "PNG" if mode in ("P", "RGBA") else "JPEG" if mode != "CMYK" else "TIFF")
+    ours = model.handler.transform(decode_rgb(data, model.handler.config.limits))
+    theirs = reference_weights(model).transforms()(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert ours.shape == theirs.shape == (3, 224, 224)
+    assert (ours - theirs).abs().max().item() <= 1e-5
+
+
+def test_archive_carries_the_weights_preprocessing(model: InProcessModel) -> None:
+    config: HandlerConfig = model.handler.config
+    preset = reference_weights(model).transforms()
+    assert config.preprocess.resize_size == preset.resize_size[0] == {"1.0": 256, "2.0": 232}[model.version]
+    assert config.preprocess.crop_size == 224
+    assert list(config.preprocess.mean) == preset.mean and list(config.preprocess.std) == preset.std
+    assert list(config.categories) == reference_weights(model).meta["categories"]
+    assert config.random_weights
+
+
+def test_outputs_match_direct_torchvision_inference(model: InProcessModel) -> None:
+    photos = [photo_bytes((640, 480)), photo_bytes((300, 450)), photo_bytes((800, 800))]
+    responses = model.infer([Request.raw(data) for data in photos])
+
+    weights_file = Path(model.service.context.system_properties["model_dir"]) / \
+        model.service.context.manifest["model"]["serializedFile"]
+    reference = torchvision.models.resnet50()
+    reference.load_state_dict(torch.load(weights_file, weights_only=True))
+    reference.eval()
+    preset = reference_weights(model).transforms()
+    batch = torch.stack([preset(Image.open(io.BytesIO(data)).convert("RGB")) for data in photos])
+    with torch.inference_mode():
+        probabilities = torch.softmax(reference(batch), dim=1)
+
+    for response, expected in zip(responses, probabilities):
+        assert response.status == 200
+        top = torch.topk(expected, k=5)
+        assert [p["index"] for p in response.body] == top.indices.tolist()
+        assert [p["probability"] for p in response.body] == pytest.approx(top.values.tolist(), abs=1e-4)
+        assert [p["label"] for p in response.body] == [preset_label(model, i) for i in top.indices.tolist()]
+
+
+def preset_label(model: InProcessModel, index: int) -> str:
+    return reference_weights(model).meta["categories"][index]
+
+
+def test_topk_is_an_ordered_list_of_label_index_probability(model: InProcessModel) -> None:
+    [response] = model.infer([Request.raw(photo_bytes())])
+    assert response.status == 200
+    assert [set(p) for p in response.body] == [{"label", "index", "probability"}] * 5
+    probabilities = [p["probability"] for p in response.body]
+    assert probabilities == sorted(probabilities, reverse=True)
+
+
+def test_labels_carry_their_class_index(model: InProcessModel) -> None:
+    """ImageNet names repeat in some lists ("crane", "maillot"): the index is what identifies a class."""
+    [response] = model.infer([Request.raw(photo_bytes())])
+    assert [p["label"] for p in response.body] == [model.handler.config.categories[p["index"]] for p in response.body]
+
+
+def test_every_payload_form_gives_the_same_answer(model: InProcessModel) -> None:
+    data = photo_bytes((400, 300))
+    responses = model.infer([
+        Request.raw(data),
+        Request.raw(data, "application/octet-stream"),
+        Request.form(data=data),
+        Request.json({"data": base64.b64encode(data).decode()}),
+    ])
+    assert {r.status for r in responses} == {200}
+    assert all(r.body == responses[0].body for r in responses)
+
+
+def test_a_batch_of_n_gives_n_answers_in_order(model: InProcessModel) -> None:
+    photos = [photo_bytes((300 + 50 * i, 300)) for i in range(5)]
+    batched = model.infer([Request.raw(data) for data in photos])
+    alone = [model.infer([Request.raw(data)])[0] for data in photos]
+    assert len(batched) == len(photos)
+    for one, together in zip(alone, batched):
+        assert [p["index"] for p in together.body] == [p["index"] for p in one.body]
+        assert [p["probability"] for p in together.body] == pytest.approx([p["probability"] for p in one.body], abs=1e-5)
+
+
+def test_a_bad_request_fails_alone_in_its_batch(model: InProcessModel) -> None:
+    good = photo_bytes()
+    responses = model.infer([Request.raw(good), Request.raw(b"not an image"), Request.raw(good)])
+    assert [r.status for r in responses] == [200, 400, 200]
+    assert responses[1].body["type"] == "InvalidImage"
+    assert responses[0].body == responses[2].body

@@ -1,0 +1,80 @@
+"""Against a real TorchServe: ping, both versions, every payload form, describe, auth."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import requests
+
+from images import photo_bytes
+from scripts.paths import MODEL_NAME
+from scripts.rest_api import ApiError, RestClient
+from scripts.server import Server
+
+
+def post(server: Server, path: str, token: str | None, content_type: str | None = None,
+         **kwargs: object) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if content_type:
+        headers["Content-Type"] = content_type
+    return requests.post(f"{server.inference_url}/{path}", headers=headers, timeout=60, **kwargs)
+
+
+def test_ping_reports_healthy(client: RestClient) -> None:
+    assert client.ping() == {"status": "Healthy"}
+
+
+@pytest.mark.parametrize("path", [f"predictions/{MODEL_NAME}", f"predictions/{MODEL_NAME}/1.0",
+                                  f"predictions/{MODEL_NAME}/2.0"])
+def test_every_payload_form_is_classified_alike(server: Server, client: RestClient, path: str) -> None:
+    image = photo_bytes((500, 400))
+    token = client.tokens.inference
+    answers = [
+        post(server, path, token, "image/jpeg", data=image),
+        requests.put(f"{server.inference_url}/{path}", data=image, timeout=60,
+                     headers={"Authorization": f"Bearer {token}"}),  # curl -T
+        post(server, path, token, files={"data": ("photo.jpg", image, "image/jpeg")}),
+        post(server, path, token, json={"data": base64.b64encode(image).decode()}),
+    ]
+    assert [answer.status_code for answer in answers] == [200] * 4
+    first = answers[0].json()
+    assert len(first) == 5 and {"label", "index", "probability"} == set(first[0])
+    for answer in answers[1:]:
+        assert [p["index"] for p in answer.json()] == [p["index"] for p in first]
+
+
+def test_the_default_version_is_2_0(client: RestClient) -> None:
+    image = photo_bytes()
+    assert client.predict(MODEL_NAME, image) == client.predict(MODEL_NAME, image, version="2.0")
+    assert client.predict(MODEL_NAME, image, version="1.0") != client.predict(MODEL_NAME, image, version="2.0")
+    assert client.describe(MODEL_NAME)[0]["modelVersion"] == "2.0"
+
+
+def test_describe_lists_both_versions_with_ready_workers(client: RestClient) -> None:
+    described = {entry["modelVersion"]: entry for entry in client.describe(MODEL_NAME, "all")}
+    assert set(described) >= {"1.0", "2.0"}
+    for version in ("1.0", "2.0"):
+        assert described[version]["modelUrl"] == f"{MODEL_NAME}-{version}.mar"
+        assert [worker["status"] for worker in described[version]["workers"]] == ["READY"]
+        assert described[version]["batchSize"] == 8
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token"])
+def test_inference_needs_the_inference_token(server: Server, token: str | None) -> None:
+    answer = post(server, f"predictions/{MODEL_NAME}", token, data=photo_bytes())
+    assert answer.status_code == 400
+    assert answer.json()["type"] == "InvalidKeyException"
+
+
+def test_management_refuses_the_inference_token(server: Server, client: RestClient) -> None:
+    answer = requests.get(f"{server.management_url}/models", timeout=30,
+                          headers={"Authorization": f"Bearer {client.tokens.inference}"})
+    assert answer.status_code == 400
+    assert answer.json()["type"] == "InvalidKeyException"
+
+
+def test_an_unknown_version_is_404(client: RestClient) -> None:
+    with pytest.raises(ApiError) as refused:
+        client.predict(MODEL_NAME, photo_bytes(), version="9.9")
+    assert refused.value.status == 404
