@@ -1,0 +1,63 @@
+"""Weights provisioning (verification, offline messages) and the worker-placement rule."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+
+from scripts import weights
+from scripts.weights import WeightsError, random_weights_file, weights_file
+from scripts.worker_plan import Machine, plan_workers
+
+V2_FILE = "resnet50-11ad3fa6.pth"
+
+
+def test_random_weights_are_seeded() -> None:
+    first = torch.load(random_weights_file(seed=1), weights_only=True)
+    torch.manual_seed(1)
+    import torchvision
+    again = torchvision.models.resnet50().state_dict()
+    assert all(torch.equal(first[name], again[name]) for name in again)
+
+
+def test_a_local_folder_without_the_file_says_what_to_put_where(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match=f"put torchvision's {V2_FILE}"):
+        weights_file("IMAGENET1K_V2", str(tmp_path))
+
+
+def test_a_corrupt_local_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / V2_FILE).write_bytes(b"not the weights")
+    with pytest.raises(WeightsError, match="corrupt or not torchvision's file"):
+        weights_file("IMAGENET1K_V2", str(tmp_path))
+
+
+def test_offline_download_says_how_to_provide_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(weights, "download_url_to_file", no_network)
+    monkeypatch.setattr(weights, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(WeightsError) as refused:
+        weights_file("IMAGENET1K_V2")
+    message = str(refused.value)
+    assert "Copy that file into" in message and "WEIGHTS=<folder>" in message and "WEIGHTS=random" in message
+
+
+@pytest.mark.parametrize("cores, gpus, expected", [
+    (2, (), (1, 0, 2)),            # this machine: one worker, both cores
+    (16, (), (4, 0, 4)),           # one worker per 4 cores
+    (16, (80.0,), (2, 1, 8)),      # one H100: two workers
+    (32, (80.0,) * 4, (8, 4, 4)),  # four GPUs: two workers on each
+    (8, (3.0,), (1, 1, 8)),        # a small GPU fits one worker
+])
+def test_the_worker_rule(cores: int, gpus: tuple[float, ...], expected: tuple[int, int, int]) -> None:
+    plan = plan_workers(Machine(cores=cores, gpu_memory_gib=gpus))
+    assert (plan.workers_per_version, plan.number_of_gpu, plan.threads_per_worker) == expected
+
+
+def test_every_part_of_the_rule_can_be_overridden() -> None:
+    plan = plan_workers(Machine(cores=16, gpu_memory_gib=(80.0, 80.0)), workers=3, num_gpus=1, threads_per_worker=5)
+    assert (plan.workers_per_version, plan.number_of_gpu, plan.threads_per_worker) == (3, 1, 5)
