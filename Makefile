@@ -10,7 +10,7 @@ export VENV PYTHON
 
 setup: $(VENV)/.setup-done
 
-$(VENV)/.setup-done: requirements.txt requirements-dev.txt requirements-java.txt scripts/setup.sh
+$(VENV)/.setup-done: requirements.txt requirements-dev.txt requirements-java.txt scripts/setup.sh scripts/grpc_stubs.py
 	scripts/setup.sh
 	touch $@
 

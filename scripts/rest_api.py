@@ -93,8 +93,9 @@ class RestClient:
             raise ApiError(0, f"TorchServe did not answer {method} {url} within {self.timeout:g} s") from None
         body = _json_or_text(response)
         if response.status_code >= 400:
-            message = body.get("message", body) if isinstance(body, dict) else body
-            raise ApiError(response.status_code, str(message))
+            if isinstance(body, dict) and "message" in body:
+                body = f"{body['type']}: {body['message']}" if body.get("type") else body["message"]
+            raise ApiError(response.status_code, str(body))
         return body
 
 

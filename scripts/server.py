@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -22,7 +23,22 @@ from scripts.paths import CONFIG_DIR, MODEL_STORE, RUN_DIR
 from scripts.rest_api import ApiError, RestClient, Tokens
 from scripts.worker_plan import WorkerPlan
 
+if TYPE_CHECKING:
+    from scripts.grpc_client import GrpcClient
+
 HOST = "127.0.0.1"
+DEFAULT_MAX_REQUEST_SIZE = 6553500  # TorchServe's own default
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """A Java .properties file as TorchServe reads it: `key=value` lines, the last one wins."""
+    properties = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            properties[key.strip()] = value.strip()
+    return properties
 
 
 class ServerError(RuntimeError):
@@ -82,6 +98,27 @@ class Server:
 
     def client(self, timeout: float = 120.0) -> RestClient:
         return RestClient(self.inference_url, self.management_url, Tokens.from_key_file(self.key_file), timeout)
+
+    def grpc_client(self, timeout: float = 120.0) -> "GrpcClient":
+        from scripts.grpc_client import GrpcClient  # grpc is only loaded by those who use it
+
+        return GrpcClient(f"{HOST}:{self.ports.grpc_inference}", f"{HOST}:{self.ports.grpc_management}",
+                          Tokens.from_key_file(self.key_file), self.max_request_size(), timeout, self.model_store)
+
+    def max_request_size(self) -> int:
+        return int(read_properties(self.config_file).get("max_request_size", DEFAULT_MAX_REQUEST_SIZE))
+
+    @classmethod
+    def from_run_dir(cls, run_dir: Path = RUN_DIR) -> "Server":
+        """The instance a `make serve` started, found from the config it wrote into its run dir."""
+        config_file = run_dir / "config.properties"
+        if not config_file.is_file():
+            raise ServerError(f"no server config in {run_dir}: start the server with `make serve`")
+        properties = read_properties(config_file)
+        port = lambda key: int(properties[key].rsplit(":", 1)[-1])  # noqa: E731
+        return cls(run_dir=run_dir, model_store=Path(properties["model_store"]), ports=Ports(
+            port("inference_address"), port("management_address"), port("metrics_address"),
+            port("grpc_inference_port"), port("grpc_management_port")))
 
     def environment(self, plan: WorkerPlan | None = None) -> dict[str, str]:
         env = dict(os.environ, TMPDIR=str(self.run_dir / "tmp"), TEMP=str(self.run_dir / "tmp"),

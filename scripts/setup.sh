@@ -21,3 +21,6 @@ if ! "$VENV/bin/python" -c "from scripts.java_runtime import java_home; java_hom
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-java.txt
 fi
 "$VENV/bin/python" -c "from scripts.java_runtime import java_home; print('java:', java_home())"
+
+# gRPC stubs, generated from the .proto files inside the installed TorchServe.
+"$VENV/bin/python" -m scripts.grpc_stubs

@@ -1,0 +1,54 @@
+"""Generate Python gRPC stubs from the .proto files inside the installed TorchServe.
+
+The protos ship in ts/frontend/model-server.jar, so the stubs always match the server that is
+installed; nothing is copied into the repository. google/rpc/status.proto, which they import,
+comes from the googleapis-common-protos package. Output: scripts/torchserve_grpc/ (ignored).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import grpc_tools
+import ts
+from grpc_tools import protoc
+
+from scripts.paths import ROOT
+
+PACKAGE = "scripts/torchserve_grpc"
+PROTOS = ("inference.proto", "management.proto")
+JAR = Path(ts.__file__).parent / "frontend" / "model-server.jar"
+
+
+def generate() -> Path:
+    """(Re)generate the stubs; the protos are placed under PACKAGE so the imports are absolute."""
+    from google.rpc import status_pb2  # googleapis-common-protos ships status.proto beside it
+
+    output = ROOT / PACKAGE
+    with tempfile.TemporaryDirectory() as proto_root, zipfile.ZipFile(JAR) as jar:
+        (Path(proto_root) / PACKAGE).mkdir(parents=True)
+        for name in PROTOS:
+            (Path(proto_root) / PACKAGE / name).write_bytes(jar.read(f"proto/{name}"))
+        includes = [proto_root, str(Path(status_pb2.__file__).parents[2]),
+                    str(Path(grpc_tools.__file__).parent / "_proto")]
+        arguments = ["grpc_tools.protoc", *(f"-I{path}" for path in includes),
+                     f"--python_out={ROOT}", f"--grpc_python_out={ROOT}",
+                     *(f"{PACKAGE}/{name}" for name in PROTOS)]
+        if protoc.main(arguments) != 0:
+            raise RuntimeError(f"protoc failed on the protos from {JAR}")
+    (output / "__init__.py").write_text('"""Generated from TorchServe\'s model-server.jar by scripts/grpc_stubs.py."""\n')
+    return output
+
+
+def ensure() -> None:
+    """Generate the stubs if this checkout has none yet (for example right after a clone)."""
+    if not (ROOT / PACKAGE / "management_pb2_grpc.py").is_file():
+        generate()
+
+
+if __name__ == "__main__":
+    print(f"gRPC stubs: {generate()}")
+    sys.exit(0)

@@ -1,0 +1,151 @@
+"""Version management over REST and gRPC against the real server: the canary workflow and its errors.
+
+Each test leaves the server as it found it: 1.0 and 2.0 registered, 2.0 the default.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from images import photo_bytes
+from scripts import build_archives
+from scripts.paths import MODEL_NAME, archive_name
+from scripts.rest_api import ApiError, Tokens
+from scripts.server import Server
+from scripts.weights import RANDOM
+
+
+@pytest.fixture(scope="module")
+def canary_archive(model_store: Path) -> str:
+    """A rebuild of 2.0's recipe as version 2.1, in the server's model store."""
+    return build_archives.build("2.1", RANDOM, model_store, recipe_version="2.0").name
+
+
+@pytest.fixture(params=["rest", "grpc"])
+def api(request: pytest.FixtureRequest, server: Server) -> Iterator[Any]:
+    client = server.grpc_client() if request.param == "grpc" else server.client()
+    yield client
+    restore(server)
+
+
+def restore(server: Server) -> None:
+    rest = server.client()
+    rest.set_default(MODEL_NAME, "2.0")
+    for entry in rest.describe(MODEL_NAME, "all"):
+        if entry["modelVersion"] not in ("1.0", "2.0"):
+            rest.unregister(MODEL_NAME, entry["modelVersion"])
+
+
+def versions(api: Any) -> set[str]:
+    return {entry["modelVersion"] for entry in api.describe(MODEL_NAME, "all")}
+
+
+def test_list_and_describe(api: Any) -> None:
+    assert MODEL_NAME in [model["modelName"] for model in api.list_models()["models"]]
+    assert versions(api) == {"1.0", "2.0"}
+    assert api.describe(MODEL_NAME)[0]["modelVersion"] == "2.0"
+    [one] = api.describe(MODEL_NAME, "1.0")
+    assert one["modelVersion"] == "1.0" and one["workers"][0]["status"] == "READY"
+
+
+def test_canary_promote_rollback_unregister(api: Any, canary_archive: str) -> None:
+    image = photo_bytes()
+    assert "registered" in api.register(canary_archive, initial_workers=1)["status"]
+    assert versions(api) == {"1.0", "2.0", "2.1"}
+    canary = api.predict(MODEL_NAME, image, version="2.1")
+    assert api.predict(MODEL_NAME, image) == api.predict(MODEL_NAME, image, version="2.0")
+
+    api.set_default(MODEL_NAME, "2.1")
+    assert api.describe(MODEL_NAME)[0]["modelVersion"] == "2.1"
+    assert api.predict(MODEL_NAME, image) == canary
+
+    api.set_default(MODEL_NAME, "2.0")  # roll back
+    assert api.describe(MODEL_NAME)[0]["modelVersion"] == "2.0"
+    api.unregister(MODEL_NAME, "2.1")
+    assert versions(api) == {"1.0", "2.0"}
+
+
+def test_scale_workers(api: Any) -> None:
+    api.scale(MODEL_NAME, "1.0", min_workers=2, max_workers=2)
+    try:
+        workers = api.describe(MODEL_NAME, "1.0")[0]["workers"]
+        assert [worker["status"] for worker in workers] == ["READY", "READY"]
+    finally:
+        api.scale(MODEL_NAME, "1.0", min_workers=1, max_workers=1)
+    assert len(api.describe(MODEL_NAME, "1.0")[0]["workers"]) == 1
+
+
+def refused(call: Any, *args: Any) -> ApiError:
+    with pytest.raises(ApiError) as error:
+        call(*args)
+    return error.value
+
+
+def test_a_duplicate_version_is_refused(api: Any) -> None:
+    error = refused(api.register, archive_name("2.0"), 1)
+    assert error.status == 409 and "already registered" in error.message
+
+
+@pytest.mark.parametrize("model, version", [("no-such-model", None), (MODEL_NAME, "9.9")])
+def test_an_unknown_model_or_version_is_404(api: Any, model: str, version: str | None) -> None:
+    assert refused(api.describe, model, version).status == 404
+    assert refused(api.predict, model, photo_bytes(), version).status == 404
+    if version:
+        assert refused(api.set_default, model, version).status == 404
+        assert refused(api.unregister, model, version).status == 404
+
+
+def test_the_default_cannot_be_unregistered_while_others_exist(api: Any) -> None:
+    error = refused(api.unregister, MODEL_NAME, "2.0")
+    assert error.status == 403 and "default version" in error.message
+    assert versions(api) == {"1.0", "2.0"}
+
+
+def test_an_archive_missing_from_the_store_is_404(api: Any) -> None:
+    error = refused(api.register, "resnet50-7.7.mar", 1)
+    assert error.status == 404 and "resnet50-7.7.mar" in error.message
+
+
+@pytest.mark.parametrize("url", ["https://example.com/resnet50.mar", "http://127.0.0.1:9/evil.mar",
+                                 "file:///etc/passwd", "../model_store/resnet50-2.0.mar"])
+def test_urls_outside_the_model_store_are_refused(api: Any, url: str) -> None:
+    error = refused(api.register, url, 1)
+    assert error.status == 404 and ("allowed URL" in error.message or "Relative path" in error.message)
+
+
+def test_an_absolute_path_outside_the_model_store_is_refused(api: Any, server: Server, tmp_path: Path) -> None:
+    outside = tmp_path / "resnet50-3.0.mar"
+    shutil.copy(server.model_store / archive_name("2.0"), outside)
+    assert refused(api.register, str(outside), 1).status in (400, 404)
+    assert versions(api) == {"1.0", "2.0"}
+
+
+@pytest.mark.parametrize("tokens", [Tokens("wrong", "wrong"), Tokens("", "")])
+def test_a_wrong_or_missing_token_is_refused(server: Server, tokens: Tokens) -> None:
+    from scripts.grpc_client import GrpcClient
+    from scripts.rest_api import RestClient
+
+    rest = RestClient(server.inference_url, server.management_url, tokens)
+    grpc = GrpcClient(f"127.0.0.1:{server.ports.grpc_inference}", f"127.0.0.1:{server.ports.grpc_management}",
+                      tokens, server.max_request_size())
+    for client, status, marker in ((rest, 400, "Token Authorization failed"), (grpc, 403, "PERMISSION_DENIED")):
+        for error in (refused(client.predict, MODEL_NAME, photo_bytes()), refused(client.list_models)):
+            assert error.status == status and marker in error.message
+
+
+def test_an_image_rest_accepts_is_accepted_over_grpc(server: Server) -> None:
+    """Bigger than gRPC's default 4 MiB message limit, within max_request_size."""
+    import numpy as np
+    from PIL import Image
+
+    from images import encode
+
+    noise = np.random.default_rng(0).integers(0, 256, (1400, 1400, 3), dtype=np.uint8)
+    image = encode(Image.fromarray(noise), "PNG")
+    assert 4 * 2**20 < len(image) < server.max_request_size()
+    by_rest = server.client().predict(MODEL_NAME, image)
+    assert server.grpc_client().predict(MODEL_NAME, image) == by_rest
