@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "handler"))
 sys.path.insert(0, str(ROOT))
 
 from scripts import build_archives  # noqa: E402
-from scripts.paths import DEFAULT_VERSION, SERVED_VERSIONS  # noqa: E402
+from scripts.paths import DEFAULT_VERSION, MODEL_NAME, SERVED_VERSIONS, archive_name  # noqa: E402
 from scripts.rest_api import RestClient  # noqa: E402
 from scripts.serve import register_versions  # noqa: E402
 from scripts.server import Ports, Server, start, stop  # noqa: E402
@@ -48,6 +48,24 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Itera
         stop(instance)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def client(server: Server) -> RestClient:
+    """Per test: it reads the key file, which a restart (tests/test_faults.py) rewrites."""
     return server.client()
+
+
+@pytest.fixture(scope="session")
+def canary_archive(model_store: Path) -> str:
+    """A rebuild of 2.0's recipe as version 2.1, in the server's model store."""
+    return build_archives.build("2.1", RANDOM, model_store, recipe_version="2.0").name
+
+
+def restore(server: Server) -> None:
+    """Put the server back as the session started it: 1.0 and 2.0 served, 2.0 the default."""
+    rest = server.client()
+    served = {entry["modelVersion"] for entry in rest.describe(MODEL_NAME, "all")}
+    for version in set(SERVED_VERSIONS) - served:
+        rest.register(archive_name(version), TEST_PLAN.workers_per_version)
+    rest.set_default(MODEL_NAME, DEFAULT_VERSION)
+    for version in served - set(SERVED_VERSIONS):
+        rest.unregister(MODEL_NAME, version)

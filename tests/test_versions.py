@@ -11,18 +11,11 @@ from typing import Any, Iterator
 
 import pytest
 
+from conftest import restore
 from images import photo_bytes
-from scripts import build_archives
 from scripts.paths import MODEL_NAME, archive_name
 from scripts.rest_api import ApiError, Tokens
 from scripts.server import Server
-from scripts.weights import RANDOM
-
-
-@pytest.fixture(scope="module")
-def canary_archive(model_store: Path) -> str:
-    """A rebuild of 2.0's recipe as version 2.1, in the server's model store."""
-    return build_archives.build("2.1", RANDOM, model_store, recipe_version="2.0").name
 
 
 @pytest.fixture(params=["rest", "grpc"])
@@ -30,14 +23,6 @@ def api(request: pytest.FixtureRequest, server: Server) -> Iterator[Any]:
     client = server.grpc_client() if request.param == "grpc" else server.client()
     yield client
     restore(server)
-
-
-def restore(server: Server) -> None:
-    rest = server.client()
-    rest.set_default(MODEL_NAME, "2.0")
-    for entry in rest.describe(MODEL_NAME, "all"):
-        if entry["modelVersion"] not in ("1.0", "2.0"):
-            rest.unregister(MODEL_NAME, entry["modelVersion"])
 
 
 def versions(api: Any) -> set[str]:

@@ -1,0 +1,150 @@
+"""A bounded soak: sustained good and bad requests against a running server, then a verdict.
+
+    python -m scripts.soak --minutes 10 --concurrency 16
+
+Reports unexpected answers (a good image not answered 200, a bad one not answered its 4xx),
+worker restarts (worker ids or pids that changed), and each worker's memory after warm-up and
+at the end. It only talks to the server on loopback and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.cbook
+import psutil
+import requests
+from PIL import Image
+
+from scripts.paths import MODEL_NAME, RUN_DIR
+from scripts.server import Server, ServerError
+
+
+def _encode(image: Image.Image, format: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def request_mix() -> list[tuple[str, bytes, int]]:
+    """(name, body, expected status): real-size photos and the bad inputs clients really send."""
+    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as photo:
+        photo = photo.convert("RGB")
+        good = [(f"jpeg {w}x{h}", _encode(photo.resize((w, h)), "JPEG"), 200)
+                for w, h in ((640, 480), (1024, 768), (1600, 1200))]
+        jpeg = good[0][1]
+        bad = [("empty", b"", 400), ("not an image", b"hello, world", 400),
+               ("truncated", jpeg[: len(jpeg) // 3], 400), ("unsupported", _encode(photo, "PPM")[:200_000], 415)]
+    return good * 4 + bad  # about one request in four is bad
+
+
+@dataclass
+class SoakReport:
+    seconds: float
+    requests: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    unexpected: list[str] = field(default_factory=list)
+    workers_before: dict[str, int] = field(default_factory=dict)
+    workers_after: dict[str, int] = field(default_factory=dict)
+    memory_after_warmup_mib: dict[str, float] = field(default_factory=dict)
+    memory_at_end_mib: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def worker_restarts(self) -> int:
+        return sum(1 for worker, pid in self.workers_before.items() if self.workers_after.get(worker) != pid)
+
+    @property
+    def memory_growth_mib(self) -> float:
+        return max((self.memory_at_end_mib.get(w, 0.0) - m for w, m in self.memory_after_warmup_mib.items()),
+                   default=0.0)
+
+    def summary(self) -> str:
+        return "\n".join([
+            f"duration: {self.seconds:.0f} s, requests: {self.requests} ({self.requests / self.seconds:.1f}/s)",
+            f"statuses: {dict(sorted(self.statuses.items()))}",
+            f"unexpected answers: {len(self.unexpected)}" + "".join(f"\n  {u}" for u in self.unexpected[:10]),
+            f"worker restarts: {self.worker_restarts}",
+            "worker memory (MiB) after warm-up -> end: " + ", ".join(
+                f"{w}: {m:.0f} -> {self.memory_at_end_mib.get(w, 0):.0f}"
+                for w, m in sorted(self.memory_after_warmup_mib.items())),
+            f"largest growth after warm-up: {self.memory_growth_mib:.1f} MiB",
+        ])
+
+
+def workers(server: Server) -> dict[str, int]:
+    """Worker id -> pid, for every version of the model."""
+    return {f"{entry['modelVersion']}/{worker['id']}": worker["pid"]
+            for entry in server.client().describe(MODEL_NAME, "all") for worker in entry["workers"]}
+
+
+def memory_mib(pids: dict[str, int]) -> dict[str, float]:
+    usage = {}
+    for worker, pid in pids.items():
+        try:
+            usage[worker] = psutil.Process(pid).memory_info().rss / 2**20
+        except psutil.Error:
+            usage[worker] = 0.0
+    return usage
+
+
+def soak(server: Server, seconds: float, concurrency: int, warmup_fraction: float = 0.25) -> SoakReport:
+    mix = request_mix()
+    token = server.client().tokens.inference
+    url = f"{server.inference_url}/predictions/{MODEL_NAME}"
+    report = SoakReport(seconds=seconds, workers_before=workers(server))
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        with requests.Session() as session:
+            while time.monotonic() < deadline:
+                name, body, expected = rng.choice(mix)
+                try:
+                    status = session.post(url, data=body, timeout=60, headers={
+                        "Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}).status_code
+                except requests.RequestException as error:
+                    status, name = 0, f"{name}: {type(error).__name__}"
+                with lock:
+                    report.requests += 1
+                    report.statuses[status] += 1
+                    if status != expected:
+                        report.unexpected.append(f"{name}: expected {expected}, got {status}")
+
+    threads = [threading.Thread(target=client, args=(seed,), daemon=True) for seed in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds * warmup_fraction)
+    report.memory_after_warmup_mib = memory_mib(report.workers_before)
+    for thread in threads:
+        thread.join()
+    report.workers_after = workers(server)
+    report.memory_at_end_mib = memory_mib(report.workers_after)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
+    args = parser.parse_args(argv)
+    try:
+        report = soak(Server.from_run_dir(args.run_dir), args.minutes * 60, args.concurrency)
+    except ServerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0 if not report.unexpected and not report.worker_restarts else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
