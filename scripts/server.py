@@ -124,7 +124,7 @@ class Server:
         env = dict(os.environ, TMPDIR=str(self.run_dir / "tmp"), TEMP=str(self.run_dir / "tmp"),
                    JAVA_HOME=str(java_home()), LOG_LOCATION=str(self.log_dir),
                    METRICS_LOCATION=str(self.log_dir))
-        if plan is not None:
+        if plan is not None and plan.threads_per_worker:
             # Workers inherit the frontend's environment; torch reads this for its intra-op threads.
             env["OMP_NUM_THREADS"] = str(plan.threads_per_worker)
         return env

@@ -39,12 +39,12 @@ class Machine:
 class WorkerPlan:
     workers_per_version: int
     number_of_gpu: int
-    threads_per_worker: int
+    threads_per_worker: int | None  # None: torch's default (every core), as stock TorchServe runs
 
     def describe(self) -> str:
         device = f"{self.number_of_gpu} GPU(s)" if self.number_of_gpu else "CPU"
-        return (f"{self.workers_per_version} worker(s) per version on {device}, "
-                f"{self.threads_per_worker} CPU thread(s) each")
+        threads = self.threads_per_worker or "all"
+        return f"{self.workers_per_version} worker(s) per version on {device}, {threads} CPU thread(s) each"
 
 
 def plan_workers(machine: Machine, workers: int | None = None, num_gpus: int | None = None,
