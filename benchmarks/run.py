@@ -23,10 +23,11 @@ import platform
 import subprocess
 import sys
 import time
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import requests
 import torch
@@ -35,11 +36,12 @@ from PIL import Image
 
 from benchmarks.stock_archive import STOCK_NAME, build_stock_archive
 from scripts import build_archives
+from scripts.compile_forward import PACKAGE_NAME
 from scripts.paths import DEFAULT_VERSION, MODEL_NAME, ROOT, archive_name
 from scripts.serve import sample_photo
 from scripts.server import Ports, Server, start, stop
 from scripts.weights import RANDOM, weights_file
-from scripts.worker_plan import Machine, WorkerPlan, plan_workers
+from scripts.worker_plan import Machine, WorkerPlan, plan_from_environment
 
 RESULTS = ROOT / "results"
 INPUT_SIZES = ((640, 480), (800, 600), (1024, 768), (1280, 960), (1440, 1080), (1632, 1224))
@@ -74,20 +76,32 @@ def make_inputs(folder: Path) -> Path:
 
 
 def raw_forward(seconds: float, threads: int) -> dict[str, float]:
-    """Images per second of the bare fp32 forward pass on synthetic input: no decode, no server."""
+    """(c) Images per second of the bare eager fp32 forward on synthetic input: no decode, no server."""
     torch.set_num_threads(threads)
     model = torchvision.models.resnet50().eval().to(memory_format=torch.channels_last)
-    results = {}
-    for batch_size in (1, 8):
-        batch = torch.randn(batch_size, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            model(batch)
-            images, started = 0, time.perf_counter()
-            while time.perf_counter() - started < seconds / 2:
-                model(batch)
-                images += batch_size
-        results[f"eager fp32 channels_last, batch {batch_size}"] = images / (time.perf_counter() - started)
-    return results
+    return {f"eager fp32 channels_last, batch {size}": images_per_second(model, size, seconds / 2)
+            for size in (1, 8)}
+
+
+def raw_compiled_forward(archive: Path, seconds: float, out: Path) -> dict[str, float]:
+    """(c') The same, through the AOTInductor package the archive carries (if it has one)."""
+    with zipfile.ZipFile(archive) as mar:
+        if PACKAGE_NAME not in mar.namelist():
+            return {}
+        package = mar.extract(PACKAGE_NAME, out)
+    compiled = torch._inductor.aoti_load_package(package)
+    return {"AOTInductor-compiled fp32, batch 8 (the handler's CPU forward)": images_per_second(compiled, 8, seconds / 2)}
+
+
+def images_per_second(forward: Callable[[torch.Tensor], torch.Tensor], batch_size: int, seconds: float) -> float:
+    batch = torch.randn(batch_size, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        forward(batch)
+        images, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            forward(batch)
+            images += batch_size
+    return images / (time.perf_counter() - started)
 
 
 def prometheus_totals(server: Server, model: str) -> dict[str, float]:
@@ -150,8 +164,8 @@ def load_steps(server: Server, model: str, target: str, concurrencies: list[int]
     return results
 
 
-def write_report(out: Path, raw: dict[str, float], results: list[LoadResult], args: argparse.Namespace,
-                 plan: WorkerPlan, stock_plan: WorkerPlan) -> Path:
+def write_report(out: Path, raw: dict[str, float], compiled_raw: dict[str, float], results: list[LoadResult],
+                 args: argparse.Namespace, plan: WorkerPlan, stock_plan: WorkerPlan) -> Path:
     best_raw = max(raw.values())
     at = lambda target, c: next((r for r in results if r.target == target and r.concurrency == c  # noqa: E731
                                  and r.protocol == "REST"), None)
@@ -167,11 +181,12 @@ def write_report(out: Path, raw: dict[str, float], results: list[LoadResult], ar
         f"- (a) ours: {plan.describe()}; (b) stock: {stock_plan.describe()}, batch size 1",
         f"- {args.seconds:.0f} s per step, inputs: JPEGs of {', '.join(f'{w}x{h}' for w, h in INPUT_SIZES)}",
         "",
-        "## Raw forward (c)",
+        "## Raw forward: (c) eager, (c') compiled",
         "",
         "| configuration | img/s |",
         "| --- | --- |",
-        *(f"| {name} | {value:.2f} |" for name, value in raw.items()),
+        *(f"| (c) {name} | {value:.2f} |" for name, value in raw.items()),
+        *(f"| (c') {name} | {value:.2f} |" for name, value in compiled_raw.items()),
         "",
         "## Served",
         "",
@@ -184,8 +199,11 @@ def write_report(out: Path, raw: dict[str, float], results: list[LoadResult], ar
         "",
     ]
     if ours and stock:
-        lines += [f"- a/b (ours / stock): **{ours.throughput / stock.throughput:.2f}x**",
-                  f"- a/c (ours / best raw forward): **{ours.throughput / best_raw:.2f}x**",
+        lines += [f"- a/b (ours / stock): **{ours.throughput / stock.throughput:.2f}x**"]
+    if ours:
+        lines += [f"- a/c (ours / best raw eager forward): **{ours.throughput / best_raw:.2f}x**",
+                  *(f"- a/c' (ours / raw compiled forward, the handler's own forward without serving): "
+                    f"**{ours.throughput / value:.2f}x**" for value in compiled_raw.values()),
                   f"- ours p99/p50: **{ours.p99_ms / ours.p50_ms:.2f}**"]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
@@ -229,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     store = out / "model_store"
     inputs = make_inputs(out / "inputs")
     machine = Machine.detect()
-    plan = plan_workers(machine)
+    plan = plan_from_environment(machine)
     stock_plan = WorkerPlan(workers_per_version=machine.cores, number_of_gpu=len(machine.gpu_memory_gib),
                             threads_per_worker=None)
 
@@ -238,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in raw.items():
         print(f"  {name}: {value:.2f} img/s")
 
-    build_archives.build(DEFAULT_VERSION, args.weights, store)
+    archive = build_archives.build(DEFAULT_VERSION, args.weights, store)
+    compiled_raw = raw_compiled_forward(archive, args.seconds, out)
+    for name, value in compiled_raw.items():
+        print(f"  {name}: {value:.2f} img/s")
     results = []
     print(f"(a) ours: {plan.describe()}")
     with serving(out / "run-ours", store, archive_name(DEFAULT_VERSION), plan) as server:
@@ -249,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(b) stock: {stock_plan.describe()}")
         with serving(out / "run-stock", store, stock_archive.name, stock_plan) as server:
             results += load_steps(server, STOCK_NAME, "stock", args.concurrency, ["REST"], args.seconds, inputs, out)
-    report = write_report(out, raw, results, args, plan, stock_plan)
+    report = write_report(out, raw, compiled_raw, results, args, plan, stock_plan)
     print(f"\n{report.read_text()}\nreport: {report}\nplot: {out / 'plot.png'}")
     return 0
 

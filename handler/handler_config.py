@@ -29,6 +29,15 @@ class InputLimits:
 
 
 @dataclass(frozen=True)
+class CompiledForwardConfig:
+    """An AOTInductor package of the CPU forward pass, built with the archive."""
+
+    package: str
+    cpu_capability: str
+    max_batch: int
+
+
+@dataclass(frozen=True)
 class HandlerConfig:
     weights: str
     preprocess: PreprocessConfig
@@ -36,6 +45,7 @@ class HandlerConfig:
     topk: int = 5
     random_weights: bool = False
     limits: InputLimits = field(default_factory=InputLimits)
+    compiled_forward: CompiledForwardConfig | None = None
 
     @classmethod
     def from_yaml(cls, section: Mapping[str, Any] | None) -> "HandlerConfig":
@@ -57,6 +67,8 @@ class HandlerConfig:
                 topk=int(section.get("topk", 5)),
                 random_weights=bool(section.get("random_weights", False)),
                 limits=InputLimits(**section.get("limits", {})),
+                compiled_forward=CompiledForwardConfig(**section["compiled_forward"])
+                if section.get("compiled_forward") else None,
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"invalid 'handler:' section in model-config.yaml: {error!r}") from error

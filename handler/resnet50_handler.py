@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Union
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Union
 
 import torch
 import torchvision
@@ -36,12 +37,16 @@ class ResNet50Handler(BaseHandler):
         self.config = HandlerConfig.from_yaml(context.model_yaml_config.get("handler"))
         self.device = self._select_device(context.system_properties.get("gpu_id"))
         self.model = self._load_model(context)
+        self.compiled_forward = self._load_compiled_forward(context)
         self.transform = classification_preset(self.config.preprocess)
+        # Decoding and resizing release the GIL, so a batch is preprocessed on all our threads.
+        self.preprocessing_pool = ThreadPoolExecutor(max_workers=torch.get_num_threads())
         self.initialized = True
         if self.config.random_weights:
             logger.warning("This archive holds SEEDED RANDOM weights: its labels are meaningless")
-        logger.info("ResNet50 (%s) ready on %s with %d intra-op threads",
-                    self.config.weights, self.device, torch.get_num_threads())
+        logger.info("ResNet50 (%s) ready on %s with %d intra-op threads, %s forward",
+                    self.config.weights, self.device, torch.get_num_threads(),
+                    "compiled" if self.compiled_forward else "eager")
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         started = time.perf_counter()
@@ -62,14 +67,15 @@ class ResNet50Handler(BaseHandler):
     @timed
     def preprocess(self, data: list[dict[str, Any]]) -> list[Prepared]:
         """Decode and transform each request; a bad one becomes its RequestError."""
-        return [self._prepare(index, request) for index, request in enumerate(data)]
+        return list(self.preprocessing_pool.map(self._prepare, range(len(data)), data))
 
     @timed
     def inference(self, batch: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Forward the stacked batch and return class probabilities."""
         with torch.inference_mode():
             batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            return torch.softmax(self.model(batch), dim=1)
+            compiled = self.compiled_forward and batch.shape[0] <= self.config.compiled_forward.max_batch
+            return torch.softmax((self.compiled_forward if compiled else self.model)(batch), dim=1)
 
     @timed
     def postprocess(self, probabilities: torch.Tensor) -> list[Prediction]:
@@ -90,6 +96,20 @@ class ResNet50Handler(BaseHandler):
         except RequestError as error:
             logger.info("Request %s rejected: %s", self.context.get_request_id(index), error.message)
             return error
+
+    def _load_compiled_forward(self, context: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The archive's AOTInductor package, where it was compiled for this kind of CPU."""
+        compiled = self.config.compiled_forward
+        if compiled is None or self.device.type != "cpu":
+            return None
+        here = torch.backends.cpu.get_cpu_capability()
+        if here != compiled.cpu_capability:
+            logger.warning("The archive's forward was compiled for %s CPUs and this one is %s: "
+                           "using the eager model. Rebuild the archive on this machine to compile it.",
+                           compiled.cpu_capability, here)
+            return None
+        package = os.path.join(context.system_properties["model_dir"], compiled.package)
+        return torch._inductor.aoti_load_package(package)
 
     def _select_device(self, gpu_id: int | None) -> torch.device:
         if gpu_id is not None and torch.cuda.is_available():

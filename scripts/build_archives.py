@@ -20,9 +20,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from torchvision.models import ResNet50_Weights
 
+from scripts.compile_forward import compile_cpu_forward, cpu_capability
 from scripts.paths import (BUILD_DIR, HANDLER_DIR, MODEL_CONFIG_DIR, MODEL_NAME, MODEL_STORE,
                            SERVED_VERSIONS, archive_name)
 from scripts.weights import OFFICIAL, RANDOM, WeightsError, weights_file
@@ -31,21 +33,31 @@ HANDLER_ENTRY = HANDLER_DIR / "resnet50_handler.py"
 
 
 def build(version: str, weights_source: str, model_store: Path = MODEL_STORE,
-          recipe_version: str | None = None) -> Path:
-    """Build one version's archive unless an identical one is already in the store."""
+          recipe_version: str | None = None, compile_cpu: bool = True) -> Path:
+    """Build one version's archive unless an identical one is already in the store.
+
+    With `compile_cpu`, the archive also carries the forward pass compiled for this machine's
+    CPU (scripts/compile_forward.py).
+    """
     config = archive_model_config(recipe_version or version, weights_source)
     weights = weights_file(config["handler"]["weights"], weights_source)
     archive = model_store / archive_name(version)
     stamp = archive.with_name(archive.name + ".inputs")
-    fingerprint = _fingerprint(config, weights, version)
+    build_options = f"compile_cpu={compile_cpu} cpu={cpu_capability()} torch={torch.__version__}"
+    fingerprint = _fingerprint(config, weights, f"{version} {build_options}")
     if archive.is_file() and stamp.is_file() and stamp.read_text() == fingerprint:
         return archive
     model_store.mkdir(parents=True, exist_ok=True)
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=BUILD_DIR) as staging:
+        extra_files = _handler_files()
+        compiled = compile_cpu_forward(weights, config["batchSize"], Path(staging)) if compile_cpu else None
+        if compiled:
+            config["handler"]["compiled_forward"] = compiled.handler_config()
+            extra_files.append(compiled.package)
         config_file = Path(staging) / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-        _run_archiver(version, weights, config_file, Path(staging))
+        _run_archiver(version, weights, config_file, Path(staging), extra_files)
         # Replace atomically: a server registering this file never sees half of it.
         os.replace(Path(staging) / f"{MODEL_NAME}.mar", archive)
     stamp.write_text(fingerprint)
@@ -84,22 +96,23 @@ def _handler_files() -> list[Path]:
     return sorted(path for path in HANDLER_DIR.glob("*.py") if path != HANDLER_ENTRY)
 
 
-def _fingerprint(config: dict[str, Any], weights: Path, version: str) -> str:
+def _fingerprint(config: dict[str, Any], weights: Path, build: str) -> str:
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    digest.update(f"{version}\n{weights.resolve()}\n{weights.stat().st_size}".encode())
+    digest.update(f"{build}\n{weights.resolve()}\n{weights.stat().st_size}".encode())
     for path in [HANDLER_ENTRY, *_handler_files()]:
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
-def _run_archiver(version: str, weights: Path, config_file: Path, export_path: Path) -> None:
+def _run_archiver(version: str, weights: Path, config_file: Path, export_path: Path,
+                  extra_files: list[Path]) -> None:
     command = [
         sys.executable, "-m", "model_archiver.model_packaging",
         "--model-name", MODEL_NAME,
         "--version", version,
         "--serialized-file", str(weights),
         "--handler", str(HANDLER_ENTRY),
-        "--extra-files", ",".join(str(path) for path in _handler_files()),
+        "--extra-files", ",".join(str(path) for path in extra_files),
         "--config-file", str(config_file),
         "--export-path", str(export_path),
     ]
@@ -115,13 +128,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="official (default), random, or a folder holding torchvision's files")
     parser.add_argument("--like", help="build with the recipe (config file) of this version")
     parser.add_argument("--model-store", type=Path, default=MODEL_STORE)
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip compiling the CPU forward pass (faster build, slower CPU inference)")
     args = parser.parse_args(argv)
     if args.weights == RANDOM:
         print("WARNING: building with SEEDED RANDOM weights: every label these archives return is "
               "meaningless. Use WEIGHTS=official for real predictions.", file=sys.stderr)
     try:
         for version in args.versions:
-            archive = build(version, args.weights, args.model_store, args.like)
+            archive = build(version, args.weights, args.model_store, args.like, compile_cpu=not args.no_compile)
             print(f"{archive}  ({MODEL_NAME} {version}, weights: {args.weights})")
     except (WeightsError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)

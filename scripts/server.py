@@ -165,7 +165,9 @@ def start(server: Server, plan: WorkerPlan, timeout: float = 90.0) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     server.key_file.unlink(missing_ok=True)
     command = [str(Path(sys.executable).parent / "torchserve"), "--start", "--ncs",
-               "--ts-config", str(write_config(server, plan)), "--model-store", str(server.model_store)]
+               "--ts-config", str(write_config(server, plan).resolve()),
+               "--model-store", str(server.model_store.resolve()),
+               "--log-config", str(CONFIG_DIR / "log4j2.xml")]
     with open(server.log_dir / "console.log", "ab") as console:
         launched = subprocess.run(command, cwd=server.run_dir, env=server.environment(plan),
                                   stdout=console, stderr=subprocess.STDOUT)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "handler"))
 sys.path.insert(0, str(ROOT))
 
 from scripts import build_archives  # noqa: E402
-from scripts.paths import DEFAULT_VERSION, MODEL_NAME, SERVED_VERSIONS, archive_name  # noqa: E402
+from scripts.paths import BUILD_DIR, DEFAULT_VERSION, MODEL_NAME, SERVED_VERSIONS, archive_name  # noqa: E402
 from scripts.rest_api import RestClient  # noqa: E402
 from scripts.serve import register_versions  # noqa: E402
 from scripts.server import Ports, Server, start, stop  # noqa: E402
@@ -29,8 +29,10 @@ TEST_PLAN = WorkerPlan(workers_per_version=1, number_of_gpu=0, threads_per_worke
 
 
 @pytest.fixture(scope="session")
-def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("model_store")
+def model_store() -> Path:
+    """Archives of seeded random weights, kept between runs: an unchanged archive (same
+    handler, config, weights and CPU) is not rebuilt, which saves compiling its forward pass."""
+    store = BUILD_DIR / "test-model-store"
     for version in SERVED_VERSIONS:
         build_archives.build(version, RANDOM, store)
     return store
