@@ -18,12 +18,23 @@ from request_errors import RequestError, bad_request
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 _WHITE = (255, 255, 255)
+ORIENTATION_TAG = 0x0112
 
 
 def decode_rgb(data: bytes, limits: InputLimits) -> Image.Image:
     """Decode the first frame, apply EXIF orientation and convert any mode to 8-bit RGB."""
+    return load_rgb(open_checked(data, limits))
+
+
+def open_checked(data: bytes, limits: InputLimits) -> Image.Image:
+    """Read only the header: the format is one we serve and the size is within the limits."""
     image = _open(data)
     _check_size(image, limits)
+    return image
+
+
+def load_rgb(image: Image.Image) -> Image.Image:
+    """Decode an image opened by open_checked into an upright 8-bit RGB picture."""
     try:
         image.load()
         return to_rgb(ImageOps.exif_transpose(image))
@@ -34,6 +45,12 @@ def decode_rgb(data: bytes, limits: InputLimits) -> Image.Image:
     except Exception as error:  # Pillow parses hostile bytes; any failure there is the input's
         raise bad_request(
             "CorruptImage", f"the {image.format} image is truncated or corrupt: {error}") from None
+
+
+def is_plain_jpeg(image: Image.Image) -> bool:
+    """A baseline YCbCr or grayscale JPEG shown as stored: what a GPU JPEG decoder handles alike."""
+    return (image.format == "JPEG" and image.mode in ("RGB", "L") and not image.info.get("progressive")
+            and image.getexif().get(ORIENTATION_TAG, 1) == 1)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
