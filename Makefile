@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 
 export VENV PYTHON
 
-.PHONY: setup archives serve stop test clean
+.PHONY: setup archives serve stop test bench soak clean
 
 setup: $(VENV)/.setup-done
 
@@ -26,5 +26,19 @@ stop: setup
 test: setup
 	$(PY) -m pytest
 
+# Benchmark-only extras: locust (load) and captum (TorchServe's stock handler needs it).
+$(VENV)/.bench-done: requirements-bench.txt | setup
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	touch $@
+
+bench: setup $(VENV)/.bench-done
+	$(PY) -m benchmarks.run
+
+# A bounded soak against the server `make serve` started: MINUTES (default 10) at CONCURRENCY 16.
+MINUTES ?= 10
+CONCURRENCY ?= 16
+soak: setup
+	$(PY) -m scripts.soak --minutes $(MINUTES) --concurrency $(CONCURRENCY)
+
 clean: stop
-	rm -rf build run model_store/*.mar model_store/*.inputs
+	rm -rf build run results model_store/*.mar model_store/*.inputs

@@ -20,6 +20,7 @@ import csv
 import datetime
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -94,14 +95,18 @@ def raw_compiled_forward(archive: Path, seconds: float, out: Path) -> dict[str, 
 
 
 def images_per_second(forward: Callable[[torch.Tensor], torch.Tensor], batch_size: int, seconds: float) -> float:
+    """The median over one-second windows: steadier than one long window on a shared machine."""
     batch = torch.randn(batch_size, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    rates = []
     with torch.inference_mode():
         forward(batch)
-        images, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            forward(batch)
-            images += batch_size
-    return images / (time.perf_counter() - started)
+        for _ in range(max(3, int(seconds))):
+            images, started = 0, time.perf_counter()
+            while time.perf_counter() - started < 1.0:
+                forward(batch)
+                images += batch_size
+            rates.append(images / (time.perf_counter() - started))
+    return statistics.median(rates)
 
 
 def prometheus_totals(server: Server, model: str) -> dict[str, float]:
@@ -193,7 +198,11 @@ def write_report(out: Path, raw: dict[str, float], compiled_raw: dict[str, float
         "| target | protocol | concurrency | img/s | p50 ms | p90 ms | p99 ms | errors | server queue ms | server inference ms |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *(f"| {r.target} | {r.protocol} | {r.concurrency} | {r.throughput:.2f} | {r.p50_ms:.0f} | {r.p90_ms:.0f} | "
-          f"{r.p99_ms:.0f} | {r.failures} | {r.server_queue_ms:.0f} | {r.server_inference_ms:.0f} |" for r in results),
+          f"{r.p99_ms:.0f} | {r.failures} | {server_timing(r, r.server_queue_ms)} | "
+          f"{server_timing(r, r.server_inference_ms)} |" for r in results),
+        "",
+        "Server timings are TorchServe's own per-request counters (`ts_queue_latency_microseconds`,",
+        "`ts_inference_latency_microseconds`); TorchServe 0.12 does not count gRPC requests in them.",
         "",
         f"## Ratios at concurrency {top} (REST)",
         "",
@@ -211,6 +220,10 @@ def write_report(out: Path, raw: dict[str, float], compiled_raw: dict[str, float
     return report
 
 
+def server_timing(result: LoadResult, milliseconds: float) -> str:
+    return "n/a" if result.protocol == "gRPC" else f"{milliseconds:.0f}"
+
+
 def plot(path: Path, raw: dict[str, float], results: list[LoadResult], concurrencies: list[int]) -> None:
     import matplotlib
 
@@ -221,16 +234,16 @@ def plot(path: Path, raw: dict[str, float], results: list[LoadResult], concurren
     for target in ("ours", "stock"):
         rows = [r for r in results if r.target == target and r.protocol == "REST"]
         throughput.plot([r.concurrency for r in rows], [r.throughput for r in rows], marker="o", label=target)
-    throughput.axhline(max(raw.values()), linestyle="--", color="grey", label="raw forward (best)")
+    throughput.axhline(max(raw.values()), linestyle="--", color="grey", label="raw eager forward (best)")
     throughput.set(xlabel="concurrent clients", ylabel="images / s", title="Throughput (REST)", xticks=concurrencies)
     throughput.legend()
-    labels, width = [], 0.25
+    width = 0.25
     rows = [r for r in results if r.concurrency == max(concurrencies)]
     for i, name in enumerate(("p50_ms", "p90_ms", "p99_ms")):
         latency.bar([j + i * width for j in range(len(rows))], [getattr(r, name) for r in rows], width, label=name[:3])
     labels = [f"{r.target}\n{r.protocol}" for r in rows]
     latency.set_xticks([j + width for j in range(len(rows))], labels)
-    latency.set(ylabel="ms", title=f"Latency at concurrency {max(concurrencies)}")
+    latency.set(ylabel="ms (log scale)", yscale="log", title=f"Latency at concurrency {max(concurrencies)}")
     latency.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
