@@ -51,20 +51,20 @@ class ResNet50Handler(BaseHandler):
                     "compiled" if self.compiled_forward else "eager")
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        """decode + transform each request, stack the good ones, forward, top-k; a bad one is
+        answered with its own 4xx."""
         started = time.perf_counter()
         self.context = context
         prepared = self.preprocess(data)
-        good = [i for i, item in enumerate(prepared) if isinstance(item, torch.Tensor)]
-        predictions = self.postprocess(self.inference(torch.stack([prepared[i] for i in good]))) if good else []
-        responses: list[Any] = [None] * len(prepared)
-        for index, prediction in zip(good, predictions):
-            responses[index] = prediction
-        for index, item in enumerate(prepared):
-            if isinstance(item, RequestError):
-                context.set_response_status(item.status, item.kind, index)
-                responses[index] = item.to_json()
+        answers = [self._error_answer(index, item) if isinstance(item, RequestError) else None
+                   for index, item in enumerate(prepared)]
+        good = [index for index, answer in enumerate(answers) if answer is None]
+        if good:
+            batch = torch.stack([prepared[index] for index in good])
+            for index, prediction in zip(good, self.postprocess(self.inference(batch))):
+                answers[index] = prediction
         context.metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 2), None, "ms")
-        return responses
+        return answers
 
     @timed
     def preprocess(self, data: list[dict[str, Any]]) -> list[Prepared]:
@@ -84,7 +84,8 @@ class ResNet50Handler(BaseHandler):
 
     @timed
     def postprocess(self, probabilities: torch.Tensor) -> list[Prediction]:
-        """Top-k as an ordered list: ImageNet labels repeat, so a dict keyed by label would lose some."""
+        """Top-k as an ordered list with class indices: a dict keyed by label would lose classes
+        whose names repeat (ImageNet's original synset names do)."""
         top = torch.topk(probabilities.float().cpu(), k=self.config.topk, dim=1)
         categories = self.config.categories
         return [
@@ -110,6 +111,10 @@ class ResNet50Handler(BaseHandler):
             return data, open_checked(data, self.config.limits)
         except RequestError as error:
             return self._rejected(index, error)
+
+    def _error_answer(self, index: int, error: RequestError) -> dict[str, Any]:
+        self.context.set_response_status(error.status, error.kind, index)
+        return error.to_json()
 
     def _rejected(self, index: int, error: RequestError) -> RequestError:
         logger.info("Request %s rejected: %s", self.context.get_request_id(index), error.message)

@@ -3,8 +3,8 @@
     python -m scripts.soak --minutes 10 --concurrency 16
 
 Reports unexpected answers (a good image not answered 200, a bad one not answered its 4xx),
-worker restarts (worker ids or pids that changed), and each worker's memory after warm-up and
-at the end. It only talks to the server on loopback and stops by itself.
+worker restarts (worker ids or pids that changed), and each worker's memory ten times over the
+run, with its growth after warm-up (the first quarter) and over the second half. It only talks to the server on loopback and stops by itself.
 """
 
 from __future__ import annotations
@@ -54,28 +54,30 @@ class SoakReport:
     unexpected: list[str] = field(default_factory=list)
     workers_before: dict[str, int] = field(default_factory=dict)
     workers_after: dict[str, int] = field(default_factory=dict)
-    memory_after_warmup_mib: dict[str, float] = field(default_factory=dict)
-    memory_at_end_mib: dict[str, float] = field(default_factory=dict)
+    # (seconds since start, {worker: resident MiB}), sampled ten times over the run
+    memory_mib: list[tuple[float, dict[str, float]]] = field(default_factory=list)
 
     @property
     def worker_restarts(self) -> int:
         return sum(1 for worker, pid in self.workers_before.items() if self.workers_after.get(worker) != pid)
 
-    @property
-    def memory_growth_mib(self) -> float:
-        return max((self.memory_at_end_mib.get(w, 0.0) - m for w, m in self.memory_after_warmup_mib.items()),
-                   default=0.0)
+    def memory_growth_mib(self, since_fraction: float) -> float:
+        """The largest growth of any worker's memory from `since_fraction` of the run to its end."""
+        start = next((usage for t, usage in self.memory_mib if t >= since_fraction * self.seconds), {})
+        end = self.memory_mib[-1][1] if self.memory_mib else {}
+        return max((end.get(worker, 0.0) - mib for worker, mib in start.items()), default=0.0)
 
     def summary(self) -> str:
+        series = "\n".join(f"  {t:5.0f} s: " + ", ".join(f"{w} {m:.0f}" for w, m in sorted(usage.items()))
+                           for t, usage in self.memory_mib)
         return "\n".join([
             f"duration: {self.seconds:.0f} s, requests: {self.requests} ({self.requests / self.seconds:.1f}/s)",
             f"statuses: {dict(sorted(self.statuses.items()))}",
             f"unexpected answers: {len(self.unexpected)}" + "".join(f"\n  {u}" for u in self.unexpected[:10]),
             f"worker restarts: {self.worker_restarts}",
-            "worker memory (MiB) after warm-up -> end: " + ", ".join(
-                f"{w}: {m:.0f} -> {self.memory_at_end_mib.get(w, 0):.0f}"
-                for w, m in sorted(self.memory_after_warmup_mib.items())),
-            f"largest growth after warm-up: {self.memory_growth_mib:.1f} MiB",
+            f"worker memory (MiB):\n{series}",
+            f"growth after warm-up (25%): {self.memory_growth_mib(0.25):.0f} MiB; "
+            f"over the second half: {self.memory_growth_mib(0.5):.0f} MiB",
         ])
 
 
@@ -95,7 +97,7 @@ def memory_mib(pids: dict[str, int]) -> dict[str, float]:
     return usage
 
 
-def soak(server: Server, seconds: float, concurrency: int, warmup_fraction: float = 0.25) -> SoakReport:
+def soak(server: Server, seconds: float, concurrency: int) -> SoakReport:
     mix = request_mix()
     token = server.client().tokens.inference
     url = f"{server.inference_url}/predictions/{MODEL_NAME}"
@@ -120,14 +122,15 @@ def soak(server: Server, seconds: float, concurrency: int, warmup_fraction: floa
                         report.unexpected.append(f"{name}: expected {expected}, got {status}")
 
     threads = [threading.Thread(target=client, args=(seed,), daemon=True) for seed in range(concurrency)]
+    started = time.monotonic()
     for thread in threads:
         thread.start()
-    time.sleep(seconds * warmup_fraction)
-    report.memory_after_warmup_mib = memory_mib(report.workers_before)
+    for step in range(1, 11):
+        time.sleep(max(0.0, started + seconds * step / 10 - time.monotonic() - 0.5))
+        report.memory_mib.append((time.monotonic() - started, memory_mib(report.workers_before)))
     for thread in threads:
         thread.join()
     report.workers_after = workers(server)
-    report.memory_at_end_mib = memory_mib(report.workers_after)
     return report
 
 

@@ -97,24 +97,22 @@ def test_weights_are_loaded_without_running_pickled_code(tmp_path: Path) -> None
 
 def test_a_killed_worker_is_restarted_and_in_flight_requests_fail_fast(server: Server) -> None:
     [worker] = server.client().describe(MODEL_NAME, "1.0")[0]["workers"]
-    image = photo_bytes()
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        in_flight = [pool.submit(post, server, image, "1.0") for _ in range(4)]
-        time.sleep(0.3)
+    image = photo_bytes((1632, 1224))  # a batch of eight takes about half a second here
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        in_flight = [pool.submit(post, server, image, "1.0", 30) for _ in range(8)]
+        time.sleep(0.15)
         killed_at = time.monotonic()
         psutil.Process(worker["pid"]).kill()
-        statuses = [future.result().status_code for future in in_flight]
-    assert time.monotonic() - killed_at < 30, "in-flight requests hung"
+        statuses = [future.result().status_code for future in in_flight]  # raises if one hangs 30 s
+    assert any(status >= 500 for status in statuses), f"the kill missed the batch: {statuses}"
     assert all(status == 200 or status >= 500 for status in statuses)
 
-    while post(server, image, "1.0").status_code != 200:
+    while (restarted := server.client().describe(MODEL_NAME, "1.0")[0]["workers"])[0]["status"] != "READY" \
+            or restarted[0]["pid"] == worker["pid"]:
         assert time.monotonic() - killed_at < 60, "the worker was not back within 60 s"
-        time.sleep(0.5)
-    recovery = time.monotonic() - killed_at
-    print(f"worker recovered {recovery:.1f} s after the kill")
+        time.sleep(0.2)
+    print(f"worker restarted and ready {time.monotonic() - killed_at:.1f} s after the kill")
     assert [post(server, image, "1.0").status_code for _ in range(3)] == [200] * 3
-    [restarted] = server.client().describe(MODEL_NAME, "1.0")[0]["workers"]
-    assert restarted["pid"] != worker["pid"] and restarted["status"] == "READY"
 
 
 def test_switching_versions_under_load_drops_no_request(server: Server, canary_archive: str) -> None:
@@ -149,7 +147,7 @@ def test_a_short_soak_has_no_unexpected_answers_or_restarts(server: Server) -> N
     assert report.requests > 30
     assert report.unexpected == []
     assert report.worker_restarts == 0
-    assert report.memory_growth_mib < 100
+    assert report.memory_growth_mib(0.5) < 100
 
 
 def test_after_a_restart_the_same_versions_and_default_are_served(server: Server) -> None:
