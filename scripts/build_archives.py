@@ -33,13 +33,15 @@ HANDLER_ENTRY = HANDLER_DIR / "resnet50_handler.py"
 
 
 def build(version: str, weights_source: str, model_store: Path = MODEL_STORE,
-          recipe_version: str | None = None, compile_cpu: bool = True) -> Path:
+          recipe_version: str | None = None, compile_cpu: bool = True,
+          settings: dict[str, int] | None = None) -> Path:
     """Build one version's archive unless an identical one is already in the store.
 
     With `compile_cpu`, the archive also carries the forward pass compiled for this machine's
-    CPU (scripts/compile_forward.py).
+    CPU (scripts/compile_forward.py). `settings` override top-level model-config.yaml keys
+    (batchSize, maxBatchDelay, jobQueueSize, ...).
     """
-    config = archive_model_config(recipe_version or version, weights_source)
+    config = {**archive_model_config(recipe_version or version, weights_source), **(settings or {})}
     weights = weights_file(config["handler"]["weights"], weights_source)
     archive = model_store / archive_name(version)
     stamp = archive.with_name(archive.name + ".inputs")
@@ -121,6 +123,13 @@ def _run_archiver(version: str, weights: Path, config_file: Path, export_path: P
         raise RuntimeError(f"torch-model-archiver failed for {version}:\n{result.stderr or result.stdout}")
 
 
+def _setting(text: str) -> tuple[str, int]:
+    key, _, value = text.partition("=")
+    if not key or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected KEY=NUMBER (e.g. batchSize=16), got {text!r}")
+    return key, int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("versions", nargs="*", default=list(SERVED_VERSIONS))
@@ -130,13 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-store", type=Path, default=MODEL_STORE)
     parser.add_argument("--no-compile", action="store_true",
                         help="skip compiling the CPU forward pass (faster build, slower CPU inference)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=NUMBER", type=_setting,
+                        help="override a model-config.yaml setting, e.g. --set batchSize=16")
     args = parser.parse_args(argv)
     if args.weights == RANDOM:
         print("WARNING: building with SEEDED RANDOM weights: every label these archives return is "
               "meaningless. Use WEIGHTS=official for real predictions.", file=sys.stderr)
     try:
         for version in args.versions:
-            archive = build(version, args.weights, args.model_store, args.like, compile_cpu=not args.no_compile)
+            archive = build(version, args.weights, args.model_store, args.like, compile_cpu=not args.no_compile,
+                            settings=dict(args.set))
             print(f"{archive}  ({MODEL_NAME} {version}, weights: {args.weights})")
     except (WeightsError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)

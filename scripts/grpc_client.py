@@ -16,7 +16,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from scripts import grpc_stubs
-from scripts.rest_api import ApiError, Tokens
+from scripts.rest_api import QUEUE_FULL_MESSAGE, ApiError, Tokens, explain
 
 grpc_stubs.ensure()
 from scripts.torchserve_grpc import (inference_pb2, inference_pb2_grpc, management_pb2,  # noqa: E402
@@ -144,6 +144,9 @@ class GrpcClient:
                 raise ApiError(0, f"cannot reach TorchServe's gRPC API: is it running? (`make serve`)") from None
             details = (error.details() or "").split("\n")[0]  # drop the Java exception class line
             status = HTTP_STATUS.get(code, 500)
-            if code == grpc.StatusCode.INTERNAL and ("does not exist" in details or "not found" in details.lower()):
-                status = 404  # TorchServe's gRPC inference reports unknown models as INTERNAL
-            raise ApiError(status, f"{code.name}: {details}") from None
+            if code == grpc.StatusCode.INTERNAL:  # TorchServe's gRPC inference says INTERNAL for these
+                if "does not exist" in details or "not found" in details.lower():
+                    status = 404
+                elif QUEUE_FULL_MESSAGE in details:
+                    status = 503
+            raise ApiError(status, f"{code.name}: {explain(details)}") from None

@@ -14,6 +14,17 @@ from typing import Any
 import requests
 
 
+# TorchServe 0.12 answers a full job queue with a message about missing workers.
+QUEUE_FULL_MESSAGE = "has no worker to serve inference request"
+
+
+def explain(message: str) -> str:
+    """TorchServe's message, with the likely cause first where TorchServe's own words mislead."""
+    if QUEUE_FULL_MESSAGE in message:
+        return f"server busy: the model's job queue is full (or it has no worker); retry later. ({message})"
+    return message
+
+
 class ApiError(RuntimeError):
     """TorchServe refused a call, or could not be reached (status 0)."""
 
@@ -95,7 +106,7 @@ class RestClient:
         if response.status_code >= 400:
             if isinstance(body, dict) and "message" in body:
                 body = f"{body['type']}: {body['message']}" if body.get("type") else body["message"]
-            raise ApiError(response.status_code, str(body))
+            raise ApiError(response.status_code, explain(str(body)))
         return body
 
 

@@ -20,10 +20,13 @@ import torch
 from answers import same_answer
 from conftest import TEST_PLAN, restore
 from images import photo_bytes
+from scripts import build_archives
 from scripts.paths import DEFAULT_VERSION, MODEL_NAME, ROOT, SERVED_VERSIONS
+from scripts.rest_api import ApiError
 from scripts.serve import register_versions
 from scripts.server import Server, start, stop
 from scripts.soak import soak
+from scripts.weights import RANDOM
 
 
 def post(server: Server, body: bytes, version: str = "", timeout: float = 60) -> requests.Response:
@@ -139,6 +142,34 @@ def test_switching_versions_under_load_drops_no_request(server: Server, canary_a
         restore(server)
     assert len(statuses) > 8
     assert set(statuses) == {200}
+
+
+def test_a_full_queue_is_answered_fast_not_timed_out(server: Server) -> None:
+    """A version whose queue holds two jobs: a burst beyond it is refused at once, over REST
+    and gRPC, and our clients say why."""
+    archive = build_archives.build("9.0", RANDOM, server.model_store, recipe_version="2.0", compile_cpu=False,
+                                   settings={"jobQueueSize": 2, "batchSize": 1})
+    server.client().register(archive.name, initial_workers=1)
+    clients = [server.client(), server.grpc_client()]
+    image = photo_bytes((1632, 1224))
+
+    def classify(index: int) -> tuple[ApiError | None, float]:
+        started = time.monotonic()
+        try:
+            clients[index % 2].predict(MODEL_NAME, image, version="9.0")
+            return None, time.monotonic() - started
+        except ApiError as error:
+            return error, time.monotonic() - started
+
+    try:
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            outcomes = list(pool.map(classify, range(12)))
+    finally:
+        server.client().unregister(MODEL_NAME, "9.0")
+    refused = [(error, seconds) for error, seconds in outcomes if error is not None]
+    assert refused and len(refused) < len(outcomes)
+    assert all(error.status == 503 and "server busy" in error.message for error, _ in refused)
+    assert max(seconds for _, seconds in refused) < 3
 
 
 def test_a_short_soak_has_no_unexpected_answers_or_restarts(server: Server) -> None:
