@@ -19,12 +19,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib.cbook
 import psutil
 import requests
 from PIL import Image
 
 from scripts.paths import MODEL_NAME, RUN_DIR
+from scripts.serve import sample_photo
 from scripts.server import Server, ServerError
 
 
@@ -36,7 +36,7 @@ def _encode(image: Image.Image, format: str) -> bytes:
 
 def request_mix() -> list[tuple[str, bytes, int]]:
     """(name, body, expected status): real-size photos and the bad inputs clients really send."""
-    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as photo:
+    with Image.open(sample_photo()) as photo:
         photo = photo.convert("RGB")
         good = [(f"jpeg {w}x{h}", _encode(photo.resize((w, h)), "JPEG"), 200)
                 for w, h in ((640, 480), (1024, 768), (1600, 1200))]
