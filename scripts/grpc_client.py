@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 from google.protobuf import empty_pb2
@@ -99,7 +99,7 @@ class GrpcClient:
     # TorchServe 0.12's gRPC management answers some refusals with UNKNOWN and no message (REST
     # says 409 or 403). We find the reason with read-only calls rather than leave users guessing.
     @staticmethod
-    def _explained(error: ApiError, diagnose: Any) -> ApiError:
+    def _explained(error: ApiError, diagnose: Callable[[], ApiError | None]) -> ApiError:
         if error.message.strip() not in ("", "UNKNOWN:"):
             return error
         return diagnose() or error
@@ -141,7 +141,7 @@ class GrpcClient:
         except grpc.RpcError as error:
             code = error.code()
             if code == grpc.StatusCode.UNAVAILABLE and "connect" in (error.details() or "").lower():
-                raise ApiError(0, f"cannot reach TorchServe's gRPC API: is it running? (`make serve`)") from None
+                raise ApiError(0, "cannot reach TorchServe's gRPC API: is it running? (`make serve`)") from None
             details = (error.details() or "").split("\n")[0]  # drop the Java exception class line
             status = HTTP_STATUS.get(code, 500)
             if code == grpc.StatusCode.INTERNAL:  # TorchServe's gRPC inference says INTERNAL for these

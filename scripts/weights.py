@@ -89,7 +89,3 @@ def _download(url: str, destination: Path) -> Path:
             f"run (meaningless labels)") from None
     return destination
 
-
-def describe(source: str) -> str:
-    return "SEEDED RANDOM weights (labels are meaningless)" if source == RANDOM else f"official weights ({source})"
-
