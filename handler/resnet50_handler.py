@@ -102,7 +102,7 @@ class ResNet50Handler(BaseHandler):
         try:
             return self.transform(load_rgb(opened[1]))
         except RequestError as error:
-            return self._rejected(index, error)
+            return error
 
     def _open(self, index: int, request: dict[str, Any]) -> Opened:
         """The request's image bytes and their checked header, before any pixel is decoded."""
@@ -110,15 +110,13 @@ class ResNet50Handler(BaseHandler):
             data = image_bytes(request, self.context.get_all_request_header(index))
             return data, open_checked(data, self.config.limits)
         except RequestError as error:
-            return self._rejected(index, error)
+            return error
 
     def _error_answer(self, index: int, error: RequestError) -> dict[str, Any]:
+        """One place for every rejection, CPU or GPU path: its log line, status and JSON body."""
+        logger.info("Request %s rejected: %s", self.context.get_request_id(index), error.message)
         self.context.set_response_status(error.status, error.kind, index)
         return error.to_json()
-
-    def _rejected(self, index: int, error: RequestError) -> RequestError:
-        logger.info("Request %s rejected: %s", self.context.get_request_id(index), error.message)
-        return error
 
     def _load_compiled_forward(self, context: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The archive's AOTInductor package, where it was compiled for this kind of CPU."""

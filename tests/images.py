@@ -6,12 +6,13 @@ import io
 import struct
 import zlib
 
-import matplotlib.cbook
 from PIL import Image
+
+from scripts.serve import sample_photo as sample_photo_path
 
 
 def sample_photo() -> Image.Image:
-    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
+    with Image.open(sample_photo_path()) as image:
         return image.convert("RGB")
 
 
