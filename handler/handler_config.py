@@ -30,10 +30,10 @@ class InputLimits:
 
 @dataclass(frozen=True)
 class CompiledForwardConfig:
-    """An AOTInductor package of the CPU forward pass, built with the archive."""
+    """An AOTInductor package of the forward pass for one device kind, built with the archive."""
 
     package: str
-    cpu_capability: str
+    target: str  # CPU instruction set (AVX512, ...) or GPU architecture (sm_90, ...)
     max_batch: int
 
 
@@ -45,7 +45,7 @@ class HandlerConfig:
     topk: int = 5
     random_weights: bool = False
     limits: InputLimits = field(default_factory=InputLimits)
-    compiled_forward: CompiledForwardConfig | None = None
+    compiled_forward: Mapping[str, CompiledForwardConfig] = field(default_factory=dict)  # by device kind
 
     @classmethod
     def from_yaml(cls, section: Mapping[str, Any] | None) -> "HandlerConfig":
@@ -67,8 +67,8 @@ class HandlerConfig:
                 topk=int(section.get("topk", 5)),
                 random_weights=bool(section.get("random_weights", False)),
                 limits=InputLimits(**section.get("limits", {})),
-                compiled_forward=CompiledForwardConfig(**section["compiled_forward"])
-                if section.get("compiled_forward") else None,
+                compiled_forward={device: CompiledForwardConfig(**package)
+                                  for device, package in (section.get("compiled_forward") or {}).items()},
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"invalid 'handler:' section in model-config.yaml: {error!r}") from error

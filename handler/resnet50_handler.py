@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torchvision
@@ -18,6 +18,7 @@ from ts.handler_utils.timer import timed
 from ts.torch_handler.base_handler import BaseHandler
 
 from classification_transforms import classification_preset
+from compiled_forward import CompiledForward, select_forward
 from gpu_preprocessing import GpuPreprocessor, Opened, Prepared
 from handler_config import HandlerConfig
 from image_decoding import load_rgb, open_checked
@@ -36,8 +37,8 @@ class ResNet50Handler(BaseHandler):
         self.context = context
         self.config = HandlerConfig.from_yaml(context.model_yaml_config.get("handler"))
         self.device = self._select_device(context.system_properties.get("gpu_id"))
-        self.model = self._load_model(context)
-        self.compiled_forward = self._load_compiled_forward(context)
+        self.forward = select_forward(self.config.compiled_forward, self.device,
+                                      context.system_properties["model_dir"], self._load_model(context))
         self.transform = classification_preset(self.config.preprocess)
         # Decoding and resizing release the GIL, so a batch is preprocessed on all our threads.
         self.preprocessing_pool = ThreadPoolExecutor(max_workers=torch.get_num_threads())
@@ -48,7 +49,7 @@ class ResNet50Handler(BaseHandler):
             logger.warning("This archive holds SEEDED RANDOM weights: its labels are meaningless")
         logger.info("ResNet50 (%s) ready on %s with %d intra-op threads, %s forward",
                     self.config.weights, self.device, torch.get_num_threads(),
-                    "compiled" if self.compiled_forward else "eager")
+                    "compiled" if isinstance(self.forward, CompiledForward) else "eager")
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         """decode + transform each request, stack the good ones, forward, top-k; a bad one is
@@ -79,8 +80,7 @@ class ResNet50Handler(BaseHandler):
         """Forward the stacked batch and return class probabilities."""
         with torch.inference_mode():
             batch = batch.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            compiled = self.compiled_forward and batch.shape[0] <= self.config.compiled_forward.max_batch
-            return torch.softmax((self.compiled_forward if compiled else self.model)(batch), dim=1)
+            return torch.softmax(self.forward(batch), dim=1)
 
     @timed
     def postprocess(self, probabilities: torch.Tensor) -> list[Prediction]:
@@ -117,20 +117,6 @@ class ResNet50Handler(BaseHandler):
         logger.info("Request %s rejected: %s", self.context.get_request_id(index), error.message)
         self.context.set_response_status(error.status, error.kind, index)
         return error.to_json()
-
-    def _load_compiled_forward(self, context: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """The archive's AOTInductor package, where it was compiled for this kind of CPU."""
-        compiled = self.config.compiled_forward
-        if compiled is None or self.device.type != "cpu":
-            return None
-        here = torch.backends.cpu.get_cpu_capability()
-        if here != compiled.cpu_capability:
-            logger.warning("The archive's forward was compiled for %s CPUs and this one is %s: "
-                           "using the eager model. Rebuild the archive on this machine to compile it.",
-                           compiled.cpu_capability, here)
-            return None
-        package = os.path.join(context.system_properties["model_dir"], compiled.package)
-        return torch._inductor.aoti_load_package(package)
 
     def _select_device(self, gpu_id: int | None) -> torch.device:
         if gpu_id is not None and torch.cuda.is_available():

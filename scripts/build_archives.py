@@ -24,7 +24,7 @@ import torch
 import yaml
 from torchvision.models import ResNet50_Weights
 
-from scripts.compile_forward import compile_cpu_forward, cpu_capability
+from scripts.compile_forward import build_targets, compile_forwards
 from scripts.paths import (BUILD_DIR, HANDLER_DIR, MODEL_CONFIG_DIR, MODEL_NAME, MODEL_STORE,
                            SERVED_VERSIONS, archive_name)
 from scripts.weights import OFFICIAL, RANDOM, WeightsError, weights_file
@@ -33,19 +33,19 @@ HANDLER_ENTRY = HANDLER_DIR / "resnet50_handler.py"
 
 
 def build(version: str, weights_source: str, model_store: Path = MODEL_STORE,
-          recipe_version: str | None = None, compile_cpu: bool = True,
+          recipe_version: str | None = None, with_compiled_forward: bool = True,
           settings: dict[str, int] | None = None) -> Path:
     """Build one version's archive unless an identical one is already in the store.
 
-    With `compile_cpu`, the archive also carries the forward pass compiled for this machine's
-    CPU (scripts/compile_forward.py). `settings` override top-level model-config.yaml keys
+    With `with_compiled_forward`, the archive also carries the forward pass compiled for this
+    machine's CPU and GPU (scripts/compile_forward.py). `settings` override top-level model-config.yaml keys
     (batchSize, maxBatchDelay, jobQueueSize, ...).
     """
     config = {**archive_model_config(recipe_version or version, weights_source), **(settings or {})}
     weights = weights_file(config["handler"]["weights"], weights_source)
     archive = model_store / archive_name(version)
     stamp = archive.with_name(archive.name + ".inputs")
-    build_options = f"compile_cpu={compile_cpu} cpu={cpu_capability()} torch={torch.__version__}"
+    build_options = f"compiled={with_compiled_forward} {build_targets()} torch={torch.__version__}"
     fingerprint = _fingerprint(config, weights, f"{version} {build_options}")
     if archive.is_file() and stamp.is_file() and stamp.read_text() == fingerprint:
         return archive
@@ -53,10 +53,10 @@ def build(version: str, weights_source: str, model_store: Path = MODEL_STORE,
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=BUILD_DIR) as staging:
         extra_files = _handler_files()
-        compiled = compile_cpu_forward(weights, config["batchSize"], Path(staging)) if compile_cpu else None
+        compiled = compile_forwards(weights, config["batchSize"], Path(staging)) if with_compiled_forward else []
         if compiled:
-            config["handler"]["compiled_forward"] = compiled.handler_config()
-            extra_files.append(compiled.package)
+            config["handler"]["compiled_forward"] = {package.device: package.handler_config() for package in compiled}
+            extra_files += [package.package for package in compiled]
         config_file = Path(staging) / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         _run_archiver(version, weights, config_file, Path(staging), extra_files)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--like", help="build with the recipe (config file) of this version")
     parser.add_argument("--model-store", type=Path, default=MODEL_STORE)
     parser.add_argument("--no-compile", action="store_true",
-                        help="skip compiling the CPU forward pass (faster build, slower CPU inference)")
+                        help="skip compiling the forward pass (faster build, slower inference)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=NUMBER", type=_setting,
                         help="override a model-config.yaml setting, e.g. --set batchSize=16")
     args = parser.parse_args(argv)
@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
               "meaningless. Use WEIGHTS=official for real predictions.", file=sys.stderr)
     try:
         for version in args.versions:
-            archive = build(version, args.weights, args.model_store, args.like, compile_cpu=not args.no_compile,
-                            settings=dict(args.set))
+            archive = build(version, args.weights, args.model_store, args.like,
+                            with_compiled_forward=not args.no_compile, settings=dict(args.set))
             print(f"{archive}  ({MODEL_NAME} {version}, weights: {args.weights})")
     except (WeightsError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)

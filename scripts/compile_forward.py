@@ -1,13 +1,16 @@
-"""Compile ResNet50's CPU forward pass ahead of time with AOTInductor, at archive build.
+"""Compile ResNet50's forward pass ahead of time with AOTInductor, at archive build.
 
 Workers then load a ready .pt2 package in a fraction of a second instead of compiling at start
-(torch.compile takes 20-30 s per worker on two cores). Measured on the 2-core Xeon this project
-is developed on: 1.2-1.4x the eager channels_last forward at batch sizes 1 to 8.
+(torch.compile takes 20-30 s per worker on two cores, and would run again at every worker
+restart). Measured on the 2-core Xeon this project is developed on: 1.2-1.4x the eager
+channels_last forward at batch sizes 1 to 8.
 
-The package is native code for this machine's CPU instruction set; the handler uses it only on
-a CPU of the same capability (else it falls back to the eager model, with a warning), and only
-for batches up to the size it was compiled for. It needs a C++ compiler: without one the
-archive is built with the eager forward only, and the build says so.
+One package per device kind the build machine has: always the CPU (fp32), and the GPU (fp16,
+channels_last) when the build runs where torch sees one. Each is native code for the build
+machine's CPU instruction set or GPU architecture; the handler uses it only on a device of the
+same target (else the eager model, with a warning; handler/compiled_forward.py), for batches
+of 1 to the archive's batchSize, the batch shapes TorchServe forms. The CPU package needs a C++
+compiler: without one the archive is built with the eager forward only, and the build says so.
 """
 
 from __future__ import annotations
@@ -21,22 +24,34 @@ from pathlib import Path
 import torch
 import torchvision
 
-PACKAGE_NAME = "resnet50_cpu.pt2"
+from scripts.paths import HANDLER_DIR
+
+sys.path.insert(0, str(HANDLER_DIR))  # the handler's own notion of a device's target
+from compiled_forward import native_target  # noqa: E402
+
+PACKAGE_NAMES = {"cpu": "resnet50_cpu.pt2", "cuda": "resnet50_cuda.pt2"}
+DTYPES = {"cpu": torch.float32, "cuda": torch.float16}
 
 
 @dataclass(frozen=True)
-class CompiledForward:
+class CompiledPackage:
+    device: str
     package: Path
-    cpu_capability: str
+    target: str
     max_batch: int
 
     def handler_config(self) -> dict[str, object]:
-        return {"package": self.package.name, "cpu_capability": self.cpu_capability, "max_batch": self.max_batch}
+        return {"package": self.package.name, "target": self.target, "max_batch": self.max_batch}
 
 
-def cpu_capability() -> str:
-    """The instruction set inductor generates code for on this CPU (e.g. AVX512, AVX2)."""
-    return torch.backends.cpu.get_cpu_capability()
+def build_devices() -> list[torch.device]:
+    """The device kinds this machine can compile for: the CPU, and its first GPU if it has one."""
+    return [torch.device("cpu")] + ([torch.device("cuda", 0)] if torch.cuda.is_available() else [])
+
+
+def build_targets() -> str:
+    """What packages built here are specific to, for the archive's fingerprint."""
+    return " ".join(f"{device.type}={native_target(device)}" for device in build_devices())
 
 
 def missing_compiler() -> str | None:
@@ -44,21 +59,28 @@ def missing_compiler() -> str | None:
     return None if shutil.which(compiler) or shutil.which("g++") else compiler
 
 
-def compile_cpu_forward(weights: Path, max_batch: int, output_dir: Path) -> CompiledForward | None:
-    """Export the model with a dynamic batch dimension and compile it; None if no compiler."""
+def compile_forwards(weights: Path, max_batch: int, output_dir: Path) -> list[CompiledPackage]:
+    """One package per device kind of this machine; none if there is no C++ compiler."""
     compiler = missing_compiler()
     if compiler:
         print(f"note: no C++ compiler ({compiler}) found, so the archive uses the eager forward "
               f"(about 25% slower on CPU). Install g++ and rebuild to compile it.", file=sys.stderr)
-        return None
+        return []
+    return [compile_forward(weights, max_batch, output_dir, device) for device in build_devices()]
+
+
+def compile_forward(weights: Path, max_batch: int, output_dir: Path, device: torch.device) -> CompiledPackage:
+    """Export the model with a dynamic batch dimension (1 to max_batch) and compile it for `device`."""
+    dtype = DTYPES[device.type]
     model = torchvision.models.resnet50()
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    model = model.eval().to(memory_format=torch.channels_last)
-    example = torch.randn(min(2, max_batch), 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    model = model.eval().to(device, dtype, memory_format=torch.channels_last)
+    example = torch.randn(min(2, max_batch), 3, 224, 224, device=device, dtype=dtype)
+    example = example.contiguous(memory_format=torch.channels_last)
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     with torch.inference_mode():
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-    package = output_dir / PACKAGE_NAME
+    package = output_dir / PACKAGE_NAMES[device.type]
     torch._inductor.aoti_compile_and_package(program, package_path=str(package),
                                              inductor_configs={"freezing": True})
-    return CompiledForward(package=package, cpu_capability=cpu_capability(), max_batch=max_batch)
+    return CompiledPackage(device=device.type, package=package, target=native_target(device), max_batch=max_batch)

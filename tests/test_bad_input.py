@@ -14,7 +14,7 @@ from PIL import Image
 
 from answers import same_answer
 from images import encode, photo_bytes, png_declaring, sample_photo
-from in_process import InProcessModel, Request
+from scripts.in_process import InProcessModel, Request
 from scripts.paths import archive_name
 
 

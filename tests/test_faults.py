@@ -147,8 +147,8 @@ def test_switching_versions_under_load_drops_no_request(server: Server, canary_a
 def test_a_full_queue_is_answered_fast_not_timed_out(server: Server) -> None:
     """A version whose queue holds two jobs: a burst beyond it is refused at once, over REST
     and gRPC, and our clients say why."""
-    archive = build_archives.build("9.0", RANDOM, server.model_store, recipe_version="2.0", compile_cpu=False,
-                                   settings={"jobQueueSize": 2, "batchSize": 1})
+    archive = build_archives.build("9.0", RANDOM, server.model_store, recipe_version="2.0",
+                                   with_compiled_forward=False, settings={"jobQueueSize": 2, "batchSize": 1})
     server.client().register(archive.name, initial_workers=1)
     clients = [server.client(), server.grpc_client()]
     image = photo_bytes((1632, 1224))

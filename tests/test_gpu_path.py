@@ -22,7 +22,7 @@ from gpu_preprocessing import GpuPreprocessor, TensorPreset
 from handler_config import InputLimits, PreprocessConfig
 from image_decoding import decode_rgb, is_plain_jpeg, open_checked
 from images import encode, photo_bytes, sample_photo
-from in_process import InProcessModel, Request
+from scripts.in_process import InProcessModel, Request
 from request_errors import RequestError
 from scripts.paths import archive_name
 from test_bad_input import exif_rotated_jpeg

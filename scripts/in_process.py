@@ -2,7 +2,8 @@
 
 The archive is loaded by TorchServe's own model loader, requests are decoded from the same wire
 frames the frontend sends (so JSON and text bodies are parsed as in a worker), and a batch goes
-through the same steps as `ts.service.Service.predict`.
+through the same steps as `ts.service.Service.predict`. The tests use it to check the handler
+in detail; the benchmark uses it to measure the handler without the server.
 """
 
 from __future__ import annotations
@@ -53,11 +54,12 @@ class Response:
 
 
 class InProcessModel:
-    def __init__(self, archive: Path, extract_to: Path, batch_size: int = 8) -> None:
+    def __init__(self, archive: Path, extract_to: Path, batch_size: int = 8, gpu_id: int | None = None) -> None:
         with zipfile.ZipFile(archive) as mar:
             mar.extractall(extract_to)
+        self.model_dir = extract_to
         self.service = TsModelLoader().load(
-            "resnet50", str(extract_to), handler="resnet50_handler", gpu_id=None, batch_size=batch_size,
+            "resnet50", str(extract_to), handler="resnet50_handler", gpu_id=gpu_id, batch_size=batch_size,
             metrics_cache=MetricsCacheYamlImpl(str(METRICS_CONFIG)))
 
     @property

@@ -1,0 +1,80 @@
+"""In-process figures, no server: (c) the raw eager forward, the machine's compute limit; (c')
+the forward the archive compiled; (d) the whole handler, JPEG bytes in and top-k out.
+
+Every figure is the median images per second over one-second windows, steadier than one long
+window on a shared machine. On a GPU each window ends with a synchronise, so queued work counts.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+
+from scripts.compile_forward import DTYPES, PACKAGE_NAMES
+from scripts.in_process import InProcessModel, Request
+
+
+def images_per_second(step: Callable[[], object], images_per_step: int, seconds: float,
+                      device: torch.device) -> float:
+    def finish() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    rates = []
+    with torch.inference_mode():
+        step()  # warm-up: allocations, cuDNN algorithm choice, first-call compilation
+        finish()
+        for _ in range(max(3, int(seconds))):
+            images, started = 0, time.perf_counter()
+            while time.perf_counter() - started < 1.0:
+                step()
+                images += images_per_step
+            finish()
+            rates.append(images / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def synthetic_batch(batch_size: int, device: torch.device) -> torch.Tensor:
+    batch = torch.randn(batch_size, 3, 224, 224, device=device, dtype=DTYPES[device.type])
+    return batch.contiguous(memory_format=torch.channels_last)
+
+
+def eager_forward(device: torch.device, batch_sizes: list[int], seconds: float) -> dict[str, float]:
+    """(c) The bare eager channels_last forward on synthetic input, in the handler's precision."""
+    dtype = DTYPES[device.type]
+    model = torchvision.models.resnet50().eval().to(device, dtype, memory_format=torch.channels_last)
+    precision = str(dtype).removeprefix("torch.")
+    return {f"eager {precision} channels_last, batch {size}":
+            images_per_second(lambda batch=synthetic_batch(size, device): model(batch), size,
+                              seconds / len(batch_sizes), device)
+            for size in batch_sizes}
+
+
+def compiled_forward(archive: Path, device: torch.device, batch_size: int, seconds: float,
+                     out: Path) -> dict[str, float]:
+    """(c') The AOTInductor package the archive carries for this device, if it has one."""
+    with zipfile.ZipFile(archive) as mar:
+        if PACKAGE_NAMES[device.type] not in mar.namelist():
+            return {}
+        package = mar.extract(PACKAGE_NAMES[device.type], out)
+    forward = torch._inductor.aoti_load_package(package, device_index=device.index if device.index is not None else -1)
+    batch = synthetic_batch(batch_size, device)
+    return {f"AOTInductor-compiled, batch {batch_size} (the handler's forward)":
+            images_per_second(lambda: forward(batch), batch_size, seconds, device)}
+
+
+def in_process_handler(archive: Path, inputs: list[Path], device: torch.device, batch_size: int,
+                       seconds: float, out: Path) -> dict[str, float]:
+    """(d) Batches of real JPEGs through the handler as a worker runs it: decode, transform,
+    forward, top-k, without the frontend and its socket hops."""
+    model = InProcessModel(archive, out / "in-process", batch_size, gpu_id=device.index)
+    images = [path.read_bytes() for path in inputs]
+    batch = [Request.raw(images[i % len(images)]) for i in range(batch_size)]
+    return {f"handler in-process, batches of {batch_size} JPEGs":
+            images_per_second(lambda: model.infer(batch), batch_size, seconds, device)}

@@ -1,0 +1,113 @@
+"""The benchmark's Markdown report and plot: the in-process figures, every load step, and the
+side-by-side ratios at the highest concurrency."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+
+from benchmarks.load import LoadResult
+
+
+@dataclass(frozen=True)
+class InProcess:
+    """Images per second without a server, by label: (c) eager, (c') compiled, (d) handler."""
+
+    eager: dict[str, float]
+    compiled: dict[str, float]
+    handler: dict[str, float]
+
+    def rows(self) -> list[str]:
+        return [f"| ({tag}) {name} | {value:.2f} |"
+                for tag, figures in (("c", self.eager), ("c'", self.compiled), ("d", self.handler))
+                for name, value in figures.items()]
+
+
+def write_report(out: Path, device: torch.device, in_process: InProcess, results: list[LoadResult],
+                 setup: list[str], concurrencies: list[int]) -> Path:
+    top = max(concurrencies)
+    ours, stock = (next((r for r in results if r.target == target and r.concurrency == top and r.protocol == "REST"),
+                        None) for target in ("ours", "stock"))
+    lines = [
+        f"# Benchmark: {datetime.date.today().isoformat()}",
+        "",
+        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'no GPU'}",
+        f"- torch {torch.__version__}, torchvision {torchvision.__version__}",
+        f"- command: `python -m benchmarks.run {' '.join(sys.argv[1:])}`",
+        *(f"- {line}" for line in setup),
+        "",
+        f"## In-process, on {device.type}: (c) raw eager forward, (c') compiled forward, (d) whole handler",
+        "",
+        "| configuration | img/s |",
+        "| --- | --- |",
+        *in_process.rows(),
+        "",
+        "## Served",
+        "",
+        "| target | protocol | concurrency | img/s | p50 ms | p90 ms | p99 ms | errors | server queue ms | server inference ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *(f"| {r.target} | {r.protocol} | {r.concurrency} | {r.throughput:.2f} | {r.p50_ms:.0f} | {r.p90_ms:.0f} | "
+          f"{r.p99_ms:.0f} | {r.failures} | {_server_timing(r, r.server_queue_ms)} | "
+          f"{_server_timing(r, r.server_inference_ms)} |" for r in results),
+        "",
+        "Server timings are TorchServe's own per-request counters (`ts_queue_latency_microseconds`,",
+        "`ts_inference_latency_microseconds`); TorchServe 0.12 does not count gRPC requests in them.",
+        "",
+        f"## Ratios at concurrency {top} (REST)",
+        "",
+        *_ratios(ours, stock, in_process),
+    ]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    plot(out / "plot.png", max(in_process.eager.values()), results, concurrencies)
+    return report
+
+
+def _ratios(ours: LoadResult | None, stock: LoadResult | None, in_process: InProcess) -> list[str]:
+    if ours is None:
+        return []
+    lines = [f"- a/b (ours / stock): **{ours.throughput / stock.throughput:.2f}x**"] if stock else []
+    lines.append(f"- a/c (ours / best raw eager forward): **{ours.throughput / max(in_process.eager.values()):.2f}x**")
+    lines += [f"- a/c' (ours / the compiled forward alone): **{ours.throughput / value:.2f}x**"
+              for value in in_process.compiled.values()]
+    lines += [f"- a/d (ours / the handler without the server): **{ours.throughput / value:.2f}x**"
+              for value in in_process.handler.values()]
+    lines.append(f"- ours p99/p50: **{ours.p99_ms / ours.p50_ms:.2f}**")
+    return lines
+
+
+def _server_timing(result: LoadResult, milliseconds: float) -> str:
+    return "n/a" if result.protocol == "gRPC" else f"{milliseconds:.0f}"
+
+
+def plot(path: Path, best_raw: float, results: list[LoadResult], concurrencies: list[int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for target in ("ours", "stock"):
+        rows = [r for r in results if r.target == target and r.protocol == "REST"]
+        throughput.plot([r.concurrency for r in rows], [r.throughput for r in rows], marker="o", label=target)
+    throughput.axhline(best_raw, linestyle="--", color="grey", label="raw eager forward (best)")
+    throughput.set(xlabel="concurrent clients", ylabel="images / s", title="Throughput (REST)", xticks=concurrencies)
+    throughput.legend()
+    width = 0.25
+    rows = [r for r in results if r.concurrency == max(concurrencies)]
+    for i, name in enumerate(("p50_ms", "p90_ms", "p99_ms")):
+        latency.bar([j + i * width for j in range(len(rows))], [getattr(r, name) for r in rows], width, label=name[:3])
+    labels = [f"{r.target}\n{r.protocol}" for r in rows]
+    latency.set_xticks([j + width for j in range(len(rows))], labels)
+    latency.set(ylabel="ms (log scale)", yscale="log", title=f"Latency at concurrency {max(concurrencies)}")
+    latency.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)

@@ -1,0 +1,57 @@
+"""The forward pass the archive build compiled ahead of time with AOTInductor, for this device.
+
+A package is native code for one target: a CPU instruction set (AVX512, AVX2, ...) or a GPU
+architecture (sm_90, ...). The archive carries one package per device kind it was built for;
+a worker uses the one for its device only if the targets match, and only for batches up to the
+size it was compiled for. Otherwise it runs the eager model, so an archive always serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Mapping
+
+import torch
+
+from handler_config import CompiledForwardConfig
+
+logger = logging.getLogger(__name__)
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def native_target(device: torch.device) -> str:
+    """What compiled code is specific to: the CPU's vector instruction set or the GPU's architecture."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"sm_{major}{minor}"
+    return torch.backends.cpu.get_cpu_capability()
+
+
+class CompiledForward:
+    """Runs a batch through the package when it fits the compiled batch range, else through `fallback`."""
+
+    def __init__(self, config: CompiledForwardConfig, device: torch.device, model_dir: str, fallback: Forward) -> None:
+        self.runner = torch._inductor.aoti_load_package(os.path.join(model_dir, config.package),
+                                                        device_index=device.index if device.index is not None else -1)
+        self.max_batch = config.max_batch
+        self.fallback = fallback
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return (self.runner if batch.shape[0] <= self.max_batch else self.fallback)(batch)
+
+
+def select_forward(packages: Mapping[str, CompiledForwardConfig], device: torch.device, model_dir: str,
+                   eager: Forward) -> Forward:
+    """The archive's package for this device if its target matches this device, else `eager`."""
+    compiled = packages.get(device.type)
+    if compiled is None:
+        logger.info("The archive has no forward compiled for %s: using the eager model", device.type)
+        return eager
+    here = native_target(device)
+    if here != compiled.target:
+        logger.warning("The archive's %s forward was compiled for %s and this device is %s: using the eager "
+                       "model. Rebuild the archive on this machine to compile it.", device.type, compiled.target, here)
+        return eager
+    return CompiledForward(compiled, device, model_dir, eager)

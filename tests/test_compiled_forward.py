@@ -1,0 +1,63 @@
+"""The archive's ahead-of-time compiled forward: used where it was compiled for this device and
+batch range, the eager model everywhere else. (That its answers match torchvision's is
+test_handler's test_outputs_match_direct_torchvision_inference, which runs through it.)"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from compiled_forward import CompiledForward, native_target, select_forward
+from handler_config import CompiledForwardConfig
+from scripts.in_process import InProcessModel
+from scripts.paths import archive_name
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def served(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> InProcessModel:
+    return InProcessModel(model_store / archive_name("2.0"), tmp_path_factory.mktemp("compiled"))
+
+
+def eager_model() -> torch.nn.Module:
+    return torchvision.models.resnet50().eval().to(memory_format=torch.channels_last)
+
+
+def test_the_archive_carries_a_forward_compiled_for_this_cpu(served: InProcessModel) -> None:
+    handler = served.handler
+    package = handler.config.compiled_forward["cpu"]
+    assert package.target == native_target(CPU)
+    assert package.max_batch == 8  # the archive's batchSize: every batch TorchServe can form
+    assert isinstance(handler.forward, CompiledForward)
+
+
+def test_batches_beyond_the_compiled_range_go_to_the_eager_model(served: InProcessModel) -> None:
+    handler = served.handler
+    seen: list[int] = []
+    compiled = CompiledForward(handler.config.compiled_forward["cpu"], CPU, served.model_dir,
+                               fallback=lambda batch: seen.append(batch.shape[0]) or torch.zeros(batch.shape[0], 1000))
+    batch = torch.randn(9, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        in_range = compiled(batch[:8])
+        compiled(batch)
+    assert seen == [9]
+    assert in_range.shape == (8, 1000) and in_range.abs().sum() > 0
+
+
+def test_a_package_compiled_for_another_cpu_is_not_used(caplog: pytest.LogCaptureFixture) -> None:
+    eager = eager_model()
+    elsewhere = {"cpu": CompiledForwardConfig(package="resnet50_cpu.pt2", target="NOT-THIS-CPU", max_batch=8)}
+    with caplog.at_level(logging.WARNING):
+        assert select_forward(elsewhere, CPU, "/nonexistent", eager) is eager
+    assert "compiled for NOT-THIS-CPU" in caplog.text and "Rebuild the archive on this machine" in caplog.text
+
+
+def test_a_gpu_package_is_not_used_on_the_cpu() -> None:
+    eager = eager_model()
+    gpu_only = {"cuda": CompiledForwardConfig(package="resnet50_cuda.pt2", target="sm_90", max_batch=8)}
+    assert select_forward(gpu_only, CPU, "/nonexistent", eager) is eager
