@@ -32,13 +32,14 @@ from benchmarks.load import load_steps
 from benchmarks.report import InProcess, write_report
 from benchmarks.stock_archive import STOCK_NAME, build_stock_archive
 from scripts import build_archives
-from scripts.paths import DEFAULT_VERSION, MODEL_NAME, ROOT, archive_name
+from scripts.paths import BUILD_DIR, DEFAULT_VERSION, MODEL_NAME, ROOT, archive_name
 from scripts.serve import sample_photo
 from scripts.server import Ports, Server, start, stop
 from scripts.weights import RANDOM, weights_file
 from scripts.worker_plan import Machine, WorkerPlan, plan_from_environment
 
 RESULTS = ROOT / "results"
+BENCH_MODEL_STORE = BUILD_DIR / "bench-model-store"  # kept between runs: an unchanged archive is not rebuilt
 INPUT_SIZES = ((640, 480), (800, 600), (1024, 768), (1280, 960), (1440, 1080), (1632, 1224))
 # Closed-loop clients per step: a GPU needs many requests in flight to fill its batches.
 DEFAULT_CONCURRENCY = {"cpu": [1, 4, 8], "cuda": [1, 64, 256]}
@@ -96,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-stock", action="store_true")
     args = parser.parse_args(argv)
     out = RESULTS / datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
-    store = out / "model_store"
     inputs = make_inputs(out / "inputs")
     machine = Machine.detect()
     plan = plan_from_environment(machine)
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     concurrencies = args.concurrency or DEFAULT_CONCURRENCY[device.type]
     torch.set_num_threads(plan.threads_per_worker * plan.workers_per_version)
     settings = {"batchSize": args.batch_size} if args.batch_size else {}
-    archive = build_archives.build(DEFAULT_VERSION, args.weights, store, settings=settings)
+    archive = build_archives.build(DEFAULT_VERSION, args.weights, BENCH_MODEL_STORE, settings=settings)
     batch_size = args.batch_size or build_archives.archive_model_config(DEFAULT_VERSION, args.weights)["batchSize"]
     in_process = measure_in_process(archive, inputs, device, batch_size, args.seconds, out)
 
@@ -114,13 +114,13 @@ def main(argv: list[str] | None = None) -> int:
              f"(b) stock: {stock_plan.describe()}, batch size 1",
              f"{args.seconds:.0f} s per step, inputs: JPEGs of {', '.join(f'{w}x{h}' for w, h in INPUT_SIZES)}"]
     print(setup[0])
-    with serving(out / "run-ours", store, archive_name(DEFAULT_VERSION), plan) as server:
+    with serving(out / "run-ours", BENCH_MODEL_STORE, archive_name(DEFAULT_VERSION), plan) as server:
         results = load_steps(server, MODEL_NAME, "ours", concurrencies, ["REST"], args.seconds, inputs, out)
         results += load_steps(server, MODEL_NAME, "ours", [max(concurrencies)], ["gRPC"], args.seconds, inputs, out)
     if not args.skip_stock:
-        stock_archive = build_stock_archive(weights_file("IMAGENET1K_V2", args.weights), store)
+        stock_archive = build_stock_archive(weights_file("IMAGENET1K_V2", args.weights), BENCH_MODEL_STORE)
         print(setup[1])
-        with serving(out / "run-stock", store, stock_archive.name, stock_plan) as server:
+        with serving(out / "run-stock", BENCH_MODEL_STORE, stock_archive.name, stock_plan) as server:
             results += load_steps(server, STOCK_NAME, "stock", concurrencies, ["REST"], args.seconds, inputs, out)
     report = write_report(out, device, in_process, results, setup, concurrencies)
     print(f"\n{report.read_text()}\nreport: {report}\nplot: {out / 'plot.png'}")

@@ -60,13 +60,24 @@ def missing_compiler() -> str | None:
 
 
 def compile_forwards(weights: Path, max_batch: int, output_dir: Path) -> list[CompiledPackage]:
-    """One package per device kind of this machine; none if there is no C++ compiler."""
+    """One package per device kind of this machine; none if there is no C++ compiler.
+
+    A failed CPU compile fails the build; a failed GPU compile (CUDA headers are often missing on
+    machines that only run CUDA) is reported and leaves GPUs on the eager forward."""
     compiler = missing_compiler()
     if compiler:
         print(f"note: no C++ compiler ({compiler}) found, so the archive uses the eager forward "
               f"(about 25% slower on CPU). Install g++ and rebuild to compile it.", file=sys.stderr)
         return []
-    return [compile_forward(weights, max_batch, output_dir, device) for device in build_devices()]
+    packages = [compile_forward(weights, max_batch, output_dir, torch.device("cpu"))]
+    if torch.cuda.is_available():
+        try:
+            packages.append(compile_forward(weights, max_batch, output_dir, torch.device("cuda", 0)))
+        except Exception as error:  # the CPU package and the eager GPU path still serve
+            print(f"WARNING: compiling the GPU forward failed, so on GPUs this archive runs the eager "
+                  f"fp16 forward: {type(error).__name__}: {error}\nAOTInductor needs g++ and the CUDA headers "
+                  f"(CUDA_HOME); fix that and rebuild, or build with --no-compile.", file=sys.stderr)
+    return packages
 
 
 def compile_forward(weights: Path, max_batch: int, output_dir: Path, device: torch.device) -> CompiledPackage:

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from scripts.grpc_client import GrpcClient
 
 HOST = "127.0.0.1"
-TORCHSERVE = str(Path(sys.executable).parent / "torchserve")  # the launcher of this environment
+# TorchServe's launcher run by this interpreter: it needs only `ts` importable, not its bin/ script.
+TORCHSERVE = [sys.executable, "-m", "ts.model_server"]
 DEFAULT_MAX_REQUEST_SIZE = 6553500  # TorchServe's own default
 
 
@@ -165,7 +166,7 @@ def start(server: Server, plan: WorkerPlan, timeout: float = 90.0) -> None:
     for folder in (server.run_dir / "tmp", server.log_dir):
         folder.mkdir(parents=True, exist_ok=True)
     server.key_file.unlink(missing_ok=True)
-    command = [TORCHSERVE, "--start", "--ncs",
+    command = [*TORCHSERVE, "--start", "--ncs",
                "--ts-config", str(write_config(server, plan).resolve()),
                "--model-store", str(server.model_store.resolve()),
                "--log-config", str(CONFIG_DIR / "log4j2.xml")]
@@ -198,7 +199,7 @@ def stop(server: Server, timeout: float = 60.0) -> bool:
     if pid is None:
         return False
     processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    subprocess.run([TORCHSERVE, "--stop", "--foreground"],
+    subprocess.run([*TORCHSERVE, "--stop", "--foreground"],
                    cwd=server.run_dir, env=server.environment(), capture_output=True, timeout=timeout + 10)
     _, alive = psutil.wait_procs(processes, timeout=timeout)
     for process in alive:  # workers that outlived their frontend

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The GPU check on the device machine: one H100, Python 3.12 with torch and torchvision, no Java,
+# no network. Wheels come from benchmarks/device/fetch_wheels.sh (run here first); a device call
+# carries at most 64 MiB, so the groups go over in three calls less than 30 s apart (the machine
+# is handed back after 30 s idle, and what was installed with it):
+#   call 1, carry build/device-wheels/java:        bash benchmarks/device/check.sh install java
+#   call 2, carry build/device-wheels/torchserve:  bash benchmarks/device/check.sh install torchserve
+#   call 3, carry build/device-wheels/bench:       bash benchmarks/device/check.sh install bench run
+# `run` is `python -m benchmarks.run` on the GPU (ours vs stock vs raw, in-process and served);
+# `workers` (a fourth call, if the budget allows) serves ours with 1, 2 and 4 workers on the GPU.
+# Reports, locust CSVs and logs are copied to $OUT; the archives are not.
+set -euo pipefail
+
+SITE="${SITE:-/root/site}"  # /root survives between calls on a warm machine
+GROUPS_=(java torchserve bench)
+export PYTHONPATH="$(IFS=:; echo "${GROUPS_[*]/#/$SITE/}"):$PWD"
+SECONDS_PER_STEP="${SECONDS_PER_STEP:-15}"
+BATCH_SIZE="${BATCH_SIZE:-32}"
+
+install() {
+    python3 -m pip install --quiet --no-index --no-deps --target "$SITE/$1" "build/device-wheels/$1"/*.whl
+    echo "installed $1: $(ls "build/device-wheels/$1" | wc -l) wheels"
+}
+
+prepare() {
+    python3 -c "import torch, torchvision, ts; print('torch', torch.__version__, 'torchvision', torchvision.__version__,
+'gpu', torch.cuda.get_device_name(), 'torchserve', ts.__version__)"
+    python3 -m scripts.grpc_stubs
+    nvidia-smi > "$OUT/nvidia-smi.txt" || true
+}
+
+keep_results() {
+    [ -d results ] || return 0
+    (cd results && find . \( -name '*.md' -o -name '*.png' -o -name '*.csv' -o -name '*.log' \) -print0 \
+        | xargs -0 -r cp --parents -t "$OUT")
+}
+trap keep_results EXIT
+
+while (($#)); do
+    case "$1" in
+        install) install "$2"; shift 2 ;;
+        run)
+            prepare
+            timeout 420 python3 -m benchmarks.run --seconds "$SECONDS_PER_STEP" --batch-size "$BATCH_SIZE" \
+                | tee "$OUT/bench.log"
+            shift ;;
+        workers)
+            prepare
+            for workers in 1 2 4; do
+                WORKERS=$workers timeout 150 python3 -m benchmarks.run --seconds 10 --batch-size "$BATCH_SIZE" \
+                    --concurrency 256 --skip-stock | tee "$OUT/workers-$workers.log"
+            done
+            shift ;;
+        *) echo "usage: $0 install java|torchserve|bench | run | workers" >&2; exit 2 ;;
+    esac
+done
