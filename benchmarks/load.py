@@ -56,12 +56,14 @@ def run_locust(server: Server, model: str, protocol: str, users: int, seconds: f
     before = prometheus_totals(server, model)
     prefix = out / f"{target}-{protocol}-c{users}"
     env = dict(os.environ, BENCH_INPUTS=str(inputs), BENCH_MODEL=model, BENCH_TOKEN=server.client().tokens.inference,
-               BENCH_GRPC_TARGET=f"127.0.0.1:{server.ports.grpc_inference}", PYTHONPATH=str(ROOT))
+               BENCH_GRPC_TARGET=f"127.0.0.1:{server.ports.grpc_inference}",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     processes = locust_processes(users)
     subprocess.run([sys.executable, "-m", "locust", "-f", str(ROOT / "benchmarks" / "locustfile.py"),
                     "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds:.0f}s",
                     *(["--processes", str(processes)] if processes > 1 else []),
                     "--host", server.inference_url, "--csv", str(prefix), "--only-summary", "--loglevel", "ERROR",
+                    "--exit-code-on-error", "0",  # failed requests are counted in the report, not fatal
                     "GrpcUser" if protocol == "gRPC" else "RestUser"],
                    env=env, check=True, capture_output=True, cwd=ROOT)
     with open(f"{prefix}_stats.csv") as stats:

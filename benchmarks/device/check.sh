@@ -24,15 +24,16 @@ install() {
 
 prepare() {
     python3 -c "import torch, torchvision, ts; print('torch', torch.__version__, 'torchvision', torchvision.__version__,
-'gpu', torch.cuda.get_device_name(), 'torchserve', ts.__version__)"
+'torchserve', ts.__version__, 'gpu', torch.cuda.is_available() and torch.cuda.get_device_name())"
     python3 -m scripts.grpc_stubs
     nvidia-smi > "$OUT/nvidia-smi.txt" || true
 }
 
-keep_results() {
+STARTED="$(mktemp)"
+keep_results() {  # this call's reports, CSVs and logs
     [ -d results ] || return 0
-    (cd results && find . \( -name '*.md' -o -name '*.png' -o -name '*.csv' -o -name '*.log' \) -print0 \
-        | xargs -0 -r cp --parents -t "$OUT")
+    (cd results && find . -newer "$STARTED" -type f \( -name '*.md' -o -name '*.png' -o -name '*.csv' -o -name '*.log' \) \
+        -print0 | xargs -0 -r cp --parents -t "$OUT")
 }
 trap keep_results EXIT
 
