@@ -74,10 +74,20 @@ def run_locust(server: Server, model: str, protocol: str, users: int, seconds: f
     def per_request_ms(name: str) -> float:
         return (after.get(name, 0) - before.get(name, 0)) / served / 1000
 
+    # Throughput counts answered requests only: locust's Requests/s includes failures (fast 503s).
     return LoadResult(target, protocol, users, int(row["Request Count"]), int(row["Failure Count"]),
-                      float(row["Requests/s"]), float(row["50%"]), float(row["90%"]), float(row["99%"]),
+                      _number(row["Requests/s"]) - _number(row["Failures/s"]),
+                      _number(row["50%"]), _number(row["90%"]), _number(row["99%"]),
                       per_request_ms("ts_queue_latency_microseconds"),
                       per_request_ms("ts_inference_latency_microseconds"))
+
+
+def _number(text: str) -> float:
+    """locust writes N/A for the percentiles of a step that completed no request."""
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
 
 
 def load_steps(server: Server, model: str, target: str, concurrencies: list[int], protocols: list[str],

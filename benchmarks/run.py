@@ -61,8 +61,11 @@ def make_inputs(folder: Path) -> Path:
 
 
 @contextmanager
-def serving(run_dir: Path, model_store: Path, archive: str, plan: WorkerPlan) -> Iterator[Server]:
-    server = Server(run_dir=run_dir, model_store=model_store, ports=Ports.free())
+def serving(run_dir: Path, model_store: Path, archive: str, plan: WorkerPlan, clients: int) -> Iterator[Server]:
+    """A server whose queues hold every client's request (TorchServe's default of 100 would
+    answer a GPU step's 256 clients with instant 503s)."""
+    server = Server(run_dir=run_dir, model_store=model_store, ports=Ports.free(),
+                    properties={"job_queue_size": max(100, 2 * clients)})
     run_dir.mkdir(parents=True, exist_ok=True)
     start(server, plan)
     try:
@@ -83,6 +86,8 @@ def measure_in_process(archive: Path, inputs: Path, device: torch.device, batch_
     )
     for name, value in {**figures.eager, **figures.compiled, **figures.handler}.items():
         print(f"  {name}: {value:.2f} img/s")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the served steps' workers get the memory back
     return figures
 
 
@@ -114,13 +119,15 @@ def main(argv: list[str] | None = None) -> int:
              f"(b) stock: {stock_plan.describe()}, batch size 1",
              f"{args.seconds:.0f} s per step, inputs: JPEGs of {', '.join(f'{w}x{h}' for w, h in INPUT_SIZES)}"]
     print(setup[0])
-    with serving(out / "run-ours", BENCH_MODEL_STORE, archive_name(DEFAULT_VERSION), plan) as server:
+    with serving(out / "run-ours", BENCH_MODEL_STORE, archive_name(DEFAULT_VERSION), plan,
+                 max(concurrencies)) as server:
         results = load_steps(server, MODEL_NAME, "ours", concurrencies, ["REST"], args.seconds, inputs, out)
         results += load_steps(server, MODEL_NAME, "ours", [max(concurrencies)], ["gRPC"], args.seconds, inputs, out)
     if not args.skip_stock:
         stock_archive = build_stock_archive(weights_file("IMAGENET1K_V2", args.weights), BENCH_MODEL_STORE)
         print(setup[1])
-        with serving(out / "run-stock", BENCH_MODEL_STORE, stock_archive.name, stock_plan) as server:
+        with serving(out / "run-stock", BENCH_MODEL_STORE, stock_archive.name, stock_plan,
+                     max(concurrencies)) as server:
             results += load_steps(server, STOCK_NAME, "stock", concurrencies, ["REST"], args.seconds, inputs, out)
     report = write_report(out, device, in_process, results, setup, concurrencies)
     print(f"\n{report.read_text()}\nreport: {report}\nplot: {out / 'plot.png'}")

@@ -54,4 +54,9 @@ def select_forward(packages: Mapping[str, CompiledForwardConfig], device: torch.
         logger.warning("The archive's %s forward was compiled for %s and this device is %s: using the eager "
                        "model. Rebuild the archive on this machine to compile it.", device.type, compiled.target, here)
         return eager
-    return CompiledForward(compiled, device, model_dir, eager)
+    try:
+        return CompiledForward(compiled, device, model_dir, eager)
+    except RuntimeError as error:  # e.g. a driver or torch unlike the build machine's
+        logger.warning("The archive's %s forward could not be loaded (%s): using the eager model. Rebuild the "
+                       "archive with this machine's torch and drivers to compile it.", device.type, error)
+        return eager

@@ -24,7 +24,7 @@ import torch
 import yaml
 from torchvision.models import ResNet50_Weights
 
-from scripts.compile_forward import build_devices, build_targets, compile_forwards
+from scripts.compile_forward import build_targets, compile_forwards
 from scripts.paths import (BUILD_DIR, HANDLER_DIR, MODEL_CONFIG_DIR, MODEL_NAME, MODEL_STORE,
                            SERVED_VERSIONS, archive_name)
 from scripts.weights import OFFICIAL, RANDOM, WeightsError, weights_file
@@ -62,10 +62,7 @@ def build(version: str, weights_source: str, model_store: Path = MODEL_STORE,
         _run_archiver(version, weights, config_file, Path(staging), extra_files)
         # Replace atomically: a server registering this file never sees half of it.
         os.replace(Path(staging) / f"{MODEL_NAME}.mar", archive)
-    if not with_compiled_forward or len(compiled) == len(build_devices()):
-        stamp.write_text(fingerprint)  # else rebuild next time: the compiler may be fixed by then
-    else:
-        stamp.unlink(missing_ok=True)
+    stamp.write_text(fingerprint)
     return archive
 
 

@@ -15,6 +15,7 @@ compiler: without one the archive is built with the eager forward only, and the 
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import sysconfig
@@ -50,8 +51,10 @@ def build_devices() -> list[torch.device]:
 
 
 def build_targets() -> str:
-    """What packages built here are specific to, for the archive's fingerprint."""
-    return " ".join(f"{device.type}={native_target(device)}" for device in build_devices())
+    """What packages built here depend on, for the archive's fingerprint: the devices' targets
+    and the toolchain, so installing g++ or pointing CUDA_HOME at CUDA's headers rebuilds."""
+    targets = " ".join(f"{device.type}={native_target(device)}" for device in build_devices())
+    return f"{targets} cxx={shutil.which('g++')} cuda_home={os.environ.get('CUDA_HOME')}"
 
 
 def missing_compiler() -> str | None:
@@ -69,10 +72,11 @@ def compile_forwards(weights: Path, max_batch: int, output_dir: Path) -> list[Co
         print(f"note: no C++ compiler ({compiler}) found, so the archive uses the eager forward "
               f"(about 25% slower on CPU). Install g++ and rebuild to compile it.", file=sys.stderr)
         return []
-    packages = [compile_forward(weights, max_batch, output_dir, torch.device("cpu"))]
-    if torch.cuda.is_available():
+    cpu, *gpus = build_devices()
+    packages = [compile_forward(weights, max_batch, output_dir, cpu)]
+    for gpu in gpus:
         try:
-            packages.append(compile_forward(weights, max_batch, output_dir, torch.device("cuda", 0)))
+            packages.append(compile_forward(weights, max_batch, output_dir, gpu))
         except Exception as error:  # the CPU package and the eager GPU path still serve
             print(f"WARNING: compiling the GPU forward failed, so on GPUs this archive runs the eager "
                   f"fp16 forward: {type(error).__name__}: {error}\nAOTInductor needs g++ and the CUDA headers "
@@ -88,9 +92,10 @@ def compile_forward(weights: Path, max_batch: int, output_dir: Path, device: tor
     model = model.eval().to(device, dtype, memory_format=torch.channels_last)
     example = torch.randn(min(2, max_batch), 3, 224, 224, device=device, dtype=dtype)
     example = example.contiguous(memory_format=torch.channels_last)
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    # torch.export needs a range for a dynamic dimension: batchSize 1 compiles one static shape.
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if max_batch > 1 else None
     with torch.inference_mode():
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
     package = output_dir / PACKAGE_NAMES[device.type]
     torch._inductor.aoti_compile_and_package(program, package_path=str(package),
                                              inductor_configs={"freezing": True})

@@ -73,6 +73,7 @@ class Server:
     run_dir: Path = RUN_DIR
     model_store: Path = MODEL_STORE
     ports: Ports = field(default_factory=Ports)
+    properties: dict[str, object] = field(default_factory=dict)  # extra config.properties lines, e.g. job_queue_size
 
     @property
     def inference_url(self) -> str:
@@ -142,7 +143,8 @@ class Server:
 
 
 def write_config(server: Server, plan: WorkerPlan) -> Path:
-    """config/config.properties plus this instance's ports, store and GPU count (later lines win)."""
+    """config/config.properties plus this instance's ports, store, GPU count and extra
+    properties (later lines win)."""
     overrides = {
         "inference_address": server.inference_url,
         "management_address": server.management_url,
@@ -151,6 +153,7 @@ def write_config(server: Server, plan: WorkerPlan) -> Path:
         "grpc_management_port": server.ports.grpc_management,
         "model_store": server.model_store.resolve(),
         "number_of_gpu": plan.number_of_gpu,
+        **server.properties,
     }
     base = (CONFIG_DIR / "config.properties").read_text()
     lines = [f"{key}={value}" for key, value in overrides.items()]

@@ -13,6 +13,7 @@ import torchvision
 
 from compiled_forward import CompiledForward, native_target, select_forward
 from handler_config import CompiledForwardConfig
+from scripts.compile_forward import missing_compiler
 from scripts.in_process import InProcessModel
 from scripts.paths import archive_name
 
@@ -28,6 +29,7 @@ def eager_model() -> torch.nn.Module:
     return torchvision.models.resnet50().eval().to(memory_format=torch.channels_last)
 
 
+@pytest.mark.skipif(missing_compiler() is not None, reason="no C++ compiler: archives are built eager-only")
 def test_the_archive_carries_a_forward_compiled_for_this_cpu(served: InProcessModel) -> None:
     handler = served.handler
     package = handler.config.compiled_forward["cpu"]
@@ -61,3 +63,13 @@ def test_a_gpu_package_is_not_used_on_the_cpu() -> None:
     eager = eager_model()
     gpu_only = {"cuda": CompiledForwardConfig(package="resnet50_cuda.pt2", target="sm_90", max_batch=8)}
     assert select_forward(gpu_only, CPU, "/nonexistent", eager) is eager
+
+
+def test_a_package_that_cannot_be_loaded_leaves_the_eager_model_serving(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    eager = eager_model()
+    (tmp_path / "resnet50_cpu.pt2").write_bytes(b"not a package")
+    damaged = {"cpu": CompiledForwardConfig(package="resnet50_cpu.pt2", target=native_target(CPU), max_batch=8)}
+    with caplog.at_level(logging.WARNING):
+        assert select_forward(damaged, CPU, str(tmp_path), eager) is eager
+    assert "could not be loaded" in caplog.text
