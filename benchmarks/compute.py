@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torchvision
 
-from scripts.compile_forward import DTYPES, PACKAGE_NAMES
+from scripts.compile_forward import PACKAGE_NAMES, for_inference, inference_dtype, load_package
 from scripts.in_process import InProcessModel, Request
 
 
@@ -41,15 +41,14 @@ def images_per_second(step: Callable[[], object], images_per_step: int, seconds:
 
 
 def synthetic_batch(batch_size: int, device: torch.device) -> torch.Tensor:
-    batch = torch.randn(batch_size, 3, 224, 224, device=device, dtype=DTYPES[device.type])
+    batch = torch.randn(batch_size, 3, 224, 224, device=device, dtype=inference_dtype(device))
     return batch.contiguous(memory_format=torch.channels_last)
 
 
 def eager_forward(device: torch.device, batch_sizes: list[int], seconds: float) -> dict[str, float]:
     """(c) The bare eager channels_last forward on synthetic input, in the handler's precision."""
-    dtype = DTYPES[device.type]
-    model = torchvision.models.resnet50().eval().to(device, dtype, memory_format=torch.channels_last)
-    precision = str(dtype).removeprefix("torch.")
+    model = for_inference(torchvision.models.resnet50(), device)
+    precision = str(inference_dtype(device)).removeprefix("torch.")
     return {f"eager {precision} channels_last, batch {size}":
             images_per_second(lambda batch=synthetic_batch(size, device): model(batch), size,
                               seconds / len(batch_sizes), device)
@@ -63,7 +62,7 @@ def compiled_forward(archive: Path, device: torch.device, batch_size: int, secon
         if PACKAGE_NAMES[device.type] not in mar.namelist():
             return {}
         package = mar.extract(PACKAGE_NAMES[device.type], out)
-    forward = torch._inductor.aoti_load_package(package, device_index=device.index if device.index is not None else -1)
+    forward = load_package(package, device)
     batch = synthetic_batch(batch_size, device)
     return {f"AOTInductor-compiled, batch {batch_size} (the handler's forward)":
             images_per_second(lambda: forward(batch), batch_size, seconds, device)}

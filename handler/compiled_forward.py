@@ -4,6 +4,9 @@ A package is native code for one target: a CPU instruction set (AVX512, AVX2, ..
 architecture (sm_90, ...). The archive carries one package per device kind it was built for;
 a worker uses the one for its device only if the targets match, and only for batches up to the
 size it was compiled for. Otherwise it runs the eager model, so an archive always serves.
+
+The precision and memory layout of every forward pass live here too, so the packages (compiled
+by scripts/compile_forward.py) and the eager model take exactly the same input.
 """
 
 from __future__ import annotations
@@ -21,6 +24,21 @@ logger = logging.getLogger(__name__)
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
+def inference_dtype(device: torch.device) -> torch.dtype:
+    """Half precision on a GPU (tensor cores); fp32 on a CPU, where fp16 is slow or absent."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def for_inference(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The model in eval mode on `device`, in its inference precision, channels_last."""
+    return model.eval().to(device, inference_dtype(device), memory_format=torch.channels_last)
+
+
+def load_package(path: str, device: torch.device) -> Forward:
+    """An AOTInductor package's forward, on `device` (its GPU index where it has one)."""
+    return torch._inductor.aoti_load_package(path, device_index=-1 if device.index is None else device.index)
+
+
 def native_target(device: torch.device) -> str:
     """What compiled code is specific to: the CPU's vector instruction set or the GPU's architecture."""
     if device.type == "cuda":
@@ -33,8 +51,7 @@ class CompiledForward:
     """Runs a batch through the package when it fits the compiled batch range, else through `fallback`."""
 
     def __init__(self, config: CompiledForwardConfig, device: torch.device, model_dir: str, fallback: Forward) -> None:
-        self.runner = torch._inductor.aoti_load_package(os.path.join(model_dir, config.package),
-                                                        device_index=device.index if device.index is not None else -1)
+        self.runner = load_package(os.path.join(model_dir, config.package), device)
         self.max_batch = config.max_batch
         self.fallback = fallback
 

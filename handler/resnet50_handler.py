@@ -18,7 +18,7 @@ from ts.handler_utils.timer import timed
 from ts.torch_handler.base_handler import BaseHandler
 
 from classification_transforms import classification_preset
-from compiled_forward import CompiledForward, select_forward
+from compiled_forward import CompiledForward, for_inference, inference_dtype, select_forward
 from gpu_preprocessing import GpuPreprocessor, Opened, Prepared
 from handler_config import HandlerConfig
 from image_decoding import load_rgb, open_checked
@@ -126,8 +126,7 @@ class ResNet50Handler(BaseHandler):
 
     @property
     def dtype(self) -> torch.dtype:
-        """Half precision on a GPU (tensor cores); fp32 on a CPU, where fp16 is slow or absent."""
-        return torch.float16 if self.device.type == "cuda" else torch.float32
+        return inference_dtype(self.device)
 
     def _load_model(self, context: Any) -> torch.nn.Module:
         """weights_only=True: an archive's weights are data, never code that runs on load."""
@@ -135,4 +134,4 @@ class ResNet50Handler(BaseHandler):
                                     context.manifest["model"]["serializedFile"])
         model = torchvision.models.resnet50(weights=None, num_classes=len(self.config.categories))
         model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-        return model.eval().to(self.device, self.dtype, memory_format=torch.channels_last)
+        return for_inference(model, self.device)

@@ -27,11 +27,10 @@ import torchvision
 
 from scripts.paths import HANDLER_DIR
 
-sys.path.insert(0, str(HANDLER_DIR))  # the handler's own notion of a device's target
-from compiled_forward import native_target  # noqa: E402
+sys.path.insert(0, str(HANDLER_DIR))  # the handler's own precision, layout and targets
+from compiled_forward import for_inference, inference_dtype, load_package, native_target  # noqa: E402,F401
 
 PACKAGE_NAMES = {"cpu": "resnet50_cpu.pt2", "cuda": "resnet50_cuda.pt2"}
-DTYPES = {"cpu": torch.float32, "cuda": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -86,11 +85,10 @@ def compile_forwards(weights: Path, max_batch: int, output_dir: Path) -> list[Co
 
 def compile_forward(weights: Path, max_batch: int, output_dir: Path, device: torch.device) -> CompiledPackage:
     """Export the model with a dynamic batch dimension (1 to max_batch) and compile it for `device`."""
-    dtype = DTYPES[device.type]
     model = torchvision.models.resnet50()
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    model = model.eval().to(device, dtype, memory_format=torch.channels_last)
-    example = torch.randn(min(2, max_batch), 3, 224, 224, device=device, dtype=dtype)
+    model = for_inference(model, device)
+    example = torch.randn(min(2, max_batch), 3, 224, 224, device=device, dtype=inference_dtype(device))
     example = example.contiguous(memory_format=torch.channels_last)
     # torch.export needs a range for a dynamic dimension: batchSize 1 compiles one static shape.
     dynamic = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if max_batch > 1 else None
