@@ -32,8 +32,7 @@ from benchmarks.load import load_steps
 from benchmarks.report import InProcess, write_report
 from benchmarks.stock_archive import STOCK_NAME, build_stock_archive
 from scripts import build_archives
-from scripts.paths import BUILD_DIR, DEFAULT_VERSION, MODEL_NAME, ROOT, archive_name
-from scripts.serve import sample_photo
+from scripts.paths import BUILD_DIR, DEFAULT_VERSION, MODEL_NAME, ROOT, archive_name, sample_photo
 from scripts.server import Ports, Server, start, stop
 from scripts.weights import RANDOM, weights_file
 from scripts.worker_plan import Machine, WorkerPlan, plan_from_environment

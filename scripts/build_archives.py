@@ -99,8 +99,12 @@ def _handler_files() -> list[Path]:
 
 
 def _fingerprint(config: dict[str, Any], weights: Path, build: str) -> str:
+    """What the archive is made of. The weights by content: a random-weights recipe that changes
+    writes a file of the same name and size."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    digest.update(f"{build}\n{weights.resolve()}\n{weights.stat().st_size}".encode())
+    digest.update(build.encode())
+    with weights.open("rb") as file:
+        digest.update(hashlib.file_digest(file, "sha256").digest())
     for path in [HANDLER_ENTRY, *_handler_files()]:
         digest.update(path.read_bytes())
     return digest.hexdigest()

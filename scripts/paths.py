@@ -16,3 +16,11 @@ SERVED_VERSIONS = ("1.0", "2.0")
 
 def archive_name(version: str) -> str:
     return f"{MODEL_NAME}-{version}.mar"
+
+
+def sample_photo() -> Path:
+    """Grace Hopper in uniform, shipped with matplotlib: ImageNet classifiers usually answer
+    "military uniform". Always on disk, so nothing needs the network."""
+    import matplotlib.cbook
+
+    return Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))

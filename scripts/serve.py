@@ -10,19 +10,13 @@ import os
 import sys
 from pathlib import Path
 
-import matplotlib.cbook
-
 from scripts import build_archives
-from scripts.paths import DEFAULT_VERSION, MODEL_NAME, MODEL_STORE, RUN_DIR, SERVED_VERSIONS, archive_name
+from scripts.paths import (DEFAULT_VERSION, MODEL_NAME, MODEL_STORE, RUN_DIR, SERVED_VERSIONS, archive_name,
+                           sample_photo)
 from scripts.rest_api import ApiError, RestClient
 from scripts.server import Ports, Server, ServerError, log_excerpt, start, stop
 from scripts.weights import OFFICIAL, RANDOM, WeightsError
 from scripts.worker_plan import Machine, WorkerPlan, plan_from_environment
-
-
-def sample_photo() -> Path:
-    """Grace Hopper in uniform: ImageNet classifiers usually answer "military uniform"."""
-    return Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 
 
 def register_versions(client: RestClient, versions: tuple[str, ...], workers: int, default: str) -> None:

@@ -23,8 +23,7 @@ import psutil
 import requests
 from PIL import Image
 
-from scripts.paths import MODEL_NAME, RUN_DIR
-from scripts.serve import sample_photo
+from scripts.paths import MODEL_NAME, RUN_DIR, sample_photo
 from scripts.server import Server, ServerError
 
 

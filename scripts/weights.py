@@ -4,7 +4,8 @@ WEIGHTS selects the source:
 - "official" (default): torchvision's file, downloaded once into torch.hub's cache by torch.hub's
   own downloader, which shows progress and checks the SHA-256 prefix in the file name;
 - a folder: the official file taken from there (for offline machines), verified the same way;
-- "random": seeded random weights, for offline smoke runs and tests. Their labels are meaningless.
+- "random": seeded random weights, calibrated so different images get different classes, for
+  offline smoke runs and tests. Their labels are meaningless.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import sys
 from pathlib import Path
 
 import torch
-import torchvision
 from torch.hub import HASH_REGEX, download_url_to_file, get_dir
 from torchvision.models import ResNet50_Weights
 
 from scripts.paths import BUILD_DIR
+from scripts.random_weights import random_state_dict
 
 RANDOM = "random"
 OFFICIAL = "official"
@@ -56,14 +57,14 @@ def verify_hash_prefix(path: Path) -> None:
             f"with {expected.group(1)}; delete it and fetch it again")
 
 
-def random_weights_file(seed: int) -> Path:
-    """Seeded, so every build and test run produces the same tensors."""
-    path = BUILD_DIR / "weights" / f"resnet50-random-seed{seed}.pth"
+def random_weights_file(seed: int, folder: Path = BUILD_DIR / "weights") -> Path:
+    """Seeded, so every build and test run produces the same tensors; calibrated so that
+    different images get different classes (scripts/random_weights.py)."""
+    path = folder / f"resnet50-random-calibrated-seed{seed}.pth"
     if not path.is_file():
-        torch.manual_seed(seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
-        torch.save(torchvision.models.resnet50(weights=None).state_dict(), partial)
+        torch.save(random_state_dict(seed), partial)
         os.replace(partial, path)
     return path
 

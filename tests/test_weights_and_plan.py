@@ -15,12 +15,24 @@ from scripts.worker_plan import Machine, plan_workers
 V2_FILE = "resnet50-11ad3fa6.pth"
 
 
-def test_random_weights_are_seeded() -> None:
+def test_random_weights_are_seeded(tmp_path: Path) -> None:
+    """Made twice from the same seed, bit for bit the same; another seed differs."""
     first = torch.load(random_weights_file(seed=1), weights_only=True)
-    torch.manual_seed(1)
-    import torchvision
-    again = torchvision.models.resnet50().state_dict()
-    assert all(torch.equal(first[name], again[name]) for name in again)
+    again = torch.load(random_weights_file(seed=1, folder=tmp_path), weights_only=True)
+    assert first.keys() == again.keys() and all(torch.equal(first[name], again[name]) for name in first)
+    other = torch.load(random_weights_file(seed=0), weights_only=True)
+    assert not torch.equal(first["fc.weight"], other["fc.weight"])
+
+
+def test_an_archive_is_rebuilt_when_its_weights_change_in_content_only(tmp_path: Path) -> None:
+    """Same name and size, different bytes: a changed random-weights recipe does exactly this."""
+    from scripts.build_archives import _fingerprint
+
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"a" * 64)
+    before = _fingerprint({}, weights, "build")
+    weights.write_bytes(b"b" * 64)
+    assert _fingerprint({}, weights, "build") != before
 
 
 def test_a_local_folder_without_the_file_says_what_to_put_where(tmp_path: Path) -> None:
