@@ -29,9 +29,9 @@ def inference_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def for_inference(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """The model in eval mode on `device`, in its inference precision, channels_last."""
-    return model.eval().to(device, inference_dtype(device), memory_format=torch.channels_last)
+def for_inference(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """The model in eval mode on `device`, in its inference precision (or `dtype`), channels_last."""
+    return model.eval().to(device, dtype or inference_dtype(device), memory_format=torch.channels_last)
 
 
 def load_package(path: str, device: torch.device) -> Forward:

@@ -37,6 +37,7 @@ class ResNet50Handler(BaseHandler):
         self.context = context
         self.config = HandlerConfig.from_yaml(context.model_yaml_config.get("handler"))
         self.device = self._select_device(context.system_properties.get("gpu_id"))
+        self.dtype = inference_dtype(self.device)
         self.forward = select_forward(self.config.compiled_forward, self.device,
                                       context.system_properties["model_dir"], self._load_model(context))
         self.transform = classification_preset(self.config.preprocess)
@@ -124,14 +125,10 @@ class ResNet50Handler(BaseHandler):
             return torch.device("cuda", int(gpu_id))
         return torch.device("cpu")
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return inference_dtype(self.device)
-
     def _load_model(self, context: Any) -> torch.nn.Module:
         """weights_only=True: an archive's weights are data, never code that runs on load."""
         weights_path = os.path.join(context.system_properties["model_dir"],
                                     context.manifest["model"]["serializedFile"])
         model = torchvision.models.resnet50(weights=None, num_classes=len(self.config.categories))
         model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-        return for_inference(model, self.device)
+        return for_inference(model, self.device, self.dtype)

@@ -2,8 +2,8 @@
 
 Workers then load a ready .pt2 package in a fraction of a second instead of compiling at start
 (torch.compile takes 20-30 s per worker on two cores, and would run again at every worker
-restart). Measured on the 2-core Xeon this project is developed on: 1.2-1.4x the eager
-channels_last forward at batch sizes 1 to 8.
+restart). On the 2-core Xeon this project is developed on, it ran at 1.01-1.11x the eager
+channels_last forward at batch 8 in the recorded full benchmark runs (docs/benchmarks.md).
 
 One package per device kind the build machine has: always the CPU (fp32), and the GPU (fp16,
 channels_last) when the build runs where torch sees one. Each is native code for the build
@@ -69,7 +69,8 @@ def compile_forwards(weights: Path, max_batch: int, output_dir: Path) -> list[Co
     compiler = missing_compiler()
     if compiler:
         print(f"note: no C++ compiler ({compiler}) found, so the archive uses the eager forward "
-              f"(about 25% slower on CPU). Install g++ and rebuild to compile it.", file=sys.stderr)
+              f"(up to ~10% slower on CPU in the recorded runs). Install g++ and rebuild to compile it.",
+              file=sys.stderr)
         return []
     cpu, *gpus = build_devices()
     packages = [compile_forward(weights, max_batch, output_dir, cpu)]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from conftest import restore
 from images import photo_bytes
 from scripts import client
+from scripts.paths import MODEL_NAME, archive_name
 from scripts.server import Server
 
 
@@ -78,3 +81,49 @@ def test_a_server_that_is_down_is_one_line_on_stderr(server: Server, tmp_path: P
 def test_no_server_started_says_how_to_start_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert client.main(["--run-dir", str(tmp_path), "ping"]) == 1
     assert "make serve" in capsys.readouterr().err
+
+
+def served_versions(server: Server) -> set[str]:
+    """The server's own view (over REST), independent of the client under test."""
+    return {entry["modelVersion"] for entry in server.client().describe(MODEL_NAME, "all")}
+
+
+@pytest.mark.parametrize("protocol", [[], ["--grpc"]])
+def test_the_version_commands_change_what_is_served(server: Server, canary_archive: str, protocol: list[str],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's walkthrough with the client: register, describe, set-default, scale, unregister."""
+    def run(*args: str) -> Any:
+        code = client.main([*protocol, "--run-dir", str(server.run_dir), *args])
+        printed = capsys.readouterr()
+        assert code == 0, printed.err
+        return json.loads(printed.out)
+
+    rest = server.client()
+    try:
+        run("register", canary_archive, "--workers", "1")
+        assert served_versions(server) == {"1.0", "2.0", "2.1"}
+        [canary] = run("describe", "2.1")
+        assert canary["modelVersion"] == "2.1" and [w["status"] for w in canary["workers"]] == ["READY"]
+        run("set-default", "2.1")
+        assert rest.describe(MODEL_NAME)[0]["modelVersion"] == "2.1"
+        assert run("describe")[0]["modelVersion"] == "2.1"
+        run("scale", "2.1", "--min", "2", "--max", "2")
+        assert [w["status"] for w in rest.describe(MODEL_NAME, "2.1")[0]["workers"]] == ["READY", "READY"]
+        run("set-default", "2.0")
+        run("unregister", "2.1")
+        assert served_versions(server) == {"1.0", "2.0"}
+        assert {entry["modelVersion"] for entry in run("describe", "all")} == {"1.0", "2.0"}
+    finally:
+        restore(server)
+
+
+@pytest.mark.parametrize("protocol", [[], ["--grpc"]])
+def test_a_refused_version_command_is_one_line_and_changes_nothing(server: Server, protocol: list[str],
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    for command, status in ((["register", archive_name("2.0")], "409"), (["unregister", "2.0"], "403"),
+                            (["set-default", "9.9"], "404")):
+        assert client.main([*protocol, "--run-dir", str(server.run_dir), *command]) == 1
+        error = capsys.readouterr().err.strip()
+        assert error.count("\n") == 0 and error.startswith(f"error: {status}")
+    assert served_versions(server) == {"1.0", "2.0"}
+    assert server.client().describe(MODEL_NAME)[0]["modelVersion"] == "2.0"

@@ -59,10 +59,36 @@ def test_a_package_compiled_for_another_cpu_is_not_used(caplog: pytest.LogCaptur
     assert "compiled for NOT-THIS-CPU" in caplog.text and "Rebuild the archive on this machine" in caplog.text
 
 
-def test_a_gpu_package_is_not_used_on_the_cpu() -> None:
+@pytest.fixture
+def an_sm_80_gpu(monkeypatch: pytest.MonkeyPatch) -> torch.device:
+    """A GPU of compute capability 8.0 (an A100), as torch would describe it."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    return torch.device("cuda", 0)
+
+
+def test_a_package_compiled_for_another_gpu_architecture_is_not_used(an_sm_80_gpu: torch.device,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     eager = eager_model()
-    gpu_only = {"cuda": CompiledForwardConfig(package="resnet50_cuda.pt2", target="sm_90", max_batch=8)}
-    assert select_forward(gpu_only, CPU, "/nonexistent", eager) is eager
+    hopper = {"cuda": CompiledForwardConfig(package="resnet50_cuda.pt2", target="sm_90", max_batch=8)}
+    with caplog.at_level(logging.WARNING):
+        assert select_forward(hopper, an_sm_80_gpu, "/nonexistent", eager) is eager
+    assert "compiled for sm_90 and this device is sm_80" in caplog.text
+
+
+def test_a_package_for_this_gpu_architecture_is_loaded(an_sm_80_gpu: torch.device,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """The targets match, so the handler goes on to load the package (which is not there)."""
+    eager = eager_model()
+    ampere = {"cuda": CompiledForwardConfig(package="resnet50_cuda.pt2", target="sm_80", max_batch=8)}
+    with caplog.at_level(logging.WARNING):
+        assert select_forward(ampere, an_sm_80_gpu, "/nonexistent", eager) is eager
+    assert "could not be loaded" in caplog.text and "compiled for" not in caplog.text
+
+
+def test_an_archive_without_a_gpu_package_runs_eager_on_a_gpu(an_sm_80_gpu: torch.device) -> None:
+    eager = eager_model()
+    cpu_only = {"cpu": CompiledForwardConfig(package="resnet50_cpu.pt2", target=native_target(CPU), max_batch=8)}
+    assert select_forward(cpu_only, an_sm_80_gpu, "/nonexistent", eager) is eager
 
 
 def test_a_package_that_cannot_be_loaded_leaves_the_eager_model_serving(tmp_path: Path,

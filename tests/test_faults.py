@@ -1,30 +1,23 @@
-"""Against the real server: bad requests under concurrency, size limits, worker death, version
-switches under load, restart, and the security defaults."""
+"""Against the real server: worker death, version switches under load, a full queue, a short
+soak, and a restart through `make serve`'s own start path."""
 
 from __future__ import annotations
 
-import ipaddress
-import os
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from types import SimpleNamespace
+from dataclasses import dataclass
 
 import psutil
-import pytest
 import requests
-import torch
 
-from answers import same_answer
 from conftest import TEST_PLAN, restore
 from images import photo_bytes
 from scripts import build_archives
-from scripts.paths import DEFAULT_VERSION, MODEL_NAME, ROOT, SERVED_VERSIONS
+from scripts.paths import DEFAULT_VERSION, MODEL_NAME, SERVED_VERSIONS
 from scripts.rest_api import ApiError
-from scripts.serve import register_versions
-from scripts.server import Server, start, stop
+from scripts.serve import serve
+from scripts.server import Server, stop
 from scripts.soak import soak
 from scripts.weights import RANDOM
 
@@ -33,69 +26,6 @@ def post(server: Server, body: bytes, version: str = "", timeout: float = 60) ->
     path = f"{MODEL_NAME}/{version}" if version else MODEL_NAME
     return requests.post(f"{server.inference_url}/predictions/{path}", data=body, timeout=timeout, headers={
         "Authorization": f"Bearer {server.client().tokens.inference}", "Content-Type": "application/octet-stream"})
-
-
-def test_bad_requests_fail_alone_under_concurrency(server: Server) -> None:
-    """batchSize is 8: concurrent good and bad requests share batches; only the bad ones fail."""
-    good, bad = photo_bytes((400, 300)), b"not an image"
-    bodies = [good, bad] * 8
-    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
-        answers = list(pool.map(lambda body: post(server, body), bodies))
-    assert [a.status_code for a in answers] == [200, 400] * 8
-    assert all(a.json()["type"] == "InvalidImage" for a in answers[1::2])
-    assert all(same_answer(answer.json(), answers[0].json()) for answer in answers[2::2])
-
-
-def test_a_body_over_the_size_limit_is_413(server: Server) -> None:
-    answer = post(server, b"\xff" * (server.max_request_size() + 1))
-    assert answer.status_code == 413
-
-
-def test_every_listener_is_on_loopback(server: Server) -> None:
-    frontend = psutil.Process(server.pid())
-    listening = [c.laddr for c in frontend.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
-    ports = server.ports
-    assert {address.port for address in listening} >= {ports.inference, ports.management, ports.metrics,
-                                                       ports.grpc_inference, ports.grpc_management}
-    for address in listening:  # Java reports IPv4 loopback as ::ffff:127.0.0.1
-        ip = ipaddress.ip_address(address.ip)
-        assert (getattr(ip, "ipv4_mapped", None) or ip).is_loopback, f"listening on {address.ip}"
-
-
-def test_no_token_is_written_to_the_logs(server: Server) -> None:
-    post(server, photo_bytes())
-    server.client().list_models()
-    tokens = [server.client().tokens.inference, server.client().tokens.management]
-    for log in server.log_dir.rglob("*"):
-        if log.is_file():
-            text = log.read_text(errors="replace")
-            assert not any(token in text for token in tokens), f"a token leaked into {log}"
-
-
-def test_nothing_secret_or_built_is_committed() -> None:
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert "key_file.json" not in tracked
-    assert not [name for name in tracked.splitlines() if name.endswith((".mar", ".pth", ".pt"))]
-
-
-def test_weights_are_loaded_without_running_pickled_code(tmp_path: Path) -> None:
-    from resnet50_handler import ResNet50Handler
-
-    marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self) -> tuple:
-            return (os.system, (f"touch {marker}",))
-
-    torch.save({"conv1.weight": Payload()}, tmp_path / "weights.pth")
-    handler = ResNet50Handler()
-    handler.config = SimpleNamespace(categories=tuple(str(i) for i in range(1000)))
-    handler.device = torch.device("cpu")
-    context = SimpleNamespace(system_properties={"model_dir": str(tmp_path)},
-                              manifest={"model": {"serializedFile": "weights.pth"}})
-    with pytest.raises(Exception, match="Weights only load failed"):
-        handler._load_model(context)
-    assert not marker.exists()
 
 
 def test_a_killed_worker_is_restarted_and_in_flight_requests_fail_fast(server: Server) -> None:
@@ -118,30 +48,68 @@ def test_a_killed_worker_is_restarted_and_in_flight_requests_fail_fast(server: S
     assert [post(server, image, "1.0").status_code for _ in range(3)] == [200] * 3
 
 
-def test_switching_versions_under_load_drops_no_request(server: Server, canary_archive: str) -> None:
-    image, stop_at = photo_bytes((320, 240)), threading.Event()
-    statuses: list[int] = []
+@dataclass(frozen=True)
+class Outcome:
+    version: str  # "" for the default version
+    sent: float  # time.monotonic()
+    answered: float
+    status: int  # 0: no answer (timed out, connection lost)
+    error: str = ""
 
-    def keep_asking() -> None:
-        while not stop_at.is_set():
-            statuses.append(post(server, image).status_code)
 
-    clients = [threading.Thread(target=keep_asking) for _ in range(4)]
+def keep_asking(server: Server, version: str, image: bytes, timeout: float, stop_at: threading.Event,
+                outcomes: list[Outcome]) -> None:
+    """One client, one request at a time until told to stop; every outcome is recorded, failures too."""
+    while not stop_at.is_set():
+        sent = time.monotonic()
+        try:
+            status, error = post(server, image, version, timeout).status_code, ""
+        except requests.RequestException as failure:
+            status, error = 0, type(failure).__name__
+        outcomes.append(Outcome(version, sent, time.monotonic(), status, error))
+
+
+def test_switching_versions_under_load(server: Server, canary_archive: str) -> None:
+    """Register 2.1, make it the default and unregister 1.0 while two clients call the default
+    and two call 1.0 by name. The default's clients lose nothing. 1.0's get 200 before the
+    unregister and 404 after it; a request in flight when 1.0's worker stops is never answered
+    by TorchServe 0.12 (pytorch/serve#1101): at most one per client, ending in its own timeout."""
+    image, stop_at, outcomes, timeout = photo_bytes((320, 240)), threading.Event(), [], 10.0
+    clients = [threading.Thread(target=keep_asking, args=(server, version, image, timeout, stop_at, outcomes))
+               for version in ("", "", "1.0", "1.0")]
     for thread in clients:
         thread.start()
     try:
         rest = server.client()
+        time.sleep(1)
         rest.register(canary_archive, initial_workers=1)
         rest.set_default(MODEL_NAME, "2.1")
+        unregistering = time.monotonic()
         rest.unregister(MODEL_NAME, "1.0")
+        unregistered = time.monotonic()
         time.sleep(2)
     finally:
         stop_at.set()
         for thread in clients:
             thread.join()
+    try:
+        after = post(server, image, "1.0").status_code
+    finally:
         restore(server)
-    assert len(statuses) > 8
-    assert set(statuses) == {200}
+    default = [o for o in outcomes if not o.version]
+    named = [o for o in outcomes if o.version]
+    before = [o for o in named if o.answered < unregistering]
+    after_it = [o for o in named if o.sent > unregistered]
+    during = [o for o in named if o not in before and o not in after_it]
+    lost = [o for o in during if o.status not in (200, 404)]
+    print(f"default: {len(default)} requests; 1.0: {len(before)} before the unregister, {len(during)} during "
+          f"({len(lost)} lost: {[(o.status, o.error) for o in lost]}), {len(after_it)} after")
+    assert len(default) > 8 and [o for o in default if o.status != 200] == []
+    assert before and {o.status for o in before} == {200}
+    assert after == 404 and {o.status for o in after_it} <= {404}
+    assert len(lost) <= 2, "more than the one request in flight per client was lost"
+    for o in lost:  # never answered, or answered 500 "Worker died." when the race goes the other way
+        assert (o.status == 0 and o.answered - o.sent >= timeout - 1) or o.status == 500, o
 
 
 def test_a_full_queue_is_answered_fast_not_timed_out(server: Server) -> None:
@@ -168,6 +136,7 @@ def test_a_full_queue_is_answered_fast_not_timed_out(server: Server) -> None:
         server.client().unregister(MODEL_NAME, "9.0")
     refused = [(error, seconds) for error, seconds in outcomes if error is not None]
     assert refused and len(refused) < len(outcomes)
+    print(f"{len(refused)} of {len(outcomes)} refused, each within {max(seconds for _, seconds in refused):.2f} s")
     assert all(error.status == 503 and "server busy" in error.message for error, _ in refused)
     assert max(seconds for _, seconds in refused) < 3
 
@@ -181,11 +150,14 @@ def test_a_short_soak_has_no_unexpected_answers_or_restarts(server: Server) -> N
     assert report.memory_growth_mib(0.5) < 100
 
 
-def test_after_a_restart_the_same_versions_and_default_are_served(server: Server) -> None:
+def test_a_restart_serves_the_configured_versions_and_forgets_runtime_ones(server: Server, canary_archive: str) -> None:
+    """Stop, then start through `make serve`'s own path (scripts.serve.serve): 1.0 and 2.0 with
+    2.0 the default, and 2.1, registered at run time before the stop, gone."""
+    server.client().register(canary_archive, initial_workers=1)
+    assert "2.1" in {entry["modelVersion"] for entry in server.client().describe(MODEL_NAME, "all")}
     stop(server)
     assert server.pid() is None
-    start(server, TEST_PLAN)
-    register_versions(server.client(), SERVED_VERSIONS, TEST_PLAN.workers_per_version, DEFAULT_VERSION)
+    assert serve(RANDOM, server, TEST_PLAN) == 0
     described = server.client().describe(MODEL_NAME, "all")
     assert {entry["modelVersion"] for entry in described} == set(SERVED_VERSIONS)
     assert server.client().describe(MODEL_NAME)[0]["modelVersion"] == DEFAULT_VERSION

@@ -61,20 +61,6 @@ def test_describe_lists_both_versions_with_ready_workers(client: RestClient) -> 
         assert described[version]["batchSize"] == 8
 
 
-@pytest.mark.parametrize("token", [None, "wrong-token"])
-def test_inference_needs_the_inference_token(server: Server, token: str | None) -> None:
-    answer = post(server, f"predictions/{MODEL_NAME}", token, data=photo_bytes())
-    assert answer.status_code == 400
-    assert answer.json()["type"] == "InvalidKeyException"
-
-
-def test_management_refuses_the_inference_token(server: Server, client: RestClient) -> None:
-    answer = requests.get(f"{server.management_url}/models", timeout=30,
-                          headers={"Authorization": f"Bearer {client.tokens.inference}"})
-    assert answer.status_code == 400
-    assert answer.json()["type"] == "InvalidKeyException"
-
-
 def test_an_unknown_version_is_404(client: RestClient) -> None:
     with pytest.raises(ApiError) as refused:
         client.predict(MODEL_NAME, photo_bytes(), version="9.9")

@@ -1,0 +1,176 @@
+"""Valid images in any mode or format are turned into the picture a viewer would show, then
+classified. Each mode is checked against a reference built here with numpy from the stored
+pixels, as the file format defines them, not with the handler's own conversion code."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.models import ResNet50_Weights
+
+from answers import same_answer
+from images import (encode, exif_rotated_jpeg, jpeg_with_orientation, noise_image, photo_bytes, sample_photo,
+                    sixteen_bit_png)
+from scripts.in_process import InProcessModel, Request
+from scripts.paths import archive_name
+
+PRESET = ResNet50_Weights.IMAGENET1K_V2.transforms()
+WHITE = 255
+
+
+@pytest.fixture(scope="module")
+def model(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> InProcessModel:
+    return InProcessModel(model_store / archive_name("2.0"), tmp_path_factory.mktemp("model"))
+
+
+def handler_pixels(model: InProcessModel, data: bytes) -> np.ndarray:
+    """The RGB picture the handler classifies, as an array."""
+    from image_decoding import decode_rgb
+
+    return np.asarray(decode_rgb(data, model.handler.config.limits))
+
+
+def handler_tensor(model: InProcessModel, data: bytes) -> torch.Tensor:
+    from image_decoding import decode_rgb
+
+    return model.handler.transform(decode_rgb(data, model.handler.config.limits))
+
+
+def reference_tensor(pixels: np.ndarray) -> torch.Tensor:
+    return PRESET(Image.fromarray(pixels.astype(np.uint8), "RGB"))
+
+
+def close(ours: torch.Tensor, reference: torch.Tensor, tolerance: float = 1e-5) -> bool:
+    """Equal up to float rounding: the same pixels through the same preset."""
+    return ours.shape == reference.shape and (ours - reference).abs().max().item() <= tolerance
+
+
+def stored_rgb(data: bytes) -> np.ndarray:
+    """The pixels as stored in the file, before any EXIF orientation is applied."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+# EXIF orientation -> (mirror left-right first, then quarter turns clockwise), as the EXIF
+# standard words each value ("mirror horizontal and rotate 90 CW" for 7, ...).
+EXIF_DISPLAY = {1: (False, 0), 2: (True, 0), 3: (False, 2), 4: (True, 2),
+                5: (True, 3), 6: (False, 1), 7: (True, 1), 8: (False, 3)}
+
+
+def as_displayed(stored: np.ndarray, orientation: int) -> np.ndarray:
+    mirror, clockwise_turns = EXIF_DISPLAY[orientation]
+    return np.rot90(np.fliplr(stored) if mirror else stored, k=-clockwise_turns)
+
+
+@pytest.mark.parametrize("orientation", sorted(EXIF_DISPLAY))
+def test_exif_orientation_turns_the_picture_upright(model: InProcessModel, orientation: int) -> None:
+    data = jpeg_with_orientation(sample_photo().resize((300, 200)), orientation)
+    expected = as_displayed(stored_rgb(data), orientation)
+    assert np.array_equal(handler_pixels(model, data), expected)
+    assert close(handler_tensor(model, data), reference_tensor(expected))
+
+
+def test_an_exif_rotated_photo_is_answered_as_its_upright_pixels(model: InProcessModel) -> None:
+    data = exif_rotated_jpeg()
+    upright = as_displayed(stored_rgb(data), 6)
+    rotated, reference = model.infer([Request.raw(data), Request.raw(encode(Image.fromarray(upright), "PNG"))])
+    assert same_answer(rotated.body, reference.body)
+
+
+def over_white(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Alpha compositing over a white background, in 8-bit integers."""
+    alpha = alpha[..., None].astype(np.int32)
+    return (colour.astype(np.int32) * alpha + WHITE * (255 - alpha) + 127) // 255
+
+
+def alpha_ramp(width: int, height: int) -> np.ndarray:
+    """Transparent at the left edge, opaque at the right."""
+    return np.tile(np.linspace(0, 255, width).round().astype(np.uint8), (height, 1))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_transparency_is_composited_over_white(model: InProcessModel, mode: str) -> None:
+    colour_mode = mode[:-1]  # RGB or L
+    colour = np.asarray(sample_photo().resize((320, 240)).convert(colour_mode))
+    alpha = alpha_ramp(320, 240)
+    data = encode(Image.fromarray(np.dstack([colour, alpha]), mode), "PNG")
+    expected = over_white(np.asarray(Image.fromarray(colour, colour_mode).convert("RGB")), alpha)
+    decoded = handler_pixels(model, data).astype(np.int32)
+    assert (decoded[:, 0] == WHITE).all(), "fully transparent pixels must be white"
+    assert np.abs(decoded - expected).max() <= 1  # Pillow's blend rounds its own way
+    assert close(handler_tensor(model, data), reference_tensor(expected), tolerance=0.02)
+
+
+def test_a_palette_image_keeps_its_transparent_colour_white(model: InProcessModel) -> None:
+    palette_image = sample_photo().resize((320, 240)).quantize(32)
+    indices = np.asarray(palette_image)
+    transparent = int(np.bincount(indices.ravel()).argmax())  # the most common colour
+    data = encode(palette_image, "PNG", transparency=transparent)
+    palette = np.array(palette_image.getpalette()[: 32 * 3]).reshape(-1, 3)
+    expected = np.where((indices == transparent)[..., None], WHITE, palette[indices])
+    assert np.array_equal(handler_pixels(model, data), expected)
+
+
+def test_an_animated_gif_is_classified_by_its_first_frame(model: InProcessModel) -> None:
+    first = sample_photo().resize((200, 240)).quantize(64)
+    data = encode(first, "GIF", save_all=True, append_images=[Image.new("RGB", (200, 240), "red")], duration=100)
+    palette = np.array(first.getpalette()[: 64 * 3]).reshape(-1, 3)
+    expected = palette[np.asarray(first)]
+    assert np.array_equal(handler_pixels(model, data), expected)
+    still, animated = model.infer([Request.raw(encode(Image.fromarray(expected.astype(np.uint8)), "PNG")),
+                                   Request.raw(data)])
+    assert same_answer(still.body, animated.body)
+
+
+def test_sixteen_bit_samples_are_scaled_not_clipped(model: InProcessModel) -> None:
+    ramp = np.tile(np.linspace(0, 65535, 512).round().astype(np.int64), (128, 1))
+    expected_grey = (ramp + 128) // 257  # nearest 8-bit level: 65535 -> 255, 257 -> 1
+    decoded = handler_pixels(model, sixteen_bit_png(ramp))
+    assert np.array_equal(decoded, np.repeat(expected_grey[..., None], 3, axis=2))
+
+
+def test_a_sixteen_bit_photo_matches_its_eight_bit_original(model: InProcessModel) -> None:
+    grey = np.asarray(sample_photo().convert("L"), dtype=np.int64)
+    data = sixteen_bit_png(grey * 257)
+    assert close(handler_tensor(model, data), reference_tensor(np.repeat(grey[..., None], 3, axis=2)))
+
+
+def test_grayscale_and_cmyk_become_rgb_as_pillow_defines_them(model: InProcessModel) -> None:
+    grey = np.asarray(sample_photo().convert("L"))
+    assert np.array_equal(handler_pixels(model, encode(Image.fromarray(grey), "PNG")), np.dstack([grey] * 3))
+    cmyk = np.random.default_rng(0).integers(0, 256, (48, 64, 4))
+    expected = (255 - cmyk[..., :3]) * (255 - cmyk[..., 3:]) / 255  # ink and black each absorb light
+    decoded = handler_pixels(model, encode(Image.fromarray(cmyk.astype(np.uint8), "CMYK"), "TIFF"))
+    assert np.abs(decoded - expected).max() <= 1
+
+
+OTHER_FORMATS = {
+    "progressive JPEG": lambda: encode(sample_photo(), "JPEG", progressive=True),
+    "WebP": lambda: encode(sample_photo(), "WEBP"),
+    "BMP": lambda: encode(sample_photo(), "BMP"),
+    "TIFF": lambda: encode(sample_photo(), "TIFF"),
+    "CMYK JPEG": lambda: photo_bytes(mode="CMYK"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OTHER_FORMATS))
+def test_other_formats_are_classified_as_decoded(model: InProcessModel, case: str) -> None:
+    data = OTHER_FORMATS[case]()
+    assert close(handler_tensor(model, data), reference_tensor(stored_rgb(data)))
+    [response] = model.infer([Request.raw(data)])
+    assert response.status == 200 and len(response.body) == 5
+
+
+def test_different_images_get_different_classes(model: InProcessModel) -> None:
+    """The seeded random weights tell images apart, so comparing classes above means something."""
+    photo = sample_photo()
+    images = [photo, Image.new("RGB", photo.size, "red"), Image.merge("RGB", photo.split()[::-1]),
+              noise_image((300, 300))]
+    responses = model.infer([Request.raw(encode(image, "PNG")) for image in images])
+    top1 = [response.body[0]["index"] for response in responses]
+    assert len(set(top1)) == len(images), top1

@@ -1,0 +1,176 @@
+"""The README's security promises, each against the real server or the repository itself."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import socket
+import stat
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
+
+import grpc
+import psutil
+import pytest
+import requests
+import torch
+from google.protobuf import empty_pb2
+
+from images import photo_bytes
+from scripts.grpc_client import GrpcClient
+from scripts.paths import MODEL_NAME, ROOT, archive_name
+from scripts.rest_api import ApiError, RestClient, Tokens
+from scripts.server import Server
+from scripts.torchserve_grpc import inference_pb2, management_pb2
+
+REFUSED = "Token Authorization failed"
+WRONG = Tokens(inference="wrong-inference-token-1f3a", management="wrong-management-token-9c2e")
+
+
+def api_clients(server: Server, tokens: Tokens) -> list[RestClient | GrpcClient]:
+    return [RestClient(server.inference_url, server.management_url, tokens),
+            GrpcClient(f"127.0.0.1:{server.ports.grpc_inference}", f"127.0.0.1:{server.ports.grpc_management}",
+                       tokens, server.max_request_size())]
+
+
+def refused(call: object, *args: object) -> ApiError:
+    with pytest.raises(ApiError) as error:
+        call(*args)  # type: ignore[operator]
+    return error.value
+
+
+def test_the_key_file_is_readable_by_its_owner_only(server: Server) -> None:
+    mode = stat.S_IMODE(server.key_file.stat().st_mode)
+    assert mode & (stat.S_IRWXG | stat.S_IRWXO) == 0, f"key_file.json is {oct(mode)}"
+
+
+def test_a_wrong_token_is_refused_over_rest_and_grpc(server: Server) -> None:
+    rest, grpc_client = api_clients(server, WRONG)
+    for client, status in ((rest, 400), (grpc_client, 403)):
+        for error in (refused(client.predict, MODEL_NAME, photo_bytes()), refused(client.list_models)):
+            assert error.status == status and REFUSED in error.message
+
+
+def test_the_inference_token_does_not_open_management(server: Server) -> None:
+    inference_only = Tokens(inference=server.client().tokens.inference, management=server.client().tokens.inference)
+    for client in api_clients(server, inference_only):
+        assert REFUSED in refused(client.list_models).message
+
+
+def test_a_rest_request_with_no_authorization_header_is_refused(server: Server) -> None:
+    for answer in (requests.post(f"{server.inference_url}/predictions/{MODEL_NAME}", data=photo_bytes(), timeout=30,
+                                 headers={"Content-Type": "image/jpeg"}),
+                   requests.get(f"{server.management_url}/models", timeout=30)):
+        assert answer.status_code == 400 and answer.json()["type"] == "InvalidKeyException"
+
+
+def test_a_grpc_call_with_no_authorization_metadata_is_refused(server: Server) -> None:
+    stub_client = server.grpc_client()
+    calls = [(stub_client.inference.Predictions, inference_pb2.PredictionsRequest(model_name=MODEL_NAME,
+                                                                                  input={"data": photo_bytes()})),
+             (stub_client.inference.Ping, empty_pb2.Empty()),
+             (stub_client.management.ListModels, management_pb2.ListModelsRequest(limit=10))]
+    for method, request in calls:
+        with pytest.raises(grpc.RpcError) as error:
+            method(request, timeout=30)  # no metadata at all
+        assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED and REFUSED in error.value.details()
+
+
+def test_no_token_right_or_wrong_is_written_to_the_logs(server: Server) -> None:
+    """After good requests and refused ones (the likeliest to be logged), over REST and gRPC."""
+    for client in api_clients(server, server.client().tokens):
+        client.predict(MODEL_NAME, photo_bytes())
+        client.list_models()
+    for client in api_clients(server, WRONG):
+        refused(client.predict, MODEL_NAME, photo_bytes())
+        refused(client.list_models)
+    tokens = [*vars(server.client().tokens).values(), *vars(WRONG).values()]
+    logs = [log for log in server.log_dir.rglob("*") if log.is_file()]
+    assert any("access_log" in log.name for log in logs), "the requests above should be in an access log"
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert not [token for token in tokens if token in text], f"a token leaked into {log}"
+
+
+def test_every_listener_is_on_loopback(server: Server) -> None:
+    frontend = psutil.Process(server.pid())
+    listening = [c.laddr for c in frontend.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    ports = server.ports
+    assert {address.port for address in listening} >= {ports.inference, ports.management, ports.metrics,
+                                                       ports.grpc_inference, ports.grpc_management}
+    for address in listening:  # Java reports IPv4 loopback as ::ffff:127.0.0.1
+        ip = ipaddress.ip_address(address.ip)
+        assert (getattr(ip, "ipv4_mapped", None) or ip).is_loopback, f"listening on {address.ip}"
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A local port that would see TorchServe connect if it fetched a registration URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        sock.settimeout(1.0)
+        yield sock
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_registration_urls_are_refused_without_being_fetched(server: Server, listener: socket.socket,
+                                                             protocol: str) -> None:
+    client = server.grpc_client() if protocol == "grpc" else server.client()
+    port = listener.getsockname()[1]
+    for url in (f"http://127.0.0.1:{port}/resnet50.mar", "https://example.com/resnet50.mar", "file:///etc/passwd"):
+        error = refused(client.register, url, 1)
+        assert error.status == 404 and f"Given URL {url} does not match any allowed URL(s)" in error.message
+    with pytest.raises(socket.timeout):
+        listener.accept()  # nothing connected: the URL was refused before any fetch
+    error = refused(client.register, "../model_store/resnet50-2.0.mar", 1)
+    assert "Relative path is not allowed in url" in error.message
+    assert {entry["modelVersion"] for entry in server.client().describe(MODEL_NAME, "all")} == {"1.0", "2.0"}
+
+
+def test_an_archive_outside_the_model_store_cannot_be_registered(server: Server, tmp_path: Path) -> None:
+    outside = tmp_path / "resnet50-3.0.mar"
+    shutil.copy(server.model_store / archive_name("2.0"), outside)
+    for client in (server.client(), server.grpc_client()):
+        error = refused(client.register, str(outside), 1)
+        assert error.status == 404 and f"Model not found at: {outside}" in error.message
+    assert {entry["modelVersion"] for entry in server.client().describe(MODEL_NAME, "all")} == {"1.0", "2.0"}
+
+
+BUILD_OUTPUTS = (".mar", ".pth", ".pt", ".pt2", ".so")
+
+
+def test_nothing_secret_or_built_is_committed() -> None:
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "key_file.json" not in tracked
+    assert not [name for name in tracked.splitlines() if name.endswith(BUILD_OUTPUTS)]
+
+
+def test_build_outputs_and_keys_are_ignored_wherever_they_land() -> None:
+    outputs = ["run/key_file.json", "key_file.json", "model_store/resnet50-2.0.mar",
+               *(f"handler/model{suffix}" for suffix in BUILD_OUTPUTS)]
+    checked = subprocess.run(["git", "check-ignore", "--no-index", *outputs], cwd=ROOT, capture_output=True, text=True)
+    assert set(checked.stdout.split()) == set(outputs)
+
+
+def test_weights_are_loaded_without_running_pickled_code(tmp_path: Path) -> None:
+    from resnet50_handler import ResNet50Handler
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"conv1.weight": Payload()}, tmp_path / "weights.pth")
+    handler = ResNet50Handler()
+    handler.config = SimpleNamespace(categories=tuple(str(i) for i in range(1000)))
+    handler.device, handler.dtype = torch.device("cpu"), torch.float32
+    context = SimpleNamespace(system_properties={"model_dir": str(tmp_path)},
+                              manifest={"model": {"serializedFile": "weights.pth"}})
+    with pytest.raises(Exception, match="Weights only load failed"):
+        handler._load_model(context)
+    assert not marker.exists()
