@@ -66,23 +66,17 @@ def an_sm_80_gpu(monkeypatch: pytest.MonkeyPatch) -> torch.device:
     return torch.device("cuda", 0)
 
 
-def test_a_package_compiled_for_another_gpu_architecture_is_not_used(an_sm_80_gpu: torch.device,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("target, warning", [
+    ("sm_90", "compiled for sm_90 and this device is sm_80"),  # another architecture: not even loaded
+    ("sm_80", "could not be loaded"),  # this one: loaded (and the package is not there)
+])
+def test_a_gpu_package_is_loaded_only_on_its_own_architecture(an_sm_80_gpu: torch.device, target: str, warning: str,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
     eager = eager_model()
-    hopper = {"cuda": CompiledForwardConfig(package="resnet50_cuda.pt2", target="sm_90", max_batch=8)}
+    packages = {"cuda": CompiledForwardConfig(package="resnet50_cuda.pt2", target=target, max_batch=8)}
     with caplog.at_level(logging.WARNING):
-        assert select_forward(hopper, an_sm_80_gpu, "/nonexistent", eager) is eager
-    assert "compiled for sm_90 and this device is sm_80" in caplog.text
-
-
-def test_a_package_for_this_gpu_architecture_is_loaded(an_sm_80_gpu: torch.device,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
-    """The targets match, so the handler goes on to load the package (which is not there)."""
-    eager = eager_model()
-    ampere = {"cuda": CompiledForwardConfig(package="resnet50_cuda.pt2", target="sm_80", max_batch=8)}
-    with caplog.at_level(logging.WARNING):
-        assert select_forward(ampere, an_sm_80_gpu, "/nonexistent", eager) is eager
-    assert "could not be loaded" in caplog.text and "compiled for" not in caplog.text
+        assert select_forward(packages, an_sm_80_gpu, "/nonexistent", eager) is eager
+    assert len(caplog.records) == 1 and warning in caplog.records[0].getMessage()
 
 
 def test_an_archive_without_a_gpu_package_runs_eager_on_a_gpu(an_sm_80_gpu: torch.device) -> None:
