@@ -169,8 +169,10 @@ def start(server: Server, plan: WorkerPlan, timeout: float = 90.0) -> None:
     for folder in (server.run_dir / "tmp", server.log_dir):
         folder.mkdir(parents=True, exist_ok=True)
     server.key_file.unlink(missing_ok=True)
+    config = write_config(server, plan)
+    _require_token_authorization(config)
     command = [*TORCHSERVE, "--start", "--ncs",
-               "--ts-config", str(write_config(server, plan).resolve()),
+               "--ts-config", str(config.resolve()),
                "--model-store", str(server.model_store.resolve()),
                "--log-config", str(CONFIG_DIR / "log4j2.xml")]
     with open(server.log_dir / "console.log", "ab") as console:
@@ -179,6 +181,14 @@ def start(server: Server, plan: WorkerPlan, timeout: float = 90.0) -> None:
     if launched.returncode != 0:
         raise ServerError(f"torchserve --start failed; see {server.log_dir / 'console.log'}")
     wait_until_up(server, timeout)
+
+
+def _require_token_authorization(config: Path) -> None:
+    """Our clients authenticate with the keys TorchServe writes at start; with authorization off
+    it writes none, and the start would only time out waiting for them."""
+    if read_properties(config).get("disable_token_authorization", "false").lower() == "true":
+        raise ServerError(f"{config} sets disable_token_authorization=true; this project serves with token "
+                          f"authorization on (README, Security). Set it to false in config/config.properties")
 
 
 def wait_until_up(server: Server, timeout: float) -> None:

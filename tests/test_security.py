@@ -19,11 +19,12 @@ import requests
 import torch
 from google.protobuf import empty_pb2
 
+from conftest import TEST_PLAN
 from images import photo_bytes
 from scripts.grpc_client import GrpcClient
 from scripts.paths import MODEL_NAME, ROOT, archive_name
 from scripts.rest_api import ApiError, RestClient, Tokens
-from scripts.server import Server
+from scripts.server import Ports, Server, ServerError, start
 from scripts.torchserve_grpc import inference_pb2, management_pb2
 
 REFUSED = "Token Authorization failed"
@@ -174,3 +175,11 @@ def test_weights_are_loaded_without_running_pickled_code(tmp_path: Path) -> None
     with pytest.raises(Exception, match="Weights only load failed"):
         handler._load_model(context)
     assert not marker.exists()
+
+
+def test_a_start_with_token_authorization_off_is_refused_at_once(tmp_path: Path, model_store: Path) -> None:
+    unsafe = Server(run_dir=tmp_path, model_store=model_store, ports=Ports.free(),
+                    properties={"disable_token_authorization": "true"})
+    with pytest.raises(ServerError, match="disable_token_authorization=true"):
+        start(unsafe, TEST_PLAN)
+    assert unsafe.pid() is None
