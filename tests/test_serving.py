@@ -1,4 +1,4 @@
-"""Against a real TorchServe: ping, both versions, every payload form, describe, auth."""
+"""Against a real TorchServe: ping, both versions, every payload form, describe."""
 
 from __future__ import annotations
 
@@ -14,11 +14,9 @@ from scripts.rest_api import ApiError, RestClient
 from scripts.server import Server
 
 
-def post(server: Server, path: str, token: str | None, content_type: str | None = None,
+def post(server: Server, path: str, token: str, content_type: str | None = None,
          **kwargs: object) -> requests.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    if content_type:
-        headers["Content-Type"] = content_type
+    headers = {"Authorization": f"Bearer {token}", **({"Content-Type": content_type} if content_type else {})}
     return requests.post(f"{server.inference_url}/{path}", headers=headers, timeout=60, **kwargs)
 
 
