@@ -99,8 +99,8 @@ def _handler_files() -> list[Path]:
 
 
 def _fingerprint(config: dict[str, Any], weights: Path, build: str) -> str:
-    """What the archive is made of. The weights by content: a random-weights recipe that changes
-    writes a file of the same name and size."""
+    """What the archive is made of, the weights by content: a file's name and size do not
+    prove its bytes (two random-weights files of one seed are the same size)."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     digest.update(build.encode())
     with weights.open("rb") as file:

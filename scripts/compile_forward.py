@@ -1,7 +1,7 @@
 """Compile ResNet50's forward pass ahead of time with AOTInductor, at archive build.
 
 Workers then load a ready .pt2 package in a fraction of a second instead of compiling at start
-(torch.compile takes 20-30 s per worker on two cores, and would run again at every worker
+(torch.compile takes 20-35 s per worker on two cores, and would run again at every worker
 restart). On the 2-core Xeon this project is developed on, it ran at 1.01-1.11x the eager
 channels_last forward at batch 8 in the recorded full benchmark runs (docs/benchmarks.md).
 

@@ -15,6 +15,9 @@ different classes, and the weights stay seeded, offline and quick to make (~10 s
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
 import torchvision
 from PIL import Image
@@ -37,14 +40,21 @@ _PHOTO_CROP = v2.Compose([v2.RandomResizedCrop(CROP, scale=(0.05, 1.0), antialia
 
 
 def random_state_dict(seed: int) -> dict[str, torch.Tensor]:
-    """A seeded ResNet50 with batch norms and classifier fitted to generated images."""
-    torch.manual_seed(seed)
-    model = torchvision.models.resnet50(weights=None)
-    images = _NORMALIZE(calibration_images(CALIBRATION_IMAGES))
-    _smooth_first_filters(model)
-    _reestimate_batch_norms(model, images)
-    _centre_classifier(model, images)
+    """A seeded ResNet50 with batch norms and classifier fitted to generated images. The
+    caller's random generator is left as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = torchvision.models.resnet50(weights=None)
+        images = _NORMALIZE(calibration_images(CALIBRATION_IMAGES))
+        _smooth_first_filters(model)
+        _reestimate_batch_norms(model, images)
+        _centre_classifier(model, images)
     return model.state_dict()
+
+
+def recipe_id() -> str:
+    """Changes whenever this module does, so weights made by an older recipe are not reused."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:8]
 
 
 def calibration_images(count: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from scripts import build_archives  # noqa: E402
 from scripts.paths import BUILD_DIR, DEFAULT_VERSION, MODEL_NAME, SERVED_VERSIONS, archive_name  # noqa: E402
-from scripts.rest_api import RestClient  # noqa: E402
+from scripts.rest_api import ApiError, RestClient  # noqa: E402
 from scripts.serve import register_versions  # noqa: E402
 from scripts.server import Ports, Server, start, stop  # noqa: E402
 from scripts.weights import RANDOM  # noqa: E402
@@ -62,10 +62,22 @@ def canary_archive(model_store: Path) -> str:
     return build_archives.build("2.1", RANDOM, model_store, recipe_version="2.0").name
 
 
+def served_versions(server: Server) -> set[str]:
+    """The versions the server serves, in its own words (REST), whatever client a test used."""
+    return {entry["modelVersion"] for entry in server.client().describe(MODEL_NAME, "all")}
+
+
+def refused(call: Callable[..., Any], *args: Any) -> ApiError:
+    """The ApiError `call(*args)` must raise."""
+    with pytest.raises(ApiError) as error:
+        call(*args)
+    return error.value
+
+
 def restore(server: Server) -> None:
     """Put the server back as the session started it: 1.0 and 2.0 served, 2.0 the default."""
     rest = server.client()
-    served = {entry["modelVersion"] for entry in rest.describe(MODEL_NAME, "all")}
+    served = served_versions(server)
     for version in set(SERVED_VERSIONS) - served:
         rest.register(archive_name(version), TEST_PLAN.workers_per_version)
     rest.set_default(MODEL_NAME, DEFAULT_VERSION)

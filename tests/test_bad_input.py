@@ -49,9 +49,9 @@ def test_bad_requests_fail_alone_in_a_full_batch(model: InProcessModel) -> None:
     assert all(same_answer(r.body, responses[0].body) for r in responses[0::2])
 
 
-def test_the_test_bombs_straddle_our_limit_and_pillows() -> None:
+def test_the_test_bombs_straddle_our_limit_and_pillows(model: InProcessModel) -> None:
     """The 48 MP case must be one that only our check refuses."""
-    configured = InputLimits().max_image_pixels
+    configured = model.handler.config.limits.max_image_pixels
     assert configured < 8000 * 6000 < PILLOW_REFUSES_ABOVE < 50_000 ** 2
 
 

@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 import requests
 
+from PIL import Image
+
 from answers import same_answer
 from bad_requests import BAD_REQUESTS, JPEG
+from images import encode
 from scripts.paths import MODEL_NAME
 from scripts.server import Server
 
@@ -37,7 +40,8 @@ def test_each_bad_request_gets_its_status_and_type_over_http(server: Server, cas
 
 
 def test_bad_requests_fail_alone_under_concurrency(server: Server) -> None:
-    """batchSize is 8: every bad kind sent at once with as many good ones shares batches with them."""
+    """Every bad kind sent at once between as many good ones, so that TorchServe (batchSize 8)
+    batches them together: each gets its own answer."""
     cases = sorted(BAD_REQUESTS)
     sends = [kwargs for case in cases for kwargs in ({"data": JPEG, "headers": {"Content-Type": "image/jpeg"}},
                                                       BAD_REQUESTS[case][0].http())]
@@ -69,7 +73,8 @@ def test_a_photo_sent_as_curls_default_form_is_refused_by_torchserve_before_our_
 def test_an_image_whose_bytes_parse_as_a_form_reaches_the_handler_which_says_what_to_do(server: Server) -> None:
     """A flat black PNG holds no '%': the frontend makes form fields of it, and the handler,
     finding neither a body nor a `data` field, names the cause."""
-    black = BAD_REQUESTS["extreme aspect ratio"][0].body
+    black = encode(Image.new("RGB", (320, 240)), "PNG")
+    assert b"%" not in black, "this PNG would not parse as a form: pick another"
     answer = post(server, data=black, headers={"Content-Type": CURL_DATA_DEFAULT})
     assert error_of(answer) == (400, "UnsupportedContentType")
     assert "Content-Type: image/jpeg" in answer.json()["message"]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conftest import restore
+from conftest import restore, served_versions
 from images import photo_bytes
 from scripts import client
 from scripts.paths import MODEL_NAME, archive_name
@@ -81,11 +81,6 @@ def test_a_server_that_is_down_is_one_line_on_stderr(server: Server, tmp_path: P
 def test_no_server_started_says_how_to_start_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert client.main(["--run-dir", str(tmp_path), "ping"]) == 1
     assert "make serve" in capsys.readouterr().err
-
-
-def served_versions(server: Server) -> set[str]:
-    """The server's own view (over REST), independent of the client under test."""
-    return {entry["modelVersion"] for entry in server.client().describe(MODEL_NAME, "all")}
 
 
 @pytest.mark.parametrize("protocol", [[], ["--grpc"]])

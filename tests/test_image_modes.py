@@ -1,6 +1,7 @@
 """Valid images in any mode or format are turned into the picture a viewer would show, then
 classified. Each mode is checked against a reference built here with numpy from the stored
-pixels, as the file format defines them, not with the handler's own conversion code."""
+pixels, as the file format defines them, not with the handler's own conversion code; the
+other formats, where the handler adds nothing to Pillow's decoding, against that decoding."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def reference_tensor(pixels: np.ndarray) -> torch.Tensor:
     return PRESET(Image.fromarray(pixels.astype(np.uint8), "RGB"))
 
 
-def close(ours: torch.Tensor, reference: torch.Tensor, tolerance: float = 1e-5) -> bool:
+def tensors_match(ours: torch.Tensor, reference: torch.Tensor, tolerance: float = 1e-5) -> bool:
     """Equal up to float rounding: the same pixels through the same preset."""
     return ours.shape == reference.shape and (ours - reference).abs().max().item() <= tolerance
 
@@ -72,7 +73,7 @@ def test_exif_orientation_turns_the_picture_upright(model: InProcessModel, orien
     data = jpeg_with_orientation(sample_photo().resize((300, 200)), orientation)
     expected = as_displayed(stored_rgb(data), orientation)
     assert np.array_equal(handler_pixels(model, data), expected)
-    assert close(handler_tensor(model, data), reference_tensor(expected))
+    assert tensors_match(handler_tensor(model, data), reference_tensor(expected))
 
 
 def test_an_exif_rotated_photo_is_answered_as_its_upright_pixels(model: InProcessModel) -> None:
@@ -103,7 +104,7 @@ def test_transparency_is_composited_over_white(model: InProcessModel, mode: str)
     decoded = handler_pixels(model, data).astype(np.int32)
     assert (decoded[:, 0] == WHITE).all(), "fully transparent pixels must be white"
     assert np.abs(decoded - expected).max() <= 1  # Pillow's blend rounds its own way
-    assert close(handler_tensor(model, data), reference_tensor(expected), tolerance=0.02)
+    assert tensors_match(handler_tensor(model, data), reference_tensor(expected), tolerance=0.02)
 
 
 def test_a_palette_image_keeps_its_transparent_colour_white(model: InProcessModel) -> None:
@@ -137,7 +138,7 @@ def test_sixteen_bit_samples_are_scaled_not_clipped(model: InProcessModel) -> No
 def test_a_sixteen_bit_photo_matches_its_eight_bit_original(model: InProcessModel) -> None:
     grey = np.asarray(sample_photo().convert("L"), dtype=np.int64)
     data = sixteen_bit_png(grey * 257)
-    assert close(handler_tensor(model, data), reference_tensor(np.repeat(grey[..., None], 3, axis=2)))
+    assert tensors_match(handler_tensor(model, data), reference_tensor(np.repeat(grey[..., None], 3, axis=2)))
 
 
 def test_grayscale_and_cmyk_become_rgb_as_pillow_defines_them(model: InProcessModel) -> None:
@@ -161,7 +162,7 @@ OTHER_FORMATS = {
 @pytest.mark.parametrize("case", sorted(OTHER_FORMATS))
 def test_other_formats_are_classified_as_decoded(model: InProcessModel, case: str) -> None:
     data = OTHER_FORMATS[case]()
-    assert close(handler_tensor(model, data), reference_tensor(stored_rgb(data)))
+    assert tensors_match(handler_tensor(model, data), reference_tensor(stored_rgb(data)))
     [response] = model.infer([Request.raw(data)])
     assert response.status == 200 and len(response.body) == 5
 

@@ -9,11 +9,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import restore
+from conftest import refused, restore
 from answers import same_answer
 from images import photo_bytes
 from scripts.paths import MODEL_NAME, archive_name
-from scripts.rest_api import ApiError
 from scripts.server import Server
 
 
@@ -22,6 +21,8 @@ def api(request: pytest.FixtureRequest, server: Server) -> Iterator[Any]:
     client = server.grpc_client() if request.param == "grpc" else server.client()
     yield client
     restore(server)
+    if request.param == "grpc":
+        client.close()
 
 
 def versions(api: Any) -> set[str]:
@@ -61,12 +62,6 @@ def test_scale_workers(api: Any) -> None:
     finally:
         api.scale(MODEL_NAME, "1.0", min_workers=1, max_workers=1)
     assert len(api.describe(MODEL_NAME, "1.0")[0]["workers"]) == 1
-
-
-def refused(call: Any, *args: Any) -> ApiError:
-    with pytest.raises(ApiError) as error:
-        call(*args)
-    return error.value
 
 
 def served_state(server: Server) -> dict[str, Any]:

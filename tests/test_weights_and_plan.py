@@ -17,14 +17,14 @@ V2_FILE = "resnet50-11ad3fa6.pth"
 
 def test_random_weights_are_seeded(tmp_path: Path) -> None:
     """Made twice from the same seed, bit for bit the same; another seed differs."""
-    first = torch.load(random_weights_file(seed=1), weights_only=True)
-    again = torch.load(random_weights_file(seed=1, folder=tmp_path), weights_only=True)
+    first = torch.load(random_weights_file(seed=1, folder=tmp_path / "first"), weights_only=True)
+    again = torch.load(random_weights_file(seed=1, folder=tmp_path / "again"), weights_only=True)
     assert first.keys() == again.keys() and all(torch.equal(first[name], again[name]) for name in first)
     other = torch.load(random_weights_file(seed=0), weights_only=True)
     assert not torch.equal(first["fc.weight"], other["fc.weight"])
 
 
-def test_an_archive_is_rebuilt_when_its_weights_change_in_content_only(tmp_path: Path) -> None:
+def test_the_archive_fingerprint_follows_the_weights_content(tmp_path: Path) -> None:
     """Same name and size, different bytes: a changed random-weights recipe does exactly this."""
     from scripts.build_archives import _fingerprint
 
