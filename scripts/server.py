@@ -180,7 +180,11 @@ def start(server: Server, plan: WorkerPlan, timeout: float = 90.0) -> None:
                                   stdout=console, stderr=subprocess.STDOUT)
     if launched.returncode != 0:
         raise ServerError(f"torchserve --start failed; see {server.log_dir / 'console.log'}")
-    wait_until_up(server, timeout)
+    try:
+        wait_until_up(server, timeout)
+    except ServerError:
+        stop(server)  # a server that did not come up is not left running behind the error
+        raise
 
 
 def _require_token_authorization(config: Path) -> None:

@@ -7,8 +7,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
+import pytest
 import requests
 
 from conftest import TEST_PLAN, restore, served_versions
@@ -17,7 +19,7 @@ from scripts import build_archives
 from scripts.paths import DEFAULT_VERSION, MODEL_NAME, SERVED_VERSIONS
 from scripts.rest_api import ApiError
 from scripts.serve import serve
-from scripts.server import Server, stop
+from scripts.server import Ports, Server, ServerError, start, stop
 from scripts.soak import soak
 from scripts.weights import RANDOM
 
@@ -163,3 +165,10 @@ def test_a_restart_serves_the_configured_versions_and_forgets_runtime_ones(serve
     assert served_versions(server) == set(SERVED_VERSIONS)
     assert server.client().describe(MODEL_NAME)[0]["modelVersion"] == DEFAULT_VERSION
     assert post(server, photo_bytes()).status_code == 200
+
+
+def test_a_server_that_does_not_come_up_in_time_is_not_left_running(tmp_path: Path, model_store: Path) -> None:
+    late = Server(run_dir=tmp_path, model_store=model_store, ports=Ports.free())
+    with pytest.raises(ServerError, match="did not answer within"):
+        start(late, TEST_PLAN, timeout=0.01)
+    assert late.pid() is None
