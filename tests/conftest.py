@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "handler"))
@@ -72,6 +73,14 @@ def refused(call: Callable[..., Any], *args: Any) -> ApiError:
     with pytest.raises(ApiError) as error:
         call(*args)
     return error.value
+
+
+def post_inference(server: Server, path: str = f"predictions/{MODEL_NAME}", headers: dict[str, str] | None = None,
+                   timeout: float = 60.0, **kwargs: Any) -> requests.Response:
+    """A raw POST to the inference API with the inference token, as curl sends it."""
+    token = {"Authorization": f"Bearer {server.client().tokens.inference}"}
+    return requests.post(f"{server.inference_url}/{path}", headers={**token, **(headers or {})}, timeout=timeout,
+                         **kwargs)
 
 
 def restore(server: Server) -> None:

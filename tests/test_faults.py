@@ -13,7 +13,7 @@ import psutil
 import pytest
 import requests
 
-from conftest import TEST_PLAN, restore, served_versions
+from conftest import TEST_PLAN, post_inference, restore, served_versions
 from images import photo_bytes
 from scripts import build_archives
 from scripts.paths import DEFAULT_VERSION, MODEL_NAME, SERVED_VERSIONS
@@ -25,9 +25,9 @@ from scripts.weights import RANDOM
 
 
 def post(server: Server, body: bytes, version: str = "", timeout: float = 60) -> requests.Response:
-    path = f"{MODEL_NAME}/{version}" if version else MODEL_NAME
-    return requests.post(f"{server.inference_url}/predictions/{path}", data=body, timeout=timeout, headers={
-        "Authorization": f"Bearer {server.client().tokens.inference}", "Content-Type": "application/octet-stream"})
+    """The model's default version, or `version`, asked over REST."""
+    path = f"predictions/{MODEL_NAME}/{version}" if version else f"predictions/{MODEL_NAME}"
+    return post_inference(server, path, {"Content-Type": "application/octet-stream"}, timeout, data=body)
 
 
 def test_a_killed_worker_is_restarted_and_in_flight_requests_fail_fast(server: Server) -> None:

@@ -21,6 +21,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.models import ResNet50_Weights
 from torchvision.transforms import v2
 
+from answers import direct_probabilities
 from compiled_forward import for_inference
 from gpu_preprocessing import GpuPreprocessor, TensorPreset
 from handler_config import InputLimits, PreprocessConfig
@@ -115,18 +116,6 @@ def float_preset(image: torch.Tensor) -> torch.Tensor:
         v2.Lambda(lambda pixels: pixels / 255),
         v2.Normalize(mean=list(CONFIG.mean), std=list(CONFIG.std)),
     ])(image)
-
-
-def direct_probabilities(served: InProcessModel, batch: torch.Tensor) -> torch.Tensor:
-    """torchvision's ResNet50 with the archive's weights, fp32, no handler code."""
-    import torchvision
-
-    context = served.service.context
-    weights = Path(context.system_properties["model_dir"]) / context.manifest["model"]["serializedFile"]
-    model = torchvision.models.resnet50()
-    model.load_state_dict(torch.load(weights, weights_only=True))
-    with torch.inference_mode():
-        return torch.softmax(model.eval()(batch), dim=1)
 
 
 DISTINCT_IMAGES = {

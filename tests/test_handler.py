@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 from PIL import Image
 from torchvision.models import ResNet50_Weights
 
 from handler_config import HandlerConfig
 from image_decoding import decode_rgb
-from answers import same_answer
+from answers import direct_probabilities, same_answer
 from images import encode, photo_bytes, sample_photo
 from scripts.in_process import InProcessModel, Request
 from scripts.paths import archive_name
@@ -61,15 +60,9 @@ def test_outputs_match_direct_torchvision_inference(model: InProcessModel) -> No
     photos = [photo_bytes((640, 480)), photo_bytes((300, 450)), photo_bytes((800, 800))]
     responses = model.infer([Request.raw(data) for data in photos])
 
-    weights_file = Path(model.service.context.system_properties["model_dir"]) / \
-        model.service.context.manifest["model"]["serializedFile"]
-    reference = torchvision.models.resnet50()
-    reference.load_state_dict(torch.load(weights_file, weights_only=True))
-    reference.eval()
     preset = reference_weights(model).transforms()
     batch = torch.stack([preset(Image.open(io.BytesIO(data)).convert("RGB")) for data in photos])
-    with torch.inference_mode():
-        probabilities = torch.softmax(reference(batch), dim=1)
+    probabilities = direct_probabilities(model, batch)
 
     for response, expected in zip(responses, probabilities):
         assert response.status == 200

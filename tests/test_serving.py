@@ -8,16 +8,11 @@ import pytest
 import requests
 
 from answers import same_answer
+from conftest import post_inference
 from images import photo_bytes
 from scripts.paths import MODEL_NAME
 from scripts.rest_api import ApiError, RestClient
 from scripts.server import Server
-
-
-def post(server: Server, path: str, token: str, content_type: str | None = None,
-         **kwargs: object) -> requests.Response:
-    headers = {"Authorization": f"Bearer {token}", **({"Content-Type": content_type} if content_type else {})}
-    return requests.post(f"{server.inference_url}/{path}", headers=headers, timeout=60, **kwargs)
 
 
 def test_ping_reports_healthy(client: RestClient) -> None:
@@ -30,11 +25,11 @@ def test_every_payload_form_is_classified_alike(server: Server, client: RestClie
     image = photo_bytes((500, 400))
     token = client.tokens.inference
     answers = [
-        post(server, path, token, "image/jpeg", data=image),
+        post_inference(server, path, {"Content-Type": "image/jpeg"}, data=image),
         requests.put(f"{server.inference_url}/{path}", data=image, timeout=60,
                      headers={"Authorization": f"Bearer {token}"}),  # curl -T
-        post(server, path, token, files={"data": ("photo.jpg", image, "image/jpeg")}),
-        post(server, path, token, json={"data": base64.b64encode(image).decode()}),
+        post_inference(server, path, files={"data": ("photo.jpg", image, "image/jpeg")}),
+        post_inference(server, path, json={"data": base64.b64encode(image).decode()}),
     ]
     assert [answer.status_code for answer in answers] == [200] * 4
     first = answers[0].json()
