@@ -16,7 +16,7 @@ from PIL import Image
 
 from answers import same_answer
 from bad_requests import BAD_REQUESTS, JPEG
-from handler_config import InputLimits
+from handler_config import HandlerConfig, InputLimits
 from images import encode, photo_bytes, png_declaring, sample_photo
 from scripts.in_process import InProcessModel, Request
 from scripts.paths import MODEL_CONFIG_DIR, archive_name
@@ -58,6 +58,13 @@ def test_the_test_bombs_straddle_our_limit_and_pillows(model: InProcessModel) ->
 def test_the_archive_carries_the_configured_limits(model: InProcessModel) -> None:
     configured = yaml.safe_load((MODEL_CONFIG_DIR / "model-config.yaml").read_text())["handler"]["limits"]
     assert dataclasses.asdict(model.handler.config.limits) == configured
+
+
+def test_limits_other_than_the_defaults_are_read_from_the_archive_config(model: InProcessModel) -> None:
+    """The shipped limits equal the defaults, so the test above alone would pass if they were ignored."""
+    section = {**model.service.context.model_yaml_config["handler"],
+               "limits": {"max_image_pixels": 1234, "max_aspect_ratio": 3.0}}
+    assert HandlerConfig.from_yaml(section).limits == InputLimits(max_image_pixels=1234, max_aspect_ratio=3.0)
 
 
 def test_the_pixel_limit_is_inclusive_and_checked_before_decoding(model: InProcessModel) -> None:

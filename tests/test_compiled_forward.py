@@ -80,10 +80,15 @@ def test_a_gpu_package_is_loaded_only_on_its_own_architecture(an_sm_80_gpu: torc
     assert len(ours) == 1 and warning in ours[0]
 
 
-def test_an_archive_without_a_gpu_package_runs_eager_on_a_gpu(an_sm_80_gpu: torch.device) -> None:
+def test_an_archive_without_a_gpu_package_runs_eager_on_a_gpu(an_sm_80_gpu: torch.device,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Not by way of the CPU package (whose target would not match either): it has none for cuda."""
     eager = eager_model()
     cpu_only = {"cpu": CompiledForwardConfig(package="resnet50_cpu.pt2", target=native_target(CPU), max_batch=8)}
-    assert select_forward(cpu_only, an_sm_80_gpu, "/nonexistent", eager) is eager
+    with caplog.at_level(logging.INFO):
+        assert select_forward(cpu_only, an_sm_80_gpu, "/nonexistent", eager) is eager
+    ours = [record.getMessage() for record in caplog.records if record.name == "compiled_forward"]
+    assert ours == ["The archive has no forward compiled for cuda: using the eager model"]
 
 
 def test_a_package_that_cannot_be_loaded_leaves_the_eager_model_serving(tmp_path: Path,
