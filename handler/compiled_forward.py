@@ -2,8 +2,9 @@
 
 A package is native code for one target: a CPU instruction set (AVX512, AVX2, ...) or a GPU
 architecture (sm_90, ...). The archive carries one package per device kind it was built for;
-a worker uses the one for its device only if the targets match, and only for batches up to the
-size it was compiled for. Otherwise it runs the eager model, so an archive always serves.
+a worker uses the one for its device only if the targets match, and runs larger batches through
+it in chunks of the size it was compiled for. Otherwise it runs the eager model, so an archive
+always serves.
 
 The precision and memory layout of every forward pass live here too, so the packages (compiled
 by scripts/compile_forward.py) and the eager model take exactly the same input.
@@ -48,15 +49,17 @@ def native_target(device: torch.device) -> str:
 
 
 class CompiledForward:
-    """Runs a batch through the package when it fits the compiled batch range, else through `fallback`."""
+    """Runs a batch through the package, in chunks of the compiled batch size where it is larger
+    (requests that carry several images make such batches)."""
 
-    def __init__(self, config: CompiledForwardConfig, device: torch.device, model_dir: str, fallback: Forward) -> None:
+    def __init__(self, config: CompiledForwardConfig, device: torch.device, model_dir: str) -> None:
         self.runner = load_package(os.path.join(model_dir, config.package), device)
         self.max_batch = config.max_batch
-        self.fallback = fallback
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return (self.runner if batch.shape[0] <= self.max_batch else self.fallback)(batch)
+        if batch.shape[0] <= self.max_batch:
+            return self.runner(batch)
+        return torch.cat([self.runner(chunk) for chunk in batch.split(self.max_batch)])
 
 
 def select_forward(packages: Mapping[str, CompiledForwardConfig], device: torch.device, model_dir: str,
@@ -72,7 +75,7 @@ def select_forward(packages: Mapping[str, CompiledForwardConfig], device: torch.
                        "model. Rebuild the archive on this machine to compile it.", device.type, compiled.target, here)
         return eager
     try:
-        return CompiledForward(compiled, device, model_dir, eager)
+        return CompiledForward(compiled, device, model_dir)
     except RuntimeError as error:  # e.g. a driver or torch unlike the build machine's
         logger.warning("The archive's %s forward could not be loaded (%s): using the eager model. Rebuild the "
                        "archive with this machine's torch and drivers to compile it.", device.type, error)

@@ -1,7 +1,9 @@
-"""TorchServe handler for torchvision's ResNet50: decode -> transform -> batch -> forward -> top-k.
+"""TorchServe handler for torchvision's ResNet50: read -> decode -> transform -> batch -> forward -> top-k.
 
-Each request in a batch is decoded and transformed on its own; one that fails gets its own 4xx
-answer with a JSON body naming the problem, and its batch-mates are classified as usual.
+Every protocol (TorchServe's own forms, KServe v1, the Open Inference Protocol over REST and
+gRPC) is read by its own module into image files, and those of the whole batch go through one
+forward pass. A request with a bad image gets its own 4xx answer naming the problem (and the
+image, where it sent several); its batch-mates are classified as usual.
 """
 
 from __future__ import annotations
@@ -22,12 +24,11 @@ from compiled_forward import CompiledForward, for_inference, inference_dtype, se
 from gpu_preprocessing import GpuPreprocessor, Opened, Prepared
 from handler_config import HandlerConfig
 from image_decoding import load_rgb, open_checked
+from protocols import read_request
 from request_errors import RequestError
-from request_payloads import image_bytes
+from wire_format import Reply, Scores, ServedModel, WireRequest
 
 logger = logging.getLogger(__name__)
-
-Prediction = list[dict[str, Any]]
 
 
 class ResNet50Handler(BaseHandler):
@@ -36,6 +37,8 @@ class ResNet50Handler(BaseHandler):
     def initialize(self, context: Any) -> None:
         self.context = context
         self.config = HandlerConfig.from_yaml(context.model_yaml_config.get("handler"))
+        self.model_id = ServedModel(context.manifest["model"]["modelName"],
+                                    context.manifest["model"]["modelVersion"], len(self.config.categories))
         self.device = self._select_device(context.system_properties.get("gpu_id"))
         self.dtype = inference_dtype(self.device)
         self.forward = select_forward(self.config.compiled_forward, self.device,
@@ -53,28 +56,33 @@ class ResNet50Handler(BaseHandler):
                     "compiled" if isinstance(self.forward, CompiledForward) else "eager")
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
-        """decode + transform each request, stack the good ones, forward, top-k; a bad one is
-        answered with its own 4xx."""
+        """Read each request's images in its protocol, decode + transform them all, forward the
+        good requests' images as one batch, and answer each request in its own protocol."""
         started = time.perf_counter()
         self.context = context
-        prepared = self.preprocess(data)
-        answers = [self._error_answer(index, item) if isinstance(item, RequestError) else None
-                   for index, item in enumerate(prepared)]
-        good = [index for index, answer in enumerate(answers) if answer is None]
+        requests = [read_request(request, context.get_all_request_header(index), self.model_id)
+                    for index, request in enumerate(data)]
+        files = [self._image_files(request) for request in requests]
+        prepared = iter(self.preprocess([file for item in files if isinstance(item, list) for file in item]))
+        images = [[next(prepared) for _ in item] if isinstance(item, list) else item for item in files]
+        failures = [_failure(item) for item in images]
+        replies = [None if failure is None else self._refuse(index, requests[index], *failure)
+                   for index, failure in enumerate(failures)]
+        good = [index for index, failure in enumerate(failures) if failure is None]
         if good:
-            batch = torch.stack([prepared[index] for index in good])
-            for index, prediction in zip(good, self.postprocess(self.inference(batch))):
-                answers[index] = prediction
+            batch = torch.stack([tensor for index in good for tensor in images[index]])
+            for index, scores in zip(good, self.postprocess(self.inference(batch), [len(images[i]) for i in good])):
+                replies[index] = requests[index].answer(scores)
         context.metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 2), None, "ms")
-        return answers
+        return [self._send(index, reply) for index, reply in enumerate(replies)]
 
     @timed
-    def preprocess(self, data: list[dict[str, Any]]) -> list[Prepared]:
-        """Decode and transform each request (on the GPU when we have one); a bad one becomes its
+    def preprocess(self, files: list[bytes]) -> list[Prepared]:
+        """Decode and transform each image (on the GPU when we have one); a bad one becomes its
         RequestError."""
         if self.gpu_preprocessor is None:
-            return list(self.preprocessing_pool.map(self._prepare, range(len(data)), data))
-        return self.gpu_preprocessor(list(self.preprocessing_pool.map(self._open, range(len(data)), data)))
+            return list(self.preprocessing_pool.map(self._prepare, files))
+        return self.gpu_preprocessor(list(self.preprocessing_pool.map(self._open, files)))
 
     @timed
     def inference(self, batch: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -84,20 +92,25 @@ class ResNet50Handler(BaseHandler):
             return torch.softmax(self.forward(batch), dim=1)
 
     @timed
-    def postprocess(self, probabilities: torch.Tensor) -> list[Prediction]:
-        """Top-k as an ordered list with class indices: a dict keyed by label would lose classes
-        whose names repeat (ImageNet's original synset names do)."""
-        top = torch.topk(probabilities.float().cpu(), k=self.config.topk, dim=1)
-        categories = self.config.categories
-        return [
-            [{"label": categories[i], "index": i, "probability": p}
-             for i, p in zip(indices.tolist(), values.tolist())]
-            for values, indices in zip(top.values, top.indices)
-        ]
+    def postprocess(self, probabilities: torch.Tensor, counts: list[int]) -> list[Scores]:
+        """Each request's share of the batch's probabilities; its protocol writes the top-k."""
+        return [Scores(share, self.config.categories, self.config.topk)
+                for share in probabilities.float().cpu().split(counts)]
 
-    def _prepare(self, index: int, request: dict[str, Any]) -> Prepared:
+    def _image_files(self, request: WireRequest) -> list[bytes] | RequestError:
+        try:
+            files = request.images()
+        except RequestError as error:
+            return error
+        limit = self.config.limits.max_images_per_request
+        if len(files) > limit:
+            return RequestError(413, "TooManyImages", f"the request holds {len(files)} images; the limit "
+                                f"is {limit} per request. Split it into several requests")
+        return files
+
+    def _prepare(self, data: bytes) -> Prepared:
         """The CPU path: Pillow decodes, torchvision's preset transforms."""
-        opened = self._open(index, request)
+        opened = self._open(data)
         if isinstance(opened, RequestError):
             return opened
         try:
@@ -105,19 +118,23 @@ class ResNet50Handler(BaseHandler):
         except RequestError as error:
             return error
 
-    def _open(self, index: int, request: dict[str, Any]) -> Opened:
-        """The request's image bytes and their checked header, before any pixel is decoded."""
+    def _open(self, data: bytes) -> Opened:
+        """The image bytes and their checked header, before any pixel is decoded."""
         try:
-            data = image_bytes(request, self.context.get_all_request_header(index))
             return data, open_checked(data, self.config.limits)
         except RequestError as error:
             return error
 
-    def _error_answer(self, index: int, error: RequestError) -> dict[str, Any]:
-        """One place for every rejection, CPU or GPU path: its log line, status and JSON body."""
+    def _refuse(self, index: int, request: WireRequest, error: RequestError, element: int | None) -> Reply:
+        """One place for every rejection, whatever the protocol: its log line, status and body."""
         logger.info("Request %s rejected: %s", self.context.get_request_id(index), error.message)
         self.context.set_response_status(error.status, error.kind, index)
-        return error.to_json()
+        return request.refuse(error, element)
+
+    def _send(self, index: int, reply: Reply) -> Any:
+        for name, value in reply.headers.items():
+            self.context.set_response_header(index, name, value)
+        return reply.body
 
     def _select_device(self, gpu_id: int | None) -> torch.device:
         if gpu_id is not None and torch.cuda.is_available():
@@ -132,3 +149,14 @@ class ResNet50Handler(BaseHandler):
         model = torchvision.models.resnet50(weights=None, num_classes=len(self.config.categories))
         model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
         return for_inference(model, self.device, self.dtype)
+
+
+
+def _failure(images: list[Prepared] | RequestError) -> tuple[RequestError, int | None] | None:
+    """Why a request fails, and which of its images (None when it is the request, or its only image)."""
+    if isinstance(images, RequestError):
+        return images, None
+    for element, item in enumerate(images):
+        if isinstance(item, RequestError):
+            return item, element if len(images) > 1 else None
+    return None

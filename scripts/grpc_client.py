@@ -20,7 +20,10 @@ from scripts.rest_api import QUEUE_FULL_MESSAGE, ApiError, Tokens, explain
 
 grpc_stubs.ensure()
 from scripts.torchserve_grpc import (inference_pb2, inference_pb2_grpc, management_pb2,  # noqa: E402
-                                     management_pb2_grpc)
+                                     management_pb2_grpc, open_inference_grpc_pb2, open_inference_grpc_pb2_grpc)
+
+# The handler's answer to a request it refused over OIP gRPC (TorchServe drops its status there).
+OIP_ERROR_OUTPUT = "error"
 
 # The HTTP status each gRPC code stands for (as in grpc-gateway's mapping).
 HTTP_STATUS = {
@@ -43,6 +46,9 @@ class GrpcClient:
         self._management_channel = grpc.insecure_channel(management_target, options=options)
         self.inference = inference_pb2_grpc.InferenceAPIsServiceStub(self._inference_channel)
         self.management = management_pb2_grpc.ManagementAPIsServiceStub(self._management_channel)
+        # TorchServe's Open Inference Protocol service, on the inference port. Its package is
+        # org.pytorch.serve.grpc.openinference, so Triton's and KServe's own stubs cannot call it.
+        self.open_inference = open_inference_grpc_pb2_grpc.GRPCInferenceServiceStub(self._inference_channel)
         self.tokens = tokens
         self.timeout = timeout
         self.model_store = model_store
@@ -65,6 +71,29 @@ class GrpcClient:
         if isinstance(answer, dict) and {"code", "type", "message"} <= set(answer):
             raise ApiError(int(answer["code"]), f"{answer['type']}: {answer['message']}")
         return answer
+
+    # Open Inference Protocol
+    def infer(self, model: str, images: list[bytes], version: str | None = None,
+              request_id: str = "") -> list[list[float]]:
+        """ModelInfer: each image's class probabilities (input 'image', output 'probabilities')."""
+        tensor = open_inference_grpc_pb2.ModelInferRequest.InferInputTensor(
+            name="image", datatype="BYTES", shape=[len(images)],
+            contents=open_inference_grpc_pb2.InferTensorContents(bytes_contents=images))
+        request = open_inference_grpc_pb2.ModelInferRequest(model_name=model, model_version=version or "",
+                                                            id=request_id, inputs=[tensor])
+        answer = self._call(self.open_inference.ModelInfer, request, self.tokens.inference)
+        outputs = {output.name: output for output in answer.outputs}
+        if OIP_ERROR_OUTPUT in outputs:
+            # A BYTES element reaches us as the JSON text of the handler's string, quotes and all.
+            error = json.loads(json.loads(outputs[OIP_ERROR_OUTPUT].contents.bytes_contents[0]))
+            raise ApiError(int(error["code"]), f"{error['type']}: {error['message']}")
+        probabilities = outputs["probabilities"]
+        values, classes = list(probabilities.contents.fp32_contents), probabilities.shape[-1]
+        return [values[row:row + classes] for row in range(0, len(values), classes)]
+
+    def model_ready(self, model: str, version: str | None = None) -> bool:
+        request = open_inference_grpc_pb2.ModelReadyRequest(name=model, version=version or "")
+        return self._call(self.open_inference.ModelReady, request, self.tokens.inference).ready
 
     # Management API
     def list_models(self) -> dict[str, Any]:

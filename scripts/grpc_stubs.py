@@ -19,7 +19,7 @@ from grpc_tools import protoc
 from scripts.paths import ROOT
 
 PACKAGE = "scripts/torchserve_grpc"
-PROTOS = ("inference.proto", "management.proto")
+PROTOS = ("inference.proto", "management.proto", "open_inference_grpc.proto")
 JAR = Path(ts.__file__).parent / "frontend" / "model-server.jar"
 
 
@@ -45,7 +45,7 @@ def generate() -> Path:
 
 def ensure() -> None:
     """Generate the stubs if this checkout has none yet (for example right after a clone)."""
-    if not (ROOT / PACKAGE / "management_pb2_grpc.py").is_file():
+    if not (ROOT / PACKAGE / "open_inference_grpc_pb2_grpc.py").is_file():
         generate()
 
 

@@ -25,6 +25,11 @@ from ts.service import Service
 METRICS_CONFIG = Path(ts.__file__).parent / "configs" / "metrics.yaml"
 
 
+# TorchServe adds this header to requests on /predictions (empty unless the path goes on), and
+# to no request on the KServe routes (/v1/models/..., /v2/models/...).
+PREDICTIONS_ROUTE = (("url_path", ""),)
+
+
 @dataclass(frozen=True)
 class Request:
     """One request as the frontend forwards it: its parameters and HTTP headers."""
@@ -34,23 +39,41 @@ class Request:
 
     @classmethod
     def raw(cls, body: bytes, content_type: str = "image/jpeg") -> "Request":
-        return cls((("body", content_type, body),), (("Content-Type", content_type),))
+        """A body POSTed to /predictions."""
+        return cls((("body", content_type, body),), (("Content-Type", content_type), *PREDICTIONS_ROUTE))
 
     @classmethod
     def form(cls, **fields: bytes) -> "Request":
         return cls(tuple((name, "application/octet-stream", value) for name, value in fields.items()),
-                   (("Content-Type", "multipart/form-data; boundary=x"),))
+                   (("Content-Type", "multipart/form-data; boundary=x"), *PREDICTIONS_ROUTE))
 
     @classmethod
     def json(cls, document: Any) -> "Request":
-        raw = document if isinstance(document, bytes) else json.dumps(document).encode()
-        return cls.raw(raw, "application/json")
+        return cls.raw(_json_bytes(document), "application/json")
+
+    @classmethod
+    def kserve(cls, body: Any, content_type: str = "application/json", **headers: str) -> "Request":
+        """A body POSTed to a KServe route: /v1/models/{m}:predict or /v2/models/{m}/infer. Extra
+        headers are given with underscores for dashes (Inference_Header_Content_Length=...)."""
+        raw = body if isinstance(body, bytes) else _json_bytes(body)
+        sent = tuple((name.replace("_", "-"), value) for name, value in headers.items())
+        return cls((("body", content_type, raw),), (("Content-Type", content_type), *sent))
+
+    @classmethod
+    def grpc(cls, document: Any) -> "Request":
+        """What TorchServe's OIP gRPC frontend forwards for ModelInfer: JSON, and no headers."""
+        return cls((("body", "application/json", _json_bytes(document)),))
+
+
+def _json_bytes(document: Any) -> bytes:
+    return document if isinstance(document, bytes) else json.dumps(document).encode()
 
 
 @dataclass(frozen=True)
 class Response:
     status: int
     body: Any
+    headers: dict[str, str]
 
 
 class InProcessModel:
@@ -75,7 +98,8 @@ class InProcessModel:
         context.metrics.request_ids = ids
         outputs = self.service._entry_point(inputs, context)
         assert len(outputs) == len(requests), "one response per request"
-        return [Response(context.get_response_status(i)[0] or 200, output) for i, output in enumerate(outputs)]
+        return [Response(context.get_response_status(i)[0] or 200, output, context.get_response_headers(i))
+                for i, output in enumerate(outputs)]
 
 
 def _wire_request(request_id: str, request: Request) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Find the image bytes in one TorchServe request, whatever form the client sent them in.
+"""TorchServe's own wire format (`/predictions`, gRPC `Predictions`): one image per request, in
+whatever form the client sent it, answered with our top-k list or our error body.
 
 TorchServe hands the handler one dict per request, keyed by parameter name:
 - a raw body (`curl -T img.jpg`, `--data-binary @img.jpg`) arrives as bytes under "body";
@@ -9,15 +10,30 @@ TorchServe hands the handler one dict per request, keyed by parameter name:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from typing import Any, Mapping
 
 from request_errors import RequestError, bad_request
+from wire_format import Reply, Scores, WireRequest, from_base64
 
 IMAGE_FIELD = "data"
 RAW_BODY_FIELD = "body"
+
+
+class TorchServeRequest(WireRequest):
+    def __init__(self, request: Mapping[str, Any], headers: Mapping[str, Any]) -> None:
+        self.request = request
+        self.headers = headers
+
+    def images(self) -> list[bytes]:
+        return [image_bytes(self.request, self.headers)]
+
+    def answer(self, scores: Scores) -> Reply:
+        [predictions] = scores.predictions()
+        return Reply(predictions)
+
+    def refuse(self, error: RequestError, element: int | None = None) -> Reply:
+        return Reply(error.to_json())
 
 
 def image_bytes(request: Mapping[str, Any], headers: Mapping[str, Any]) -> bytes:
@@ -76,10 +92,4 @@ def _base64_field(document: Any) -> bytes:
     if not isinstance(document, Mapping) or not isinstance(document.get(IMAGE_FIELD), str):
         raise bad_request(
             "InvalidJSON", f'a JSON body must be {{"{IMAGE_FIELD}": "<base64 image>"}}')
-    try:
-        decoded = base64.b64decode(document[IMAGE_FIELD], validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise bad_request("InvalidBase64", f"'{IMAGE_FIELD}' is not valid base64: {error}") from None
-    if not decoded:
-        raise bad_request("EmptyBody", f"'{IMAGE_FIELD}' decodes to an empty image")
-    return decoded
+    return from_base64(document[IMAGE_FIELD], f"'{IMAGE_FIELD}'")

@@ -1,0 +1,172 @@
+"""The Open Inference Protocol (KServe v2, Triton's API): REST `POST /v2/models/resnet50/infer`,
+in JSON or with the binary-data extension, and TorchServe's OIP gRPC `ModelInfer`.
+
+The model's signature:
+- input `image`, BYTES, shape [N]: one encoded image file per element. Its bytes where the
+  transport carries bytes (the binary-data extension, gRPC), base64 where it carries only text (JSON).
+- output `probabilities`, FP32, shape [N, classes]. Requested with `{"classification": k}`, it is
+  BYTES [N, k] instead: "<probability>:<index>:<label>", highest first (the classification extension).
+
+TorchServe's gRPC frontend sends ModelInfer to the handler as this JSON (BYTES in base64) without
+HTTP headers or requested outputs, and drops the status a handler sets for one request of a batch.
+So over gRPC a refused request is answered as an output named `error` holding our error body.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from binary_data import HEADER_LENGTH, bytes_elements, join_answer, serialize_bytes, split_request, take
+from request_errors import RequestError, bad_request
+from wire_format import Reply, Scores, ServedModel, WireRequest, from_base64, header
+
+INPUT = "image"
+OUTPUT = "probabilities"
+ERROR_OUTPUT = "error"
+SIGNATURE = f"one input '{INPUT}', BYTES, shape [N], one image file per element"
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    classification: int | None = None  # top-k strings instead of every probability
+    binary: bool = False
+
+
+class OpenInferenceRequest(WireRequest):
+    def __init__(self, body: Any, headers: Mapping[str, Any], model: ServedModel) -> None:
+        self.body = body
+        self.headers = headers
+        self.model = model
+        # HTTP requests carry headers beside their parameters' content types; gRPC ones none.
+        self.over_grpc = all(isinstance(value, Mapping) for value in headers.values())
+        self.id = ""
+        self.outputs = [RequestedOutput()]
+
+    def images(self) -> list[bytes]:
+        document, tail = self._document()
+        if not isinstance(document, Mapping):
+            raise bad_request("InvalidJSON", 'an inference request must be a JSON object {"inputs": [...]}')
+        self.id = str(document.get("id") or "")
+        self.outputs = _requested_outputs(document, self.model.classes)
+        return _image_elements(document.get("inputs"), tail)
+
+    def answer(self, scores: Scores) -> Reply:
+        tensors = [_output_tensor(scores, requested) for requested in self.outputs]
+        outputs, binary = [], []
+        for (tensor, data), requested in zip(tensors, self.outputs):
+            if requested.binary:
+                outputs.append({**tensor, "parameters": {"binary_data_size": len(data)}})
+                binary.append(data)
+            else:
+                outputs.append(tensor)
+        return Reply(*join_answer(self._answer_header(outputs), binary))
+
+    def refuse(self, error: RequestError, element: int | None = None) -> Reply:
+        where = "" if element is None else f"input '{INPUT}' element {element}: "
+        if self.over_grpc:
+            body = json.dumps({**error.to_json(), "message": where + error.message})
+            return Reply(*join_answer(self._answer_header([{"name": ERROR_OUTPUT, "datatype": "BYTES",
+                                                            "shape": [1], "data": [body]}])))
+        return Reply(*join_answer({"error": f"{error.kind}: {where}{error.message}"}))
+
+    def _document(self) -> tuple[Any, bytes]:
+        """The JSON request and the binary data after it, if any."""
+        length = header(self.headers, HEADER_LENGTH)
+        if isinstance(self.body, Mapping):  # TorchServe parsed it: sent as application/json
+            return self.body, b""
+        raw = self.body.encode() if isinstance(self.body, str) else bytes(self.body)
+        if length is not None:
+            return split_request(raw, length)
+        try:
+            return json.loads(raw), b""
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise bad_request("InvalidJSON", f"the body is not valid JSON ({error}); to send binary data, "
+                                             f"set {HEADER_LENGTH} to the JSON header's length") from None
+
+    def _answer_header(self, outputs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": self.id, "model_name": self.model.name, "model_version": self.model.version,
+                "outputs": outputs}
+
+
+def _image_elements(inputs: Any, tail: bytes) -> list[bytes]:
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], Mapping):
+        raise _invalid_input(f"'inputs' must hold exactly one tensor: this model takes {SIGNATURE}")
+    tensor = inputs[0]
+    if tensor.get("name") != INPUT or tensor.get("datatype") != "BYTES":
+        raise _invalid_input(f"got input {tensor.get('name')!r} of type {tensor.get('datatype')!r}; "
+                             f"this model takes {SIGNATURE}")
+    count = _element_count(tensor.get("shape"))
+    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        elements = bytes_elements(take(tail, 0, size, INPUT), INPUT)
+        if len(tail) != size:
+            raise _invalid_input(f"the body holds {len(tail)} bytes of binary data, but the inputs declare {size}")
+    elif "data" in tensor:
+        elements = [from_base64(text, f"input '{INPUT}' element {index}")
+                    for index, text in enumerate(_flattened(tensor["data"]))]
+    else:
+        raise _invalid_input(f"input '{INPUT}' has neither 'data' nor parameters.binary_data_size")
+    if len(elements) != count:
+        raise _invalid_input(f"input '{INPUT}' has shape [{count}] but holds {len(elements)} elements")
+    return elements
+
+
+def _element_count(shape: Any) -> int:
+    """[N], or [N, 1] as some clients send a column of strings."""
+    if (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)
+            and (len(shape) == 1 or shape[1:] == [1])):
+        return shape[0]
+    raise _invalid_input(f"input '{INPUT}' has shape {shape!r}; it must be [N] with N >= 1")
+
+
+def _flattened(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        raise _invalid_input(f"input '{INPUT}' data must be a list of base64 strings")
+    return [item for element in data for item in (_flattened(element) if isinstance(element, list) else [element])]
+
+
+def _requested_outputs(document: Mapping[str, Any], classes: int) -> list[RequestedOutput]:
+    """What the request asks for; without `outputs`, every output (we have one)."""
+    binary_default = (document.get("parameters") or {}).get("binary_data_output", False)
+    outputs = document.get("outputs")
+    if outputs is None:
+        return [RequestedOutput(binary=bool(binary_default))]
+    if not isinstance(outputs, list) or not outputs:
+        raise _invalid_output(f"'outputs' must be a non-empty list of {{\"name\": \"{OUTPUT}\"}}")
+    return [_requested_output(output, classes, bool(binary_default)) for output in outputs]
+
+
+def _requested_output(output: Any, classes: int, binary_default: bool) -> RequestedOutput:
+    if not isinstance(output, Mapping) or output.get("name") != OUTPUT:
+        name = output.get("name") if isinstance(output, Mapping) else output
+        raise _invalid_output(f"unknown output {name!r}: this model's output is '{OUTPUT}'")
+    parameters = output.get("parameters") or {}
+    k = parameters.get("classification")
+    if k is not None and not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= classes):
+        raise _invalid_output(f"classification must be a number of classes from 1 to {classes}, got {k!r}")
+    return RequestedOutput(classification=k, binary=bool(parameters.get("binary_data", binary_default)))
+
+
+def _output_tensor(scores: Scores, requested: RequestedOutput) -> tuple[dict[str, Any], bytes]:
+    """The output as JSON (with its data) and as the bytes the binary-data extension sends."""
+    probabilities = scores.probabilities
+    if requested.classification is None:
+        tensor = {"name": OUTPUT, "datatype": "FP32", "shape": list(probabilities.shape)}
+        if requested.binary:
+            return tensor, probabilities.numpy().astype("<f4").tobytes()
+        return {**tensor, "data": probabilities.flatten().tolist()}, b""
+    rows = [[f"{p:f}:{index}:{label}" for p, index, label in row] for row in scores.top(requested.classification)]
+    tensor = {"name": OUTPUT, "datatype": "BYTES", "shape": [len(rows), requested.classification]}
+    if requested.binary:
+        return tensor, serialize_bytes(text.encode() for row in rows for text in row)
+    return {**tensor, "data": [text for row in rows for text in row]}, b""
+
+
+def _invalid_input(message: str) -> RequestError:
+    return bad_request("InvalidInput", message)
+
+
+def _invalid_output(message: str) -> RequestError:
+    return bad_request("InvalidOutput", message)

@@ -1,0 +1,92 @@
+"""What every wire format shares: a request holds images, and its answer is built from their scores.
+
+A wire format (TorchServe's own forms, KServe v1, the Open Inference Protocol) is one small module
+that turns a request into image files and the scores of those images back into that format's
+answer. The handler in between sees only images, so every protocol is decoded, batched and
+classified alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from request_errors import RequestError, bad_request
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What an answer says about the model that made it."""
+
+    name: str
+    version: str
+    classes: int
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The class probabilities of one request's images, with what is needed to name the classes."""
+
+    probabilities: torch.Tensor  # [images, classes], float32 on the CPU
+    categories: Sequence[str]
+    topk: int
+
+    def top(self, k: int | None = None) -> list[list[tuple[float, int, str]]]:
+        """Per image, the k best classes as (probability, index, label), highest first."""
+        best = torch.topk(self.probabilities, k=k or self.topk, dim=1)
+        return [[(p, i, self.categories[i]) for p, i in zip(values.tolist(), indices.tolist())]
+                for values, indices in zip(best.values, best.indices)]
+
+    def predictions(self) -> list[list[dict[str, Any]]]:
+        """Our top-k format: an ordered list with class indices. A dict keyed by label would lose
+        classes whose names repeat (ImageNet's original synset names do)."""
+        return [[{"label": label, "index": index, "probability": p} for p, index, label in row]
+                for row in self.top()]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One request's answer: a JSON-able body or raw bytes, with the HTTP headers to set."""
+
+    body: Any
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class WireRequest(ABC):
+    """One request in one wire format: its image files, and how its answers and errors are written."""
+
+    @abstractmethod
+    def images(self) -> list[bytes]:
+        """The request's image files, in order; raises RequestError if the request is malformed."""
+
+    @abstractmethod
+    def answer(self, scores: Scores) -> Reply:
+        """The answer for this request's images, in order."""
+
+    @abstractmethod
+    def refuse(self, error: RequestError, element: int | None = None) -> Reply:
+        """The error answer; `element` names the image that failed in a request of several."""
+
+
+def header(headers: Mapping[str, Any], name: str) -> str | None:
+    """An HTTP header's value; TorchServe keeps each client's own spelling of header names."""
+    wanted = name.lower()
+    return next((str(value) for key, value in headers.items() if key.lower() == wanted), None)
+
+
+def from_base64(text: Any, where: str) -> bytes:
+    """An image file sent as base64 text (JSON carries only text); `where` names it in errors."""
+    if not isinstance(text, str):
+        raise bad_request("InvalidJSON", f"{where} must be a base64 string, got {type(text).__name__}")
+    try:
+        decoded = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise bad_request("InvalidBase64", f"{where} is not valid base64: {error}") from None
+    if not decoded:
+        raise bad_request("EmptyBody", f"{where} decodes to an empty image")
+    return decoded
