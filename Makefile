@@ -10,7 +10,8 @@ export VENV PYTHON
 
 setup: $(VENV)/.setup-done
 
-$(VENV)/.setup-done: requirements.txt requirements-dev.txt requirements-java.txt scripts/setup.sh scripts/grpc_stubs.py
+$(VENV)/.setup-done: requirements.txt requirements-dev.txt requirements-kserve.txt requirements-java.txt \
+		scripts/setup.sh scripts/grpc_stubs.py
 	scripts/setup.sh
 	touch $@
 

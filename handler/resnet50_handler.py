@@ -153,10 +153,7 @@ class ResNet50Handler(BaseHandler):
 
 
 def _failure(images: list[Prepared] | RequestError) -> tuple[RequestError, int | None] | None:
-    """Why a request fails, and which of its images (None when it is the request, or its only image)."""
+    """Why a request fails, and which of its images (None when the request itself is malformed)."""
     if isinstance(images, RequestError):
         return images, None
-    for element, item in enumerate(images):
-        if isinstance(item, RequestError):
-            return item, element if len(images) > 1 else None
-    return None
+    return next(((item, element) for element, item in enumerate(images) if isinstance(item, RequestError)), None)

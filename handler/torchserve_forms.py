@@ -33,7 +33,7 @@ class TorchServeRequest(WireRequest):
         return Reply(predictions)
 
     def refuse(self, error: RequestError, element: int | None = None) -> Reply:
-        return Reply(error.to_json())
+        return Reply(error.to_json())  # one image per request: no need to say which
 
 
 def image_bytes(request: Mapping[str, Any], headers: Mapping[str, Any]) -> bytes:

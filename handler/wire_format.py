@@ -70,7 +70,7 @@ class WireRequest(ABC):
 
     @abstractmethod
     def refuse(self, error: RequestError, element: int | None = None) -> Reply:
-        """The error answer; `element` names the image that failed in a request of several."""
+        """The error answer; `element` is the position of the image that failed, if one did."""
 
 
 def header(headers: Mapping[str, Any], name: str) -> str | None:

@@ -52,12 +52,14 @@ class Request:
         return cls.raw(_json_bytes(document), "application/json")
 
     @classmethod
-    def kserve(cls, body: Any, content_type: str = "application/json", **headers: str) -> "Request":
+    def kserve(cls, body: Any, content_type: str | None = "application/json", **headers: str) -> "Request":
         """A body POSTed to a KServe route: /v1/models/{m}:predict or /v2/models/{m}/infer. Extra
-        headers are given with underscores for dashes (Inference_Header_Content_Length=...)."""
+        headers are given with underscores for dashes (Inference_Header_Content_Length=...);
+        content_type None sends none, as tritonclient does."""
         raw = body if isinstance(body, bytes) else _json_bytes(body)
         sent = tuple((name.replace("_", "-"), value) for name, value in headers.items())
-        return cls((("body", content_type, raw),), (("Content-Type", content_type), *sent))
+        declared = (("Content-Type", content_type),) if content_type is not None else ()
+        return cls((("body", content_type or "", raw),), (*declared, *sent))
 
     @classmethod
     def grpc(cls, document: Any) -> "Request":

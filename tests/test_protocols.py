@@ -1,0 +1,244 @@
+"""KServe v1 and the Open Inference Protocol, in-process through TorchServe's loader: every
+protocol classifies alike, a request of several images is answered image by image, and each
+malformed request or bad image gets its own 4xx naming the problem and the image. The same
+protocols against a real TorchServe, with real clients, are tests/test_protocols_served.py."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import oip
+from answers import same_answer
+from handler_config import InputLimits
+from images import encode, noise_image, photo_bytes
+from scripts.in_process import InProcessModel, Request, Response
+from scripts.paths import archive_name
+
+PHOTO, NOISE = photo_bytes((500, 400)), encode(noise_image((320, 240)))
+NOT_AN_IMAGE = b"%PDF-1.4 definitely not a photo"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def grpc_request(images: list[bytes], request_id: str = "g") -> Request:
+    """What TorchServe's OIP gRPC frontend forwards for ModelInfer: BYTES contents in base64."""
+    return Request.grpc({"id": request_id, "model_name": "resnet50",
+                         "inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(images)],
+                                     "data": [b64(image) for image in images]}]})
+
+
+def oip_json(inputs: Any, **fields: Any) -> Request:
+    return Request.kserve({"inputs": inputs, **fields})
+
+
+def image_tensor(images: list[str], **fields: Any) -> dict[str, Any]:
+    return {"name": "image", "datatype": "BYTES", "shape": [len(images)], "data": images, **fields}
+
+
+def error_message(response: Response) -> str:
+    """KServe's {"error": "<Kind>: <message>"} body, whether the handler wrote it compact or not."""
+    body = json.loads(response.body) if isinstance(response.body, (bytes, bytearray)) else response.body
+    return body["error"]
+
+
+def error_of(response: Response) -> tuple[int, str]:
+    return response.status, error_message(response).split(":")[0]
+
+
+@pytest.fixture(scope="module")
+def model(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> InProcessModel:
+    return InProcessModel(model_store / archive_name("2.0"), tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def reference(model: InProcessModel) -> list[list[dict[str, Any]]]:
+    """Our REST answers for the photo and the noise, one image per request."""
+    return [response.body for response in model.infer([Request.raw(PHOTO), Request.raw(NOISE)])]
+
+
+def test_every_protocol_classifies_alike(model: InProcessModel, reference: list[list[dict[str, Any]]]) -> None:
+    v1, oip_json_answer, oip_binary, grpc = model.infer([
+        Request.kserve({"instances": [b64(PHOTO), {"data": b64(NOISE)}, {"b64": b64(PHOTO)},
+                                      {"image_bytes": {"b64": b64(NOISE)}}]}),
+        oip.in_process([oip.image_input([b64(PHOTO), b64(NOISE)], binary=False)], [oip.requested(binary=False)]),
+        oip.in_process([oip.image_input([PHOTO, NOISE])]),
+        grpc_request([PHOTO, NOISE]),
+    ])
+    assert v1.status == 200 and len(v1.body["predictions"]) == 4
+    assert all(same_answer(answer, expected) for answer, expected in zip(v1.body["predictions"], reference * 2))
+    for answer in (oip.result(oip_json_answer), oip.result(oip_binary), oip.result(Response(200, grpc.body, {}))):
+        probabilities = answer.as_numpy(oip.OUTPUT)
+        assert probabilities.dtype == np.float32 and probabilities.shape == (2, 1000)
+        for row, expected in zip(probabilities, reference):
+            top = np.argsort(row)[::-1][:5]
+            assert top.tolist() == [p["index"] for p in expected]
+            assert row[top] == pytest.approx([p["probability"] for p in expected], abs=1e-4)
+
+
+def test_the_answer_names_the_model_and_echoes_the_id(model: InProcessModel) -> None:
+    [response] = model.infer([oip.in_process([oip.image_input([PHOTO])], request_id="req-7")])
+    answer = oip.result(response).get_response()
+    assert (answer["id"], answer["model_name"], answer["model_version"]) == ("req-7", "resnet50", "2.0")
+    assert answer["outputs"][0]["parameters"] == {"binary_data_size": 4000}
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_the_classification_extension_answers_top_k_strings(model: InProcessModel, reference: list, binary: bool) -> None:
+    [response] = model.infer([oip.in_process([oip.image_input([PHOTO, NOISE])], [oip.requested(binary, classes=3)])])
+    output = oip.result(response).get_output(oip.OUTPUT)
+    assert output["datatype"] == "BYTES" and output["shape"] == [2, 3]
+    for row, expected in zip(oip.classifications(oip.result(response).as_numpy(oip.OUTPUT)), reference):
+        assert [(index, label) for _, index, label in row] == [(p["index"], p["label"]) for p in expected[:3]]
+        assert [p for p, _, _ in row] == pytest.approx([p["probability"] for p in expected[:3]], abs=1e-5)
+
+
+def test_binary_data_output_applies_when_no_output_is_named(model: InProcessModel) -> None:
+    """tritonclient asks for every output in binary this way when it names none."""
+    binary, plain = model.infer([oip.in_process([oip.image_input([PHOTO])]),
+                                 oip_json([image_tensor([b64(PHOTO)])])])
+    assert binary.headers[oip.HEADER_LENGTH] and binary.headers["Content-Type"] == "application/octet-stream"
+    assert oip.HEADER_LENGTH not in plain.headers and plain.headers["Content-Type"] == "application/json"
+    assert np.array_equal(oip.result(binary).as_numpy(oip.OUTPUT), oip.result(plain).as_numpy(oip.OUTPUT))
+
+
+def binary_request(header: dict[str, Any], tail: bytes, header_length: int | None = None) -> Request:
+    encoded = json.dumps(header).encode()
+    return Request.kserve(encoded + tail, content_type=None,
+                          Inference_Header_Content_Length=str(len(encoded) if header_length is None else header_length))
+
+
+def length_prefixed(*elements: bytes) -> bytes:
+    return b"".join(struct.pack("<I", len(element)) + element for element in elements)
+
+
+BINARY_IMAGE = {"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 4 + len(PHOTO)}}
+# (request, status, kind, words the message must hold)
+BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
+    "not JSON after the binary header": (binary_request({"inputs": [BINARY_IMAGE]}, b"", 3), 400, "InvalidJSON",
+                                         "not a JSON header"),
+    "no inputs": (oip_json([]), 400, "InvalidInput", "exactly one tensor"),
+    "two inputs": (oip_json([image_tensor([b64(PHOTO)])] * 2), 400, "InvalidInput", "exactly one tensor"),
+    "another input name": (oip_json([{**image_tensor([b64(PHOTO)]), "name": "input__0"}]), 400, "InvalidInput",
+                           "'input__0'"),
+    "not BYTES": (oip_json([{**image_tensor([b64(PHOTO)]), "datatype": "FP32"}]), 400, "InvalidInput", "'FP32'"),
+    "shape of two rows": (oip_json([{**image_tensor([b64(PHOTO)]), "shape": [1, 2]}]), 400, "InvalidInput",
+                          "[1, 2]"),
+    "shape unlike the data": (oip_json([{**image_tensor([b64(PHOTO)]), "shape": [2]}]), 400, "InvalidInput",
+                              "holds 1 elements"),
+    "no data": (oip_json([{"name": "image", "datatype": "BYTES", "shape": [1]}]), 400, "InvalidInput",
+                "neither 'data'"),
+    "invalid base64": (oip_json([image_tensor([b64(PHOTO), "not*base64"])]), 400, "InvalidBase64", "element 1"),
+    "an unknown output": (oip_json([image_tensor([b64(PHOTO)])], outputs=[{"name": "logits"}]), 400,
+                          "InvalidOutput", "'logits'"),
+    "classification 0": (oip_json([image_tensor([b64(PHOTO)])],
+                                  outputs=[{"name": "probabilities", "parameters": {"classification": 0}}]),
+                         400, "InvalidOutput", "1 to 1000"),
+    "classification 1001": (oip_json([image_tensor([b64(PHOTO)])],
+                                     outputs=[{"name": "probabilities", "parameters": {"classification": 1001}}]),
+                            400, "InvalidOutput", "1 to 1000"),
+    "header length beyond the body": (binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO), 10**6),
+                                      400, "InvalidBinaryData", "Inference-Header-Content-Length"),
+    "header length inside the JSON": (binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO), 10),
+                                      400, "InvalidJSON", "not a JSON header"),
+    "binary data shorter than declared": (binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO)[:-1]),
+                                          400, "InvalidBinaryData", "only"),
+    "binary data longer than declared": (binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO) + b"x"),
+                                         400, "InvalidInput", "declare"),
+    "an element's length beyond the data": (
+        binary_request({"inputs": [{**BINARY_IMAGE, "parameters": {"binary_data_size": 8}}]},
+                       struct.pack("<I", 100) + b"abcd"), 400, "InvalidBinaryData", "declares 100 bytes"),
+    "a bad image among good ones": (oip.in_process([oip.image_input([PHOTO, NOT_AN_IMAGE, PHOTO])]), 400,
+                                    "InvalidImage", "input 'image' element 1:"),
+}
+BAD_V1_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
+    # Without the binary-data header, a body that is not JSON could be either protocol.
+    "not JSON": (Request.kserve(b"{inputs", content_type=None), 400, "InvalidJSON", '{"inputs": [...]}'),
+    "instances not a list": (Request.kserve({"instances": b64(PHOTO)}), 400, "InvalidJSON", "non-empty list"),
+    "no instances": (Request.kserve({"instances": []}), 400, "InvalidJSON", "non-empty list"),
+    "an instance without its key": (Request.kserve({"instances": [b64(PHOTO), {"image": b64(PHOTO)}]}), 400,
+                                    "InvalidJSON", "instance 1 must be"),
+    "invalid base64": (Request.kserve({"instances": [b64(PHOTO), b64(PHOTO), "***"]}), 400, "InvalidBase64",
+                       "instance 2"),
+    "a bad image among good ones": (Request.kserve({"instances": [b64(PHOTO), b64(NOT_AN_IMAGE)]}), 400,
+                                    "InvalidImage", "instance 1:"),
+    "a truncated image": (Request.kserve({"instances": [b64(PHOTO[:len(PHOTO) // 2])]}), 400, "CorruptImage",
+                          "instance 0:"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OIP_REQUESTS))
+def test_a_bad_oip_request_gets_a_4xx_naming_the_problem(model: InProcessModel, case: str) -> None:
+    request, status, kind, words = BAD_OIP_REQUESTS[case]
+    [response] = model.infer([request])
+    assert error_of(response) == (status, kind)
+    assert words in error_message(response)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_V1_REQUESTS))
+def test_a_bad_v1_request_gets_a_4xx_naming_the_problem(model: InProcessModel, case: str) -> None:
+    request, status, kind, words = BAD_V1_REQUESTS[case]
+    [response] = model.infer([request])
+    assert error_of(response) == (status, kind)
+    assert words in error_message(response)
+
+
+def test_over_grpc_a_refusal_is_an_error_output_holding_our_error(model: InProcessModel) -> None:
+    """TorchServe's OIP gRPC frontend drops a request's status and needs a well-formed answer."""
+    [response] = model.infer([grpc_request([PHOTO, NOT_AN_IMAGE], request_id="bad")])
+    answer = json.loads(response.body)
+    assert (answer["id"], answer["model_name"], answer["model_version"]) == ("bad", "resnet50", "2.0")
+    [output] = answer["outputs"]
+    assert (output["name"], output["datatype"], output["shape"]) == ("error", "BYTES", [1])
+    error = json.loads(output["data"][0])
+    assert (error["code"], error["type"]) == (400, "InvalidImage")
+    assert error["message"].startswith("input 'image' element 1:")
+
+
+@pytest.mark.parametrize("count, status", [(2, 200), (3, 413)])
+def test_the_images_per_request_limit(model: InProcessModel, monkeypatch: pytest.MonkeyPatch,
+                                      count: int, status: int) -> None:
+    lowered = dataclasses.replace(model.handler.config, limits=InputLimits(max_images_per_request=2))
+    monkeypatch.setattr(model.handler, "config", lowered)
+    v1, oip_binary = model.infer([Request.kserve({"instances": [b64(PHOTO)] * count}),
+                                  oip.in_process([oip.image_input([PHOTO] * count)])])
+    assert (v1.status, oip_binary.status) == (status, status)
+    if status == 413:
+        assert error_of(v1) == (413, "TooManyImages") and "the limit is 2" in v1.body["error"]
+
+
+def test_a_batch_of_mixed_protocols_and_bad_images_answers_each_request_alone(
+        model: InProcessModel, reference: list[list[dict[str, Any]]]) -> None:
+    """One TorchServe batch of eight requests carrying twelve images: the good requests' images
+    go through one forward pass, and each bad request fails alone."""
+    responses = model.infer([
+        Request.kserve({"instances": [b64(PHOTO), b64(NOISE), b64(PHOTO)]}),
+        oip.in_process([oip.image_input([PHOTO, NOT_AN_IMAGE])]),
+        Request.raw(NOISE),
+        Request.kserve({"instances": [b64(NOISE), "***"]}),
+        grpc_request([NOISE, PHOTO]),
+        Request.raw(NOT_AN_IMAGE),
+        oip.in_process([oip.image_input([NOISE, PHOTO])], [oip.requested(classes=5)]),
+        Request.kserve({"instances": [b64(PHOTO)]}),
+    ])
+    assert [response.status for response in responses] == [200, 400, 200, 400, 200, 400, 200, 200]
+    photo, noise = reference
+    assert all(same_answer(a, b) for a, b in zip(responses[0].body["predictions"], [photo, noise, photo]))
+    assert same_answer(responses[2].body, noise)
+    assert same_answer(responses[7].body["predictions"][0], photo)
+    grpc_top = np.argsort(oip.result(Response(200, responses[4].body, {})).as_numpy(oip.OUTPUT), axis=1)[:, ::-1]
+    assert grpc_top[:, :5].tolist() == [[p["index"] for p in noise], [p["index"] for p in photo]]
+    ranked = oip.classifications(oip.result(responses[6]).as_numpy(oip.OUTPUT))
+    assert [[index for _, index, _ in row] for row in ranked] == grpc_top[:, :5].tolist()
+    assert "element 1" in error_message(responses[1])
+    assert "instance 1" in responses[3].body["error"]
+    assert responses[5].body["type"] == "InvalidImage"
