@@ -10,6 +10,7 @@ import base64
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+import grpc
 import httpx
 import kserve
 import numpy as np
@@ -27,6 +28,7 @@ from scripts.grpc_client import GrpcClient
 from scripts.paths import MODEL_NAME
 from scripts.rest_api import ApiError
 from scripts.server import Server
+from scripts.torchserve_grpc import open_inference_grpc_pb2
 
 PHOTO, NOISE = photo_bytes((500, 400)), encode(noise_image((320, 240)))
 NOT_AN_IMAGE = b"%PDF-1.4 definitely not a photo"
@@ -159,14 +161,23 @@ def test_oip_grpc_refusal_is_raised_by_our_client_with_its_status(server: Server
 
 
 def test_what_torchserve_does_not_route_on_v2(server: Server, auth: dict[str, str]) -> None:
-    """README, Protocols: metadata and per-model readiness are not served; a version in the path
-    is refused (use gRPC, or /predictions/resnet50/1.0); the server's health is."""
+    """docs/protocols.md: metadata and per-model readiness are not served; a version in the path
+    is refused (use gRPC, or /predictions/resnet50/1.0); the server's health is; gRPC has no
+    ServerMetadata."""
     get = lambda path: requests.get(f"{server.inference_url}/{path}", headers=auth, timeout=30)  # noqa: E731
     assert get(f"v2/models/{MODEL_NAME}").status_code == 404
     assert get(f"v2/models/{MODEL_NAME}/ready").status_code == 404
     assert get("v2/health/ready").json() == {"ready": True}
-    versioned = post_inference(server, f"v2/models/{MODEL_NAME}/versions/1.0/infer", json={"inputs": []})
-    assert versioned.status_code == 501
+    for path in (f"v2/models/{MODEL_NAME}/versions/1.0/infer", f"v1/models/{MODEL_NAME}/versions/1.0:predict"):
+        assert post_inference(server, path, json={"inputs": []}).status_code == 501
+    client = server.grpc_client()
+    try:
+        with pytest.raises(grpc.RpcError) as error:
+            client.open_inference.ServerMetadata(open_inference_grpc_pb2.ServerMetadataRequest(), timeout=30,
+                                                 metadata=(("authorization", f"Bearer {client.tokens.inference}"),))
+    finally:
+        client.close()
+    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 Outcome = tuple[int, Any]  # a status, and each image's top-5 classes or the error's kind

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import shutil
@@ -26,7 +27,7 @@ from scripts.grpc_client import GrpcClient
 from scripts.paths import MODEL_NAME, ROOT, archive_name
 from scripts.rest_api import RestClient, Tokens
 from scripts.server import Ports, Server, ServerError, start, stop
-from scripts.torchserve_grpc import inference_pb2, management_pb2
+from scripts.torchserve_grpc import inference_pb2, management_pb2, open_inference_grpc_pb2
 
 REFUSED = "Token Authorization failed"
 WRONG = Tokens(inference="wrong-inference-token-1f3a", management="wrong-management-token-9c2e")
@@ -70,9 +71,14 @@ def test_the_inference_token_does_not_open_management(server: Server, clients: C
 
 
 def test_a_rest_request_with_no_authorization_header_is_refused(server: Server) -> None:
-    for answer in (requests.post(f"{server.inference_url}/predictions/{MODEL_NAME}", data=photo_bytes(), timeout=30,
-                                 headers={"Content-Type": "image/jpeg"}),
-                   requests.get(f"{server.management_url}/models", timeout=30)):
+    """On every inference route (TorchServe's, KServe v1, the Open Inference Protocol) and management."""
+    image = base64.b64encode(photo_bytes()).decode()
+    inference = {f"predictions/{MODEL_NAME}": {"data": photo_bytes(), "headers": {"Content-Type": "image/jpeg"}},
+                 f"v1/models/{MODEL_NAME}:predict": {"json": {"instances": [image]}},
+                 f"v2/models/{MODEL_NAME}/infer": {"json": {"inputs": [{"name": "image", "datatype": "BYTES",
+                                                                       "shape": [1], "data": [image]}]}}}
+    answers = [requests.post(f"{server.inference_url}/{path}", timeout=30, **sent) for path, sent in inference.items()]
+    for answer in [*answers, requests.get(f"{server.management_url}/models", timeout=30)]:
         assert answer.status_code == 400 and answer.json()["type"] == "InvalidKeyException"
 
 
@@ -81,6 +87,7 @@ def test_a_grpc_call_with_no_authorization_metadata_is_refused(server: Server, c
     calls = [(stub_client.inference.Predictions, inference_pb2.PredictionsRequest(model_name=MODEL_NAME,
                                                                                   input={"data": photo_bytes()})),
              (stub_client.inference.Ping, empty_pb2.Empty()),
+             (stub_client.open_inference.ModelInfer, open_inference_grpc_pb2.ModelInferRequest(model_name=MODEL_NAME)),
              (stub_client.management.ListModels, management_pb2.ListModelsRequest(limit=10))]
     for method, request in calls:
         with pytest.raises(grpc.RpcError) as error:
