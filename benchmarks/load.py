@@ -19,6 +19,10 @@ from scripts.server import Server
 USERS_PER_LOCUST_PROCESS = 64
 
 
+# The locust user class (benchmarks/locustfile.py) for each protocol a step can load.
+LOCUST_USERS = {"REST": "RestUser", "gRPC": "GrpcUser", "OIP": "OipUser"}
+
+
 @dataclass(frozen=True)
 class LoadResult:
     target: str
@@ -64,7 +68,7 @@ def run_locust(server: Server, model: str, protocol: str, users: int, seconds: f
                     *(["--processes", str(processes)] if processes > 1 else []),
                     "--host", server.inference_url, "--csv", str(prefix), "--only-summary", "--loglevel", "ERROR",
                     "--exit-code-on-error", "0",  # failed requests are counted in the report, not fatal
-                    "GrpcUser" if protocol == "gRPC" else "RestUser"],
+                    LOCUST_USERS[protocol]],
                    env=env, check=True, capture_output=True, cwd=ROOT)
     with open(f"{prefix}_stats.csv") as stats:
         row = next(r for r in csv.DictReader(stats) if r["Name"] == "Aggregated")

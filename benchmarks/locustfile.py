@@ -2,7 +2,7 @@
 
 Run by benchmarks/run.py as `locust --headless -u N ...`; configured through the environment:
 BENCH_INPUTS (a folder of .jpg), BENCH_MODEL (e.g. resnet50 or resnet50_stock), BENCH_TOKEN,
-and the host (REST) or BENCH_GRPC_TARGET (gRPC).
+and the host (REST, OIP) or BENCH_GRPC_TARGET (gRPC).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 from locust import FastHttpUser, User, constant, events, task
 
 IMAGES = [path.read_bytes() for path in sorted(Path(os.environ.get("BENCH_INPUTS", ".")).glob("*.jpg"))]
@@ -30,6 +31,29 @@ class RestUser(FastHttpUser):
     def classify(self) -> None:
         self.client.post(f"/predictions/{MODEL}", data=random.choice(IMAGES), name="REST predict",
                          headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "image/jpeg"})
+
+
+class OipUser(FastHttpUser):
+    """The Open Inference Protocol as Triton's client sends it: one image per request, in the
+    binary-data extension, the probabilities answered in binary (POST /v2/models/{m}/infer)."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        from tritonclient.http import InferenceServerClient, InferInput
+
+        self.bodies = []
+        for image in IMAGES:
+            tensor = InferInput("image", [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([image], dtype=object))
+            self.bodies.append(InferenceServerClient.generate_request_body([tensor]))
+
+    @task
+    def classify(self) -> None:
+        body, header_length = random.choice(self.bodies)
+        self.client.post(f"/v2/models/{MODEL}/infer", data=body, name="OIP infer",
+                         headers={"Authorization": f"Bearer {TOKEN}",
+                                  "Inference-Header-Content-Length": str(header_length)})
 
 
 class GrpcUser(User):

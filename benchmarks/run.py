@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     with serving(out / "run-ours", BENCH_MODEL_STORE, archive_name(DEFAULT_VERSION), plan,
                  max(concurrencies)) as server:
         results = load_steps(server, MODEL_NAME, "ours", concurrencies, ["REST"], args.seconds, inputs, out)
-        results += load_steps(server, MODEL_NAME, "ours", [max(concurrencies)], ["gRPC"], args.seconds, inputs, out)
+        results += load_steps(server, MODEL_NAME, "ours", [max(concurrencies)], ["gRPC", "OIP"], args.seconds,
+                              inputs, out)
     if not args.skip_stock:
         stock_archive = build_stock_archive(weights_file("IMAGENET1K_V2", args.weights), BENCH_MODEL_STORE)
         print(setup[1])
