@@ -9,6 +9,7 @@ its length as 4 little-endian bytes, then its bytes.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Any, Iterable, Sequence
 
@@ -20,23 +21,25 @@ _LENGTH = struct.Struct("<I")
 
 def split_request(raw: bytes, header_length: str) -> tuple[Any, bytes]:
     """The JSON header and the binary tail of a request."""
-    if not header_length.isdigit() or not 0 < int(header_length) <= len(raw):
+    if not re.fullmatch(r"[0-9]{1,10}", header_length) or not 0 < int(header_length) <= len(raw):
         raise invalid(f"{HEADER_LENGTH} is {header_length!r}, but the body is {len(raw)} bytes; it must be "
                       "the length of the JSON header at the start of the body")
     length = int(header_length)
     try:
         return json.loads(raw[:length]), raw[length:]
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise bad_request("InvalidJSON", f"the first {length} bytes ({HEADER_LENGTH}) are not a JSON "
                                          f"header: {error}") from None
 
 
-def take(tail: bytes, offset: int, size: Any, name: str) -> bytes:
-    """`size` bytes of the binary tail from `offset` for the tensor `name`."""
-    if not isinstance(size, int) or size < 0 or offset + size > len(tail):
-        raise invalid(f"input '{name}' declares binary_data_size {size!r}, but only {len(tail) - offset} "
-                      "bytes of binary data are left")
-    return tail[offset:offset + size]
+def take(tail: bytes, size: Any, name: str) -> bytes:
+    """The first `size` bytes of the binary tail, for the tensor `name`."""
+    if type(size) is not int or size < 0:
+        raise invalid(f"input '{name}' declares binary_data_size {size!r}; it must be a number of bytes")
+    if size > len(tail):
+        raise invalid(f"input '{name}' declares binary_data_size {size}, but the body holds only {len(tail)} "
+                      "bytes of binary data")
+    return tail[:size]
 
 
 def bytes_elements(data: bytes, name: str) -> list[bytes]:

@@ -18,9 +18,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from binary_data import HEADER_LENGTH, bytes_elements, join_answer, serialize_bytes, split_request, take
+from binary_data import HEADER_LENGTH, bytes_elements, invalid, join_answer, serialize_bytes, split_request, take
 from request_errors import RequestError, bad_request
-from wire_format import Reply, Scores, ServedModel, WireRequest, from_base64, header
+from wire_format import Reply, Scores, ServedModel, WireRequest, from_base64, header, sent_over_http
 
 INPUT = "image"
 OUTPUT = "probabilities"
@@ -39,55 +39,54 @@ class OpenInferenceRequest(WireRequest):
         self.body = body
         self.headers = headers
         self.model = model
-        # HTTP requests carry headers beside their parameters' content types; gRPC ones none.
-        self.over_grpc = all(isinstance(value, Mapping) for value in headers.values())
-        self.id = ""
-        self.outputs = [RequestedOutput()]
+        self.over_grpc = not sent_over_http(headers)
+        self.id: str | None = None
+        self.output = RequestedOutput()
 
     def images(self) -> list[bytes]:
         document, tail = self._document()
         if not isinstance(document, Mapping):
             raise bad_request("InvalidJSON", 'an inference request must be a JSON object {"inputs": [...]}')
-        self.id = str(document.get("id") or "")
-        self.outputs = _requested_outputs(document, self.model.classes)
+        if document.get("id") is not None:
+            self.id = str(document["id"])
+        self.output = _requested_output(document, self.model.classes)
         return _image_elements(document.get("inputs"), tail)
 
     def answer(self, scores: Scores) -> Reply:
-        tensors = [_output_tensor(scores, requested) for requested in self.outputs]
-        outputs, binary = [], []
-        for (tensor, data), requested in zip(tensors, self.outputs):
-            if requested.binary:
-                outputs.append({**tensor, "parameters": {"binary_data_size": len(data)}})
-                binary.append(data)
-            else:
-                outputs.append(tensor)
-        return Reply(*join_answer(self._answer_header(outputs), binary))
+        tensor, data = _output_tensor(scores, self.output)
+        if self.output.binary:
+            return Reply(*join_answer(self._answer_header({**tensor, "parameters": {"binary_data_size": len(data)}}),
+                                      [data]))
+        return Reply(*join_answer(self._answer_header(tensor)))
 
     def refuse(self, error: RequestError, element: int | None = None) -> Reply:
         where = "" if element is None else f"input '{INPUT}' element {element}: "
         if self.over_grpc:
             body = json.dumps({**error.to_json(), "message": where + error.message})
-            return Reply(*join_answer(self._answer_header([{"name": ERROR_OUTPUT, "datatype": "BYTES",
-                                                            "shape": [1], "data": [body]}])))
+            return Reply(*join_answer(self._answer_header({"name": ERROR_OUTPUT, "datatype": "BYTES", "shape": [1],
+                                                           "data": [body]})))
         return Reply(*join_answer({"error": f"{error.kind}: {where}{error.message}"}))
 
     def _document(self) -> tuple[Any, bytes]:
         """The JSON request and the binary data after it, if any."""
-        length = header(self.headers, HEADER_LENGTH)
         if isinstance(self.body, Mapping):  # TorchServe parsed it: sent as application/json
             return self.body, b""
+        if not isinstance(self.body, (bytes, bytearray, str)):
+            raise bad_request("InvalidJSON", 'an inference request must be a JSON object {"inputs": [...]}')
         raw = self.body.encode() if isinstance(self.body, str) else bytes(self.body)
+        length = header(self.headers, HEADER_LENGTH)
         if length is not None:
             return split_request(raw, length)
         try:
             return json.loads(raw), b""
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             raise bad_request("InvalidJSON", f"the body is not valid JSON ({error}); to send binary data, "
                                              f"set {HEADER_LENGTH} to the JSON header's length") from None
 
-    def _answer_header(self, outputs: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"id": self.id, "model_name": self.model.name, "model_version": self.model.version,
-                "outputs": outputs}
+    def _answer_header(self, output: dict[str, Any]) -> dict[str, Any]:
+        """The answer's JSON. TorchServe's gRPC frontend needs an `id`, even an empty one."""
+        identity = {"id": self.id or ""} if self.over_grpc or self.id is not None else {}
+        return {**identity, "model_name": self.model.name, "model_version": self.model.version, "outputs": [output]}
 
 
 def _image_elements(inputs: Any, tail: bytes) -> list[bytes]:
@@ -98,14 +97,14 @@ def _image_elements(inputs: Any, tail: bytes) -> list[bytes]:
         raise _invalid_input(f"got input {tensor.get('name')!r} of type {tensor.get('datatype')!r}; "
                              f"this model takes {SIGNATURE}")
     count = _element_count(tensor.get("shape"))
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    size = _parameters(tensor, f"input '{INPUT}'").get("binary_data_size")
     if size is not None:
-        elements = bytes_elements(take(tail, 0, size, INPUT), INPUT)
+        elements = bytes_elements(take(tail, size, INPUT), INPUT)
         if len(tail) != size:
-            raise _invalid_input(f"the body holds {len(tail)} bytes of binary data, but the inputs declare {size}")
+            raise invalid(f"the body holds {len(tail)} bytes of binary data, but the inputs declare {size}")
     elif "data" in tensor:
         elements = [from_base64(text, f"input '{INPUT}' element {index}")
-                    for index, text in enumerate(_flattened(tensor["data"]))]
+                    for index, text in enumerate(_elements(tensor["data"]))]
     else:
         raise _invalid_input(f"input '{INPUT}' has neither 'data' nor parameters.binary_data_size")
     if len(elements) != count:
@@ -115,42 +114,56 @@ def _image_elements(inputs: Any, tail: bytes) -> list[bytes]:
 
 def _element_count(shape: Any) -> int:
     """[N], or [N, 1] as some clients send a column of strings."""
-    if (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)
+    if (isinstance(shape, list) and shape and all(type(d) is int and d > 0 for d in shape)
             and (len(shape) == 1 or shape[1:] == [1])):
         return shape[0]
     raise _invalid_input(f"input '{INPUT}' has shape {shape!r}; it must be [N] with N >= 1")
 
 
-def _flattened(data: Any) -> list[Any]:
+def _elements(data: Any) -> list[Any]:
+    """The data of shape [N] (a flat list) or [N, 1] (a list of one-element lists)."""
     if not isinstance(data, list):
         raise _invalid_input(f"input '{INPUT}' data must be a list of base64 strings")
-    return [item for element in data for item in (_flattened(element) if isinstance(element, list) else [element])]
+    return [item[0] if isinstance(item, list) and len(item) == 1 else item for item in data]
 
 
-def _requested_outputs(document: Mapping[str, Any], classes: int) -> list[RequestedOutput]:
-    """What the request asks for; without `outputs`, every output (we have one)."""
-    binary_default = (document.get("parameters") or {}).get("binary_data_output", False)
-    outputs = document.get("outputs")
-    if outputs is None:
-        return [RequestedOutput(binary=bool(binary_default))]
-    if not isinstance(outputs, list) or not outputs:
-        raise _invalid_output(f"'outputs' must be a non-empty list of {{\"name\": \"{OUTPUT}\"}}")
-    return [_requested_output(output, classes, bool(binary_default)) for output in outputs]
-
-
-def _requested_output(output: Any, classes: int, binary_default: bool) -> RequestedOutput:
+def _requested_output(document: Mapping[str, Any], classes: int) -> RequestedOutput:
+    """What the request asks for. Without `outputs` (or with an empty list), our only output."""
+    binary_default = _flag(_parameters(document, "the request"), "binary_data_output", False)
+    outputs = document.get("outputs", [])
+    if not isinstance(outputs, list) or len(outputs) > 1:
+        raise _invalid_output(f"'outputs' must be a list of at most one output, {{\"name\": \"{OUTPUT}\"}}")
+    if not outputs:
+        return RequestedOutput(binary=binary_default)
+    output = outputs[0]
     if not isinstance(output, Mapping) or output.get("name") != OUTPUT:
         name = output.get("name") if isinstance(output, Mapping) else output
         raise _invalid_output(f"unknown output {name!r}: this model's output is '{OUTPUT}'")
-    parameters = output.get("parameters") or {}
+    parameters = _parameters(output, f"output '{OUTPUT}'")
     k = parameters.get("classification")
-    if k is not None and not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= classes):
+    if k is not None and not (type(k) is int and 1 <= k <= classes):
         raise _invalid_output(f"classification must be a number of classes from 1 to {classes}, got {k!r}")
-    return RequestedOutput(classification=k, binary=bool(parameters.get("binary_data", binary_default)))
+    return RequestedOutput(classification=k, binary=_flag(parameters, "binary_data", binary_default))
+
+
+def _parameters(owner: Mapping[str, Any], what: str) -> Mapping[str, Any]:
+    parameters = owner.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, Mapping):
+        raise _invalid_input(f"the parameters of {what} must be a JSON object, got {parameters!r}")
+    return parameters
+
+
+def _flag(parameters: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = parameters.get(name, default)
+    if type(value) is not bool:
+        raise _invalid_input(f"parameter {name} must be true or false, got {value!r}")
+    return value
 
 
 def _output_tensor(scores: Scores, requested: RequestedOutput) -> tuple[dict[str, Any], bytes]:
-    """The output as JSON (with its data) and as the bytes the binary-data extension sends."""
+    """The output as JSON (with its data), or its header and the bytes the binary-data extension sends."""
     probabilities = scores.probabilities
     if requested.classification is None:
         tensor = {"name": OUTPUT, "datatype": "FP32", "shape": list(probabilities.shape)}

@@ -102,6 +102,10 @@ class ResNet50Handler(BaseHandler):
             files = request.images()
         except RequestError as error:
             return error
+        except Exception as error:  # a reader's bug must fail its request only, not the batch
+            logger.exception("Could not read a %s", type(request).__name__)
+            return RequestError(500, "InternalError", f"the handler could not read this request ({error!r}); "
+                                "this is a bug: please report it with the request")
         limit = self.config.limits.max_images_per_request
         if len(files) > limit:
             return RequestError(413, "TooManyImages", f"the request holds {len(files)} images; the limit "
@@ -149,7 +153,6 @@ class ResNet50Handler(BaseHandler):
         model = torchvision.models.resnet50(weights=None, num_classes=len(self.config.categories))
         model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
         return for_inference(model, self.device, self.dtype)
-
 
 
 def _failure(images: list[Prepared] | RequestError) -> tuple[RequestError, int | None] | None:

@@ -84,7 +84,7 @@ def _is_json(content_type: str) -> bool:
 def _parse_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise bad_request("InvalidJSON", f"the body is not valid JSON: {error}") from None
 
 

@@ -90,3 +90,9 @@ def from_base64(text: Any, where: str) -> bytes:
     if not decoded:
         raise bad_request("EmptyBody", f"{where} decodes to an empty image")
     return decoded
+
+
+def sent_over_http(headers: Mapping[str, Any]) -> bool:
+    """Whether a request came over HTTP: TorchServe passes HTTP headers beside each parameter's
+    content type (a mapping); its gRPC frontends pass no headers at all."""
+    return any(not isinstance(value, Mapping) for value in headers.values())

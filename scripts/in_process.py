@@ -28,6 +28,8 @@ METRICS_CONFIG = Path(ts.__file__).parent / "configs" / "metrics.yaml"
 # TorchServe adds this header to requests on /predictions (empty unless the path goes on), and
 # to no request on the KServe routes (/v1/models/..., /v2/models/...).
 PREDICTIONS_ROUTE = (("url_path", ""),)
+# What every HTTP client sends, whatever else it leaves out (tritonclient sends no Content-Type).
+HTTP_HEADERS = (("Host", "127.0.0.1:8080"),)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class Request:
         raw = body if isinstance(body, bytes) else _json_bytes(body)
         sent = tuple((name.replace("_", "-"), value) for name, value in headers.items())
         declared = (("Content-Type", content_type),) if content_type is not None else ()
-        return cls((("body", content_type or "", raw),), (*declared, *sent))
+        return cls((("body", content_type or "", raw),), (*HTTP_HEADERS, *declared, *sent))
 
     @classmethod
     def grpc(cls, document: Any) -> "Request":

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -20,6 +21,16 @@ from scripts.in_process import InProcessModel
 def same_answer(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> bool:
     return ([p["index"] for p in first] == [p["index"] for p in second]
             and [p["probability"] for p in first] == pytest.approx([p["probability"] for p in second], abs=1e-4))
+
+
+def indices(answer: list[dict[str, Any]]) -> list[int]:
+    """The classes of one of our top-k answers, in order."""
+    return [p["index"] for p in answer]
+
+
+def top5(probabilities: Any) -> list[int]:
+    """The five most probable classes of one row of probabilities, highest first."""
+    return np.argsort(np.asarray(probabilities))[::-1][:5].tolist()
 
 
 def direct_probabilities(served: InProcessModel, batch: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import tritonclient.http as triton
 
 from scripts.in_process import Request, Response
 
-INPUT, OUTPUT = "image", "probabilities"
+INPUT, OUTPUT, ERROR_OUTPUT = "image", "probabilities", "error"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 CLASSIFICATION = re.compile(r"^(?P<probability>[0-9.]+):(?P<index>[0-9]+):(?P<label>.+)$")
 
@@ -40,8 +40,10 @@ def result(response: Response) -> triton.InferResult:
     """An answer read by tritonclient, as its `infer` reads one off the wire."""
     assert response.status == 200, response.body
     length = response.headers.get(HEADER_LENGTH)
-    return triton.InferenceServerClient.parse_response_body(bytes(response.body),
-                                                            header_length=None if length is None else int(length))
+    answer = triton.InferenceServerClient.parse_response_body(bytes(response.body),
+                                                              header_length=None if length is None else int(length))
+    assert answer.get_output(ERROR_OUTPUT) is None, answer.get_response()  # a refusal over gRPC
+    return answer
 
 
 def classifications(values: np.ndarray) -> list[list[tuple[float, int, str]]]:

@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import oip
-from answers import same_answer
+from answers import indices, same_answer, top5
 from handler_config import InputLimits
 from images import encode, noise_image, photo_bytes
 from scripts.in_process import InProcessModel, Request, Response
@@ -76,12 +78,12 @@ def test_every_protocol_classifies_alike(model: InProcessModel, reference: list[
     ])
     assert v1.status == 200 and len(v1.body["predictions"]) == 4
     assert all(same_answer(answer, expected) for answer, expected in zip(v1.body["predictions"], reference * 2))
-    for answer in (oip.result(oip_json_answer), oip.result(oip_binary), oip.result(Response(200, grpc.body, {}))):
+    for answer in (oip.result(oip_json_answer), oip.result(oip_binary), oip.result(grpc)):
         probabilities = answer.as_numpy(oip.OUTPUT)
         assert probabilities.dtype == np.float32 and probabilities.shape == (2, 1000)
         for row, expected in zip(probabilities, reference):
-            top = np.argsort(row)[::-1][:5]
-            assert top.tolist() == [p["index"] for p in expected]
+            top = top5(row)
+            assert top == indices(expected)
             assert row[top] == pytest.approx([p["probability"] for p in expected], abs=1e-4)
 
 
@@ -116,8 +118,65 @@ def test_binary_data_output_applies_when_no_output_is_named(model: InProcessMode
     assert np.array_equal(oip.result(binary).as_numpy(oip.OUTPUT), oip.result(plain).as_numpy(oip.OUTPUT))
 
 
-def binary_request(header: dict[str, Any], tail: bytes, header_length: int | None = None) -> Request:
-    encoded = json.dumps(header).encode()
+@pytest.mark.parametrize("request_fields, binary", [
+    ({}, False),
+    ({"outputs": []}, False),  # an empty list asks for every output, as an absent one does
+    ({"parameters": {"binary_data_output": True}, "outputs": [{"name": "probabilities"}]}, True),
+    ({"parameters": {"binary_data_output": True},
+      "outputs": [{"name": "probabilities", "parameters": {"binary_data": False}}]}, False),
+])
+def test_binary_output_follows_the_output_then_the_request(model: InProcessModel, request_fields: dict,
+                                                           binary: bool) -> None:
+    [response] = model.infer([oip_json([image_tensor([b64(PHOTO)])], **request_fields)])
+    assert (oip.HEADER_LENGTH in response.headers) == binary
+    assert oip.result(response).as_numpy(oip.OUTPUT).shape == (1, 1000)
+
+
+def test_other_accepted_forms(model: InProcessModel, reference: list[list[dict[str, Any]]]) -> None:
+    """A column of strings ([N, 1]), KServe v1 without a content type, an answer without `id`
+    when none was sent, and gRPC Predictions sending its image under the key "body"."""
+    column, v1_untyped, no_id, grpc_body = model.infer([
+        oip_json([{**image_tensor([[b64(PHOTO)], [b64(NOISE)]]), "shape": [2, 1]}]),
+        Request.kserve({"instances": [b64(NOISE)]}, content_type=None),
+        oip_json([image_tensor([b64(PHOTO)])]),
+        Request((("body", "application/octet-stream", PHOTO),)),  # gRPC: no HTTP headers
+    ])
+    assert [top5(row) for row in oip.result(column).as_numpy(oip.OUTPUT)] == [indices(r) for r in reference]
+    assert same_answer(v1_untyped.body["predictions"][0], reference[1])
+    assert "id" not in oip.result(no_id).get_response()
+    assert grpc_body.status == 200 and same_answer(grpc_body.body, reference[0])
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                        max_size=3), max_leaves=12)
+KEYS = ("id", "parameters", "inputs", "outputs", "name", "datatype", "shape", "data", "binary_data",
+        "binary_data_size", "binary_data_output", "classification", "instances", "b64", "image_bytes")
+
+
+def shaped_like_a_request(values: st.SearchStrategy) -> st.SearchStrategy:
+    """JSON that looks like an OIP or v1 request, with anything at any of their keys."""
+    tensor = st.fixed_dictionaries({}, optional={key: values for key in KEYS})
+    return st.one_of(
+        st.fixed_dictionaries({"inputs": st.lists(tensor, max_size=2) | values},
+                              optional={"outputs": st.lists(tensor, max_size=2) | values, "parameters": values,
+                                        "id": values}),
+        st.fixed_dictionaries({"instances": st.lists(values | tensor, max_size=3) | values}),
+        values)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shaped_like_a_request(JSON_VALUES), st.booleans())
+def test_fuzzed_requests_get_a_4xx_never_a_crash(model: InProcessModel, document: Any, typed: bool) -> None:
+    """Anything at any key of a KServe request: a 4xx naming the problem (500 is a reader's bug)."""
+    [response] = model.infer([Request.kserve(document, content_type="application/json" if typed else None)])
+    assert 400 <= response.status < 500, response.body
+
+
+def binary_request(header: dict[str, Any], tail: bytes, header_length: int | str | None = None,
+                   encoded: bytes | None = None) -> Request:
+    """A binary-data request: the JSON header (or `encoded` bytes in its place), then `tail`."""
+    encoded = json.dumps(header).encode() if encoded is None else encoded
     return Request.kserve(encoded + tail, content_type=None,
                           Inference_Header_Content_Length=str(len(encoded) if header_length is None else header_length))
 
@@ -158,7 +217,32 @@ BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
     "binary data shorter than declared": (binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO)[:-1]),
                                           400, "InvalidBinaryData", "only"),
     "binary data longer than declared": (binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO) + b"x"),
-                                         400, "InvalidInput", "declare"),
+                                         400, "InvalidBinaryData", "declare"),
+    "a header length that is not a number": (binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO), "²"),
+                                             400, "InvalidBinaryData", "'²'"),
+    "a header length of 5000 digits": (binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO), "9" * 5000),
+                                       400, "InvalidBinaryData", "Inference-Header-Content-Length"),
+    "a binary_data_size that is true": (binary_request({"inputs": [{**BINARY_IMAGE, "parameters": {
+        "binary_data_size": True}}]}, length_prefixed(PHOTO)), 400, "InvalidBinaryData", "True"),
+    "JSON nested 100,000 deep after the binary header": (binary_request({}, b"", None, b"[" * 100_000), 400,
+                                                         "InvalidJSON", "not a JSON header"),
+    "JSON nested 100,000 deep": (Request.kserve(b"[" * 100_000, content_type=None), 400, "InvalidJSON",
+                                 '{"inputs": [...]}'),
+    "JSON null with the binary header": (Request.kserve(b"null", Inference_Header_Content_Length="4"), 400,
+                                         "InvalidJSON", '{"inputs": [...]}'),
+    "request parameters not an object": (oip_json([image_tensor([b64(PHOTO)])], parameters=[1]), 400,
+                                         "InvalidInput", "the parameters of the request"),
+    "input parameters not an object": (oip_json([image_tensor([b64(PHOTO)], parameters="x")]), 400,
+                                       "InvalidInput", "the parameters of input 'image'"),
+    "output parameters not an object": (oip_json([image_tensor([b64(PHOTO)])],
+                                                 outputs=[{"name": "probabilities", "parameters": 3}]), 400,
+                                        "InvalidInput", "the parameters of output 'probabilities'"),
+    "binary_data as a string": (oip_json([image_tensor([b64(PHOTO)])], outputs=[
+        {"name": "probabilities", "parameters": {"binary_data": "false"}}]), 400, "InvalidInput", "true or false"),
+    "a shape of true": (oip_json([{**image_tensor([b64(PHOTO)]), "shape": [True]}]), 400, "InvalidInput",
+                        "[True]"),
+    "two outputs": (oip_json([image_tensor([b64(PHOTO)])], outputs=[{"name": "probabilities"}] * 2), 400,
+                    "InvalidOutput", "at most one"),
     "an element's length beyond the data": (
         binary_request({"inputs": [{**BINARY_IMAGE, "parameters": {"binary_data_size": 8}}]},
                        struct.pack("<I", 100) + b"abcd"), 400, "InvalidBinaryData", "declares 100 bytes"),
@@ -236,10 +320,10 @@ def test_a_batch_of_mixed_protocols_and_bad_images_answers_each_request_alone(
     assert all(same_answer(a, b) for a, b in zip(responses[0].body["predictions"], [photo, noise, photo]))
     assert same_answer(responses[2].body, noise)
     assert same_answer(responses[7].body["predictions"][0], photo)
-    grpc_top = np.argsort(oip.result(Response(200, responses[4].body, {})).as_numpy(oip.OUTPUT), axis=1)[:, ::-1]
-    assert grpc_top[:, :5].tolist() == [[p["index"] for p in noise], [p["index"] for p in photo]]
+    grpc_top = [top5(row) for row in oip.result(responses[4]).as_numpy(oip.OUTPUT)]
+    assert grpc_top == [indices(noise), indices(photo)]
     ranked = oip.classifications(oip.result(responses[6]).as_numpy(oip.OUTPUT))
-    assert [[index for _, index, _ in row] for row in ranked] == grpc_top[:, :5].tolist()
+    assert [[index for _, index, _ in row] for row in ranked] == grpc_top
     assert "element 1" in error_message(responses[1])
     assert "instance 1" in responses[3].body["error"]
     assert responses[5].body["type"] == "InvalidImage"

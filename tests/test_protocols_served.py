@@ -21,7 +21,7 @@ from kserve.protocol.infer_type import RequestedOutput
 from tritonclient.utils import InferenceServerException
 
 import oip
-from answers import same_answer
+from answers import indices, same_answer, top5
 from conftest import post_inference, refused
 from images import encode, noise_image, photo_bytes
 from scripts.grpc_client import GrpcClient
@@ -36,14 +36,6 @@ NOT_AN_IMAGE = b"%PDF-1.4 definitely not a photo"
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def top5(probabilities: Any) -> list[int]:
-    return np.argsort(np.asarray(probabilities))[::-1][:5].tolist()
-
-
-def indices(answer: list[dict[str, Any]]) -> list[int]:
-    return [p["index"] for p in answer]
 
 
 @pytest.fixture(scope="module")
@@ -152,12 +144,16 @@ def test_oip_grpc_through_our_client(server: Server, rest_answers: dict, version
 
 
 def test_oip_grpc_refusal_is_raised_by_our_client_with_its_status(server: Server) -> None:
+    """Our refusal, from the `error` output; an unknown model or version, from TorchServe (INTERNAL)."""
     client = server.grpc_client()
     try:
         error = refused(client.infer, MODEL_NAME, [NOT_AN_IMAGE])
+        unknown = [refused(client.infer, model, [PHOTO], version) for model, version in (("nope", None),
+                                                                                         (MODEL_NAME, "9.9"))]
     finally:
         client.close()
     assert error.status == 400 and error.message.startswith("InvalidImage: input 'image' element 0:")
+    assert [(e.status, e.message.split(":")[0]) for e in unknown] == [(404, "INTERNAL")] * 2
 
 
 def test_what_torchserve_does_not_route_on_v2(server: Server, auth: dict[str, str]) -> None:
@@ -168,6 +164,8 @@ def test_what_torchserve_does_not_route_on_v2(server: Server, auth: dict[str, st
     assert get(f"v2/models/{MODEL_NAME}").status_code == 404
     assert get(f"v2/models/{MODEL_NAME}/ready").status_code == 404
     assert get("v2/health/ready").json() == {"ready": True}
+    assert get("v2/health/live").json() == {"live": True}
+    assert get("v2").json()["name"] == "Torchserve"
     for path in (f"v2/models/{MODEL_NAME}/versions/1.0/infer", f"v1/models/{MODEL_NAME}/versions/1.0:predict"):
         assert post_inference(server, path, json={"inputs": []}).status_code == 501
     client = server.grpc_client()
