@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import oip
 from answers import indices, same_answer, top5
 from handler_config import InputLimits
+from kserve_v1 import KServeV1Request
 from images import encode, noise_image, photo_bytes
 from scripts.in_process import InProcessModel, Request, Response
 from scripts.paths import archive_name
@@ -145,6 +146,17 @@ def test_other_accepted_forms(model: InProcessModel, reference: list[list[dict[s
     assert same_answer(v1_untyped.body["predictions"][0], reference[1])
     assert "id" not in oip.result(no_id).get_response()
     assert grpc_body.status == 200 and same_answer(grpc_body.body, reference[0])
+
+
+def test_a_reader_that_fails_unforeseen_fails_its_own_request_only(model: InProcessModel,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: Any) -> list[bytes]:
+        raise ValueError("a bug in the reader")
+
+    monkeypatch.setattr(KServeV1Request, "images", broken)
+    bad, good = model.infer([Request.kserve({"instances": [b64(PHOTO)]}), Request.raw(PHOTO)])
+    assert error_of(bad) == (500, "InternalError") and "a bug in the reader" in error_message(bad)
+    assert good.status == 200
 
 
 JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
