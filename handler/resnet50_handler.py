@@ -60,14 +60,17 @@ class ResNet50Handler(BaseHandler):
         good requests' images as one batch, and answer each request in its own protocol."""
         started = time.perf_counter()
         self.context = context
+        # read: each request's image files, in its own protocol
         requests = [read_request(request, context.get_all_request_header(index), self.model_id)
                     for index, request in enumerate(data)]
         files = [self._image_files(request) for request in requests]
+        # decode + transform every image of the batch, then give each request its own back
         prepared = iter(self.preprocess([file for item in files if isinstance(item, list) for file in item]))
         images = [[next(prepared) for _ in item] if isinstance(item, list) else item for item in files]
         failures = [_failure(item) for item in images]
         replies = [None if failure is None else self._refuse(index, requests[index], *failure)
                    for index, failure in enumerate(failures)]
+        # batch + forward the good requests' images together; top-k, written in each one's protocol
         good = [index for index, failure in enumerate(failures) if failure is None]
         if good:
             batch = torch.stack([tensor for index in good for tensor in images[index]])
