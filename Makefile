@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 
 export VENV PYTHON
 
-.PHONY: setup archives serve stop test bench soak clean
+.PHONY: setup archives serve stop test bench soak kserve-bundle clean
 
 setup: $(VENV)/.setup-done
 
@@ -20,6 +20,13 @@ archives: setup
 
 serve: setup
 	$(PY) -m scripts.serve --weights $(WEIGHTS)
+
+# The folder to upload to a KServe InferenceService's storageUri: build/kserve/
+# (scripts/kserve_bundle.py). POD_CPUS, POD_GPUS: what each replica of the service gets.
+POD_CPUS ?= 4
+POD_GPUS ?= 0
+kserve-bundle: setup
+	$(PY) -m scripts.kserve_bundle --weights $(WEIGHTS) --pod-cpus $(POD_CPUS) --pod-gpus $(POD_GPUS)
 
 stop: setup
 	$(PY) -m scripts.stop

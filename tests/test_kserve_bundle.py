@@ -1,0 +1,117 @@
+"""The KServe storage bundle, laid out as KServe mounts it (/mnt/models, here a temp dir) and
+started exactly as KServe's TorchServe runtime starts it: the same command, arguments and
+environment, on free loopback ports. Without a cluster, this is the closest we get to one."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+import tritonclient.http as triton
+
+import oip
+from answers import indices, same_answer, top5
+from images import photo_bytes
+from scripts import build_archives
+from scripts.kserve_bundle import Pod, write_bundle
+from scripts.paths import MODEL_NAME, SERVED_VERSIONS, archive_name
+from scripts.server import HOST, TORCHSERVE, Ports, Server, read_properties, stop
+from scripts.weights import RANDOM
+
+POD = Pod(cpus=8)  # two workers per version by the worker rule
+# What the runtime (kserve-torchserve) sets for protocol v2; the bundle must not depend on it.
+RUNTIME_ENVIRONMENT = {"TS_SERVICE_ENVELOPE": "kservev2", "PROTOCOL_VERSION": "v2"}
+
+
+@pytest.fixture(scope="module")
+def bundle(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    settings = {version: build_archives.archive_model_config(version, RANDOM) for version in SERVED_VERSIONS}
+    archives = {version: model_store / archive_name(version) for version in SERVED_VERSIONS}
+    return write_bundle(archives, settings, POD, tmp_path_factory.mktemp("mnt") / "models")
+
+
+@pytest.fixture(scope="module")
+def runtime(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`torchserve --start --model-store=<bundle>/model-store --ts-config=<bundle>/config/config.properties`,
+    with the listeners moved to free ports: a machine has one 8085."""
+    ports = Ports.free()
+    config = bundle / "config" / "config.properties"
+    config.write_text(config.read_text() + "\n".join([
+        f"inference_address=http://{HOST}:{ports.inference}", f"management_address=http://{HOST}:{ports.management}",
+        f"metrics_address=http://{HOST}:{ports.metrics}", f"grpc_inference_port={ports.grpc_inference}",
+        f"grpc_management_port={ports.grpc_management}"]) + "\n")
+    server = Server(run_dir=tmp_path_factory.mktemp("runtime"), model_store=bundle / "model-store", ports=ports)
+    for folder in (server.run_dir / "tmp", server.log_dir):
+        folder.mkdir(parents=True)
+    with open(server.log_dir / "console.log", "ab") as console:  # the server keeps it open: not a pipe
+        subprocess.run([*TORCHSERVE, "--start", f"--model-store={bundle / 'model-store'}", f"--ts-config={config}"],
+                       cwd=server.run_dir, env={**server.environment(), **RUNTIME_ENVIRONMENT}, check=True,
+                       stdout=console, stderr=subprocess.STDOUT)
+    try:
+        yield server
+    finally:
+        stop(server)
+
+
+def describe(server: Server, version: str = "") -> list[dict]:
+    """The management API's description, asked as KServe's wrapper asks: with no token."""
+    path = f"{MODEL_NAME}/{version}" if version else MODEL_NAME
+    return requests.get(f"{server.management_url}/models/{path}", timeout=10).json()
+
+
+def wait_until_ready(server: Server, timeout: float = 180.0) -> list[dict]:
+    """The wrapper's readiness check: the default version has a READY worker."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            described = describe(server)
+            if any(worker["status"] == "READY" for worker in described[0]["workers"]):
+                return described
+        except (requests.ConnectionError, KeyError, IndexError):
+            pass
+        time.sleep(1)
+    raise AssertionError(f"not ready within {timeout:g} s; see {server.log_dir}")
+
+
+def test_the_bundle_is_laid_out_as_the_runtime_expects(bundle: Path) -> None:
+    assert sorted(path.name for path in (bundle / "model-store").iterdir()) == [archive_name(v) for v in SERVED_VERSIONS]
+    properties = read_properties(bundle / "config" / "config.properties")
+    assert properties["model_store"] == "/mnt/models/model-store"
+    assert properties["disable_token_authorization"] == "true" and properties["enable_model_api"] == "false"
+    assert properties.get("enable_envvars_config", "false") == "false"
+    snapshot = json.loads(properties["model_snapshot"])
+    versions = snapshot["models"][MODEL_NAME]
+    assert {v: entry["defaultVersion"] for v, entry in versions.items()} == {"1.0": False, "2.0": True}
+    assert {entry["minWorkers"] for entry in versions.values()} == {POD.plan().workers_per_version} == {2}
+
+
+def test_started_as_kserve_starts_it_both_versions_are_ready_with_2_0_the_default(runtime: Server) -> None:
+    default = wait_until_ready(runtime)
+    assert default[0]["modelVersion"] == "2.0"
+    for entry in describe(runtime, "all"):
+        assert [worker["status"] for worker in entry["workers"]] == ["READY"] * POD.plan().workers_per_version
+
+
+def test_v1_and_v2_predictions_answer_without_a_token_and_agree(runtime: Server) -> None:
+    """The wrapper forwards KServe's v1 and v2 requests to these routes, tokenless."""
+    wait_until_ready(runtime)
+    image = photo_bytes((500, 400))
+    v1 = requests.post(f"{runtime.inference_url}/v1/models/{MODEL_NAME}:predict", timeout=60,
+                       json={"instances": [base64.b64encode(image).decode()] * 2})
+    assert v1.status_code == 200
+    first, second = v1.json()["predictions"]
+    assert same_answer(first, second)
+    client = triton.InferenceServerClient(f"{HOST}:{runtime.ports.inference}", network_timeout=60)
+    try:
+        answer = client.infer(MODEL_NAME, [oip.image_input([image])])
+    finally:
+        client.close()
+    [row] = answer.as_numpy(oip.OUTPUT)
+    assert answer.get_response()["model_version"] == "2.0"
+    assert top5(row) == indices(first)
