@@ -9,7 +9,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import requests
@@ -65,18 +65,21 @@ def describe(server: Server, version: str = "") -> list[dict]:
     return requests.get(f"{server.management_url}/models/{path}", timeout=10).json()
 
 
-def wait_until_ready(server: Server, timeout: float = 180.0) -> list[dict]:
-    """The wrapper's readiness check: the default version has a READY worker."""
+def wait_until(ready: Callable[[], bool], server: Server, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            described = describe(server)
-            if any(worker["status"] == "READY" for worker in described[0]["workers"]):
-                return described
+            if ready():
+                return
         except (requests.ConnectionError, KeyError, IndexError):
-            pass
+            pass  # not listening yet, or the model not registered yet
         time.sleep(1)
     raise AssertionError(f"not ready within {timeout:g} s; see {server.log_dir}")
+
+
+def wait_until_ready(server: Server) -> None:
+    """The wrapper's readiness check: the default version has a READY worker."""
+    wait_until(lambda: any(worker["status"] == "READY" for worker in describe(server)[0]["workers"]), server)
 
 
 def test_the_bundle_is_laid_out_as_the_runtime_expects(bundle: Path) -> None:
@@ -92,10 +95,12 @@ def test_the_bundle_is_laid_out_as_the_runtime_expects(bundle: Path) -> None:
 
 
 def test_started_as_kserve_starts_it_both_versions_are_ready_with_2_0_the_default(runtime: Server) -> None:
-    default = wait_until_ready(runtime)
-    assert default[0]["modelVersion"] == "2.0"
-    for entry in describe(runtime, "all"):
-        assert [worker["status"] for worker in entry["workers"]] == ["READY"] * POD.plan().workers_per_version
+    wait_until_ready(runtime)
+    assert describe(runtime)[0]["modelVersion"] == "2.0"
+    workers = ["READY"] * POD.plan().workers_per_version  # the others may still be starting: wait for them
+    wait_until(lambda: [[worker["status"] for worker in entry["workers"]] for entry in describe(runtime, "all")]
+               == [workers] * len(SERVED_VERSIONS), runtime)
+    assert {entry["modelVersion"] for entry in describe(runtime, "all")} == set(SERVED_VERSIONS)
 
 
 def test_v1_and_v2_predictions_answer_without_a_token_and_agree(runtime: Server) -> None:
