@@ -14,7 +14,7 @@ import json
 from typing import Any, Mapping
 
 from request_errors import RequestError, bad_request
-from wire_format import Reply, Scores, WireRequest, from_base64
+from wire_format import Reply, Scores, WireRequest, from_base64, header
 
 IMAGE_FIELD = "data"
 RAW_BODY_FIELD = "body"
@@ -59,7 +59,7 @@ def image_bytes(request: Mapping[str, Any], headers: Mapping[str, Any]) -> bytes
 
 
 def _missing_field(request: Mapping[str, Any], headers: Mapping[str, Any]) -> RequestError:
-    declared = next((str(value) for name, value in headers.items() if name.lower() == "content-type"), "")
+    declared = header(headers, "Content-Type") or ""
     if declared.startswith("application/x-www-form-urlencoded"):
         # curl --data-binary sends this type unless told otherwise, and TorchServe parses such a
         # body as form fields, which mangles binary data.
