@@ -22,11 +22,16 @@ serve: setup
 	$(PY) -m scripts.serve --weights $(WEIGHTS)
 
 # The folder to upload to a KServe InferenceService's storageUri: build/kserve/
-# (scripts/kserve_bundle.py). POD_CPUS, POD_GPUS: what each replica of the service gets.
+# (scripts/kserve_bundle.py; docs/deployment.md). POD_CPUS, POD_GPUS: what each replica gets;
+# BUNDLE_VERSIONS, BUNDLE_DEFAULT, BUNDLE: another set of versions (a canary), and where.
 POD_CPUS ?= 4
 POD_GPUS ?= 0
+BUNDLE_VERSIONS ?= 1.0 2.0
+BUNDLE_DEFAULT ?= 2.0
+BUNDLE ?= build/kserve
 kserve-bundle: setup
-	$(PY) -m scripts.kserve_bundle --weights $(WEIGHTS) --pod-cpus $(POD_CPUS) --pod-gpus $(POD_GPUS)
+	$(PY) -m scripts.kserve_bundle --weights $(WEIGHTS) --pod-cpus $(POD_CPUS) --pod-gpus $(POD_GPUS) \
+		--versions $(BUNDLE_VERSIONS) --default $(BUNDLE_DEFAULT) --out $(BUNDLE)
 
 stop: setup
 	$(PY) -m scripts.stop

@@ -61,10 +61,10 @@ def make_inputs(folder: Path) -> Path:
 
 @contextmanager
 def serving(run_dir: Path, model_store: Path, archive: str, plan: WorkerPlan, clients: int) -> Iterator[Server]:
-    """A server whose queues hold every client's request (TorchServe's default of 100 would
-    answer a GPU step's 256 clients with instant 503s)."""
+    """A server of `archive` alone, whose queues hold every client's request (TorchServe's
+    default of 100 would answer a GPU step's 256 clients with instant 503s)."""
     server = Server(run_dir=run_dir, model_store=model_store, ports=Ports.free(),
-                    properties={"job_queue_size": max(100, 2 * clients)})
+                    properties={"job_queue_size": max(100, 2 * clients)}, versions=())
     run_dir.mkdir(parents=True, exist_ok=True)
     start(server, plan)
     try:

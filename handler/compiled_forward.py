@@ -41,11 +41,15 @@ def load_package(path: str, device: torch.device) -> Forward:
 
 
 def native_target(device: torch.device) -> str:
-    """What compiled code is specific to: the CPU's vector instruction set or the GPU's architecture."""
+    """What compiled code is specific to: the CPU's vector instruction set or the GPU's
+    architecture, and the torch it was compiled with (a package calls into that torch's library;
+    a serving image often has another)."""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
-        return f"sm_{major}{minor}"
-    return torch.backends.cpu.get_cpu_capability()
+        architecture = f"sm_{major}{minor}"
+    else:
+        architecture = torch.backends.cpu.get_cpu_capability()
+    return f"{architecture}, torch {torch.__version__}"
 
 
 class CompiledForward:
@@ -72,7 +76,7 @@ def select_forward(packages: Mapping[str, CompiledForwardConfig], device: torch.
     here = native_target(device)
     if here != compiled.target:
         logger.warning("The archive's %s forward was compiled for %s and this device is %s: using the eager "
-                       "model. Rebuild the archive on this machine to compile it.", device.type, compiled.target, here)
+                       "model. Rebuild the archive on this machine, with this torch, to compile it.", device.type, compiled.target, here)
         return eager
     try:
         return CompiledForward(compiled, device, model_dir)

@@ -25,8 +25,8 @@ import yaml
 from torchvision.models import ResNet50_Weights
 
 from scripts.compile_forward import build_targets, compile_forwards
-from scripts.paths import (BUILD_DIR, HANDLER_DIR, MODEL_CONFIG_DIR, MODEL_NAME, MODEL_STORE,
-                           SERVED_VERSIONS, archive_name)
+from scripts.model_config import version_settings
+from scripts.paths import BUILD_DIR, HANDLER_DIR, MODEL_NAME, MODEL_STORE, SERVED_VERSIONS, archive_name
 from scripts.weights import OFFICIAL, RANDOM, WeightsError, weights_file
 
 HANDLER_ENTRY = HANDLER_DIR / "resnet50_handler.py"
@@ -67,10 +67,9 @@ def build(version: str, weights_source: str, model_store: Path = MODEL_STORE,
 
 
 def archive_model_config(recipe_version: str, weights_source: str) -> dict[str, Any]:
-    """Shared settings, then the version's own, then what torchvision's weights define."""
-    shared = _load_yaml(MODEL_CONFIG_DIR / "model-config.yaml")
-    own = _load_yaml(MODEL_CONFIG_DIR / f"{recipe_version}.yaml")
-    handler = {**shared.pop("handler", {}), **own.pop("handler", {})}
+    """The version's settings, then what torchvision's weights define."""
+    config = version_settings(recipe_version)
+    handler = config["handler"]
     weights = ResNet50_Weights[handler["weights"]]
     preset = weights.transforms()
     handler.update(
@@ -84,14 +83,7 @@ def archive_model_config(recipe_version: str, weights_source: str) -> dict[str, 
         },
         categories=list(weights.meta["categories"]),
     )
-    return {**shared, **own, "handler": handler}
-
-
-def _load_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; each version needs its own file there "
-                                f"(or build with --like VERSION)")
-    return yaml.safe_load(path.read_text()) or {}
+    return config
 
 
 def _handler_files() -> list[Path]:

@@ -1,4 +1,4 @@
-"""`make serve`: build the archives, start TorchServe, register 1.0 and 2.0, classify a photo.
+"""`make serve`: build the archives, start TorchServe serving 1.0 and 2.0, classify a photo.
 
 Exits non-zero with the relevant log lines if anything fails, and leaves no server behind then.
 """
@@ -11,26 +11,11 @@ import sys
 from pathlib import Path
 
 from scripts import build_archives
-from scripts.paths import (DEFAULT_VERSION, MODEL_NAME, MODEL_STORE, RUN_DIR, SERVED_VERSIONS, archive_name,
-                           sample_photo)
+from scripts.paths import DEFAULT_VERSION, MODEL_NAME, MODEL_STORE, RUN_DIR, SERVED_VERSIONS, sample_photo
 from scripts.rest_api import ApiError, RestClient
 from scripts.server import Ports, Server, ServerError, log_excerpt, start, stop
 from scripts.weights import OFFICIAL, RANDOM, WeightsError
 from scripts.worker_plan import Machine, WorkerPlan, plan_from_environment
-
-
-def register_versions(client: RestClient, versions: tuple[str, ...], workers: int, default: str) -> None:
-    """Register each version with its workers (synchronously), then make `default` the default.
-
-    TorchServe ignores `defaultVersion` at start-up and defaults to the first version registered,
-    so the default is set explicitly and read back.
-    """
-    for version in versions:
-        client.register(archive_name(version), initial_workers=workers)
-    client.set_default(MODEL_NAME, default)
-    served = client.describe(MODEL_NAME)[0]["modelVersion"]
-    if served != default:
-        raise ServerError(f"asked for default version {default} but TorchServe serves {served}")
 
 
 def format_predictions(predictions: list[dict]) -> str:
@@ -44,7 +29,6 @@ def curl_command(server: Server, photo: Path) -> str:
     return f'curl -H "Authorization: Bearer {token}" -T {photo} {server.inference_url}/predictions/{MODEL_NAME}'
 
 
-
 def serve(weights: str, server: Server, plan: WorkerPlan) -> int:
     for version in SERVED_VERSIONS:
         print(f"archive: {build_archives.build(version, weights, server.model_store)}")
@@ -52,7 +36,9 @@ def serve(weights: str, server: Server, plan: WorkerPlan) -> int:
     start(server, plan)
     try:
         client = server.client()
-        register_versions(client, SERVED_VERSIONS, plan.workers_per_version, DEFAULT_VERSION)
+        served = client.describe(MODEL_NAME)[0]["modelVersion"]
+        if served != DEFAULT_VERSION:
+            raise ServerError(f"asked for default version {DEFAULT_VERSION} but TorchServe serves {served}")
         photo = sample_photo()
         predictions = client.predict(MODEL_NAME, photo.read_bytes(), content_type="image/jpeg")
     except (ApiError, ServerError) as error:

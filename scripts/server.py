@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import psutil
 
 from scripts.java_runtime import java_home
-from scripts.paths import CONFIG_DIR, MODEL_STORE, RUN_DIR
+from scripts.model_config import model_snapshot, snapshot_line
+from scripts.paths import CONFIG_DIR, DEFAULT_VERSION, MODEL_NAME, MODEL_STORE, RUN_DIR, SERVED_VERSIONS
 from scripts.rest_api import ApiError, RestClient, Tokens
 from scripts.worker_plan import WorkerPlan
 
@@ -74,6 +75,7 @@ class Server:
     model_store: Path = MODEL_STORE
     ports: Ports = field(default_factory=Ports)
     properties: dict[str, object] = field(default_factory=dict)  # extra config.properties lines, e.g. job_queue_size
+    versions: tuple[str, ...] = SERVED_VERSIONS  # loaded at start (model_snapshot), DEFAULT_VERSION the default
 
     @property
     def inference_url(self) -> str:
@@ -143,8 +145,8 @@ class Server:
 
 
 def write_config(server: Server, plan: WorkerPlan) -> Path:
-    """config/config.properties plus this instance's ports, store, GPU count and extra
-    properties (later lines win)."""
+    """config/config.properties plus this instance's ports, store, GPU count, versions with the
+    plan's workers, and extra properties (later lines win)."""
     overrides = {
         "inference_address": server.inference_url,
         "management_address": server.management_url,
@@ -157,34 +159,40 @@ def write_config(server: Server, plan: WorkerPlan) -> Path:
     }
     base = (CONFIG_DIR / "config.properties").read_text()
     lines = [f"{key}={value}" for key, value in overrides.items()]
+    lines.append(snapshot_line(model_snapshot(server.versions, DEFAULT_VERSION, plan.workers_per_version)))
     server.config_file.write_text(base + "\n# Set by scripts/server.py for this instance\n" + "\n".join(lines) + "\n")
     return server.config_file
 
 
-def start(server: Server, plan: WorkerPlan, timeout: float = 90.0) -> None:
-    """Start TorchServe in the background and return once its inference API answers ping."""
+def start(server: Server, plan: WorkerPlan, timeout: float = 120.0) -> None:
+    """Start TorchServe in the background and return once every worker of every version it
+    loads is READY."""
     if server.pid() is not None:
         raise ServerError(f"a TorchServe instance is already running from {server.run_dir} "
                           f"(pid {server.pid()}); stop it first with `make stop`")
-    for folder in (server.run_dir / "tmp", server.log_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-    server.key_file.unlink(missing_ok=True)
     config = write_config(server, plan)
     _require_token_authorization(config)
-    command = [*TORCHSERVE, "--start", "--ncs",
-               "--ts-config", str(config.resolve()),
-               "--model-store", str(server.model_store.resolve()),
-               "--log-config", str(CONFIG_DIR / "log4j2.xml")]
-    with open(server.log_dir / "console.log", "ab") as console:
-        launched = subprocess.run(command, cwd=server.run_dir, env=server.environment(plan),
-                                  stdout=console, stderr=subprocess.STDOUT)
-    if launched.returncode != 0:
-        raise ServerError(f"torchserve --start failed; see {server.log_dir / 'console.log'}")
+    launch(server, config, server.environment(plan), "--ncs", "--log-config", str(CONFIG_DIR / "log4j2.xml"))
     try:
-        wait_until_up(server, timeout)
+        wait_until_ready(server, plan.workers_per_version, timeout)
     except ServerError:
         stop(server)  # a server that did not come up is not left running behind the error
         raise
+
+
+def launch(server: Server, config: Path, environment: dict[str, str], *options: str) -> None:
+    """`torchserve --start [options] --ts-config CONFIG --model-store STORE` in the run dir, where
+    TorchServe writes its key file; it returns once the frontend is forked."""
+    for folder in (server.run_dir / "tmp", server.log_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    server.key_file.unlink(missing_ok=True)
+    command = [*TORCHSERVE, "--start", *options,
+               "--ts-config", str(config.resolve()), "--model-store", str(server.model_store.resolve())]
+    with open(server.log_dir / "console.log", "ab") as console:  # not a pipe: the server keeps it open
+        launched = subprocess.run(command, cwd=server.run_dir, env=environment, stdout=console,
+                                  stderr=subprocess.STDOUT)
+    if launched.returncode != 0:
+        raise ServerError(f"torchserve --start failed; see {server.log_dir / 'console.log'}")
 
 
 def _require_token_authorization(config: Path) -> None:
@@ -195,19 +203,30 @@ def _require_token_authorization(config: Path) -> None:
                           f"authorization on (README, Security). Set it to false in config/config.properties")
 
 
-def wait_until_up(server: Server, timeout: float) -> None:
+def wait_until_ready(server: Server, workers_per_version: int, timeout: float) -> None:
+    """Until the inference API answers ping and every version has all its workers READY."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.pid() is None:  # the launcher writes the pid file before it returns
             raise ServerError(f"TorchServe exited during start-up:\n{log_excerpt(server)}")
         if server.key_file.is_file():
             try:
-                server.client(timeout=2).ping()
-                return
+                if _workers_ready(server.client(timeout=2), server.versions, workers_per_version):
+                    return
             except ApiError:
-                pass
+                pass  # not listening yet, or the versions not loaded yet
         time.sleep(0.5)
-    raise ServerError(f"TorchServe did not answer within {timeout:g} s:\n{log_excerpt(server)}")
+    raise ServerError(f"TorchServe did not serve {MODEL_NAME} {', '.join(server.versions)} with "
+                      f"{workers_per_version} READY worker(s) each within {timeout:g} s:\n{log_excerpt(server)}")
+
+
+def _workers_ready(client: RestClient, versions: tuple[str, ...], workers: int) -> bool:
+    client.ping()
+    if not versions:
+        return True
+    statuses = {entry["modelVersion"]: [worker["status"] for worker in entry["workers"]]
+                for entry in client.describe(MODEL_NAME, "all")}
+    return all(statuses.get(version) == ["READY"] * workers for version in versions)
 
 
 def stop(server: Server, timeout: float = 60.0) -> bool:

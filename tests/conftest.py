@@ -20,7 +20,6 @@ sys.path.insert(0, str(ROOT))
 from scripts import build_archives  # noqa: E402
 from scripts.paths import BUILD_DIR, DEFAULT_VERSION, MODEL_NAME, SERVED_VERSIONS, archive_name  # noqa: E402
 from scripts.rest_api import ApiError, RestClient  # noqa: E402
-from scripts.serve import register_versions  # noqa: E402
 from scripts.server import Ports, Server, start, stop  # noqa: E402
 from scripts.weights import RANDOM  # noqa: E402
 from scripts.worker_plan import WorkerPlan  # noqa: E402
@@ -43,9 +42,8 @@ def model_store() -> Path:
 def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iterator[Server]:
     """One TorchServe for the whole session: free ports, its own run dir and TMPDIR, token auth on."""
     instance = Server(run_dir=tmp_path_factory.mktemp("run"), model_store=model_store, ports=Ports.free())
-    start(instance, TEST_PLAN)
+    start(instance, TEST_PLAN)  # 1.0 and 2.0, 2.0 the default, as config/config.properties says
     try:
-        register_versions(instance.client(), SERVED_VERSIONS, TEST_PLAN.workers_per_version, DEFAULT_VERSION)
         yield instance
     finally:
         stop(instance)

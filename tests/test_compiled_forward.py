@@ -61,6 +61,16 @@ def test_a_package_compiled_for_another_cpu_is_not_used(caplog: pytest.LogCaptur
     assert "compiled for NOT-THIS-CPU" in caplog.text and "Rebuild the archive on this machine" in caplog.text
 
 
+def test_a_package_compiled_with_another_torch_is_not_used(caplog: pytest.LogCaptureFixture) -> None:
+    """A serving image (TorchServe's own, say) whose torch is not the build's runs the eager model."""
+    eager = eager_model()
+    other_torch = native_target(CPU).replace(torch.__version__, "2.4.0")
+    packages = {"cpu": CompiledForwardConfig(package="resnet50_cpu.pt2", target=other_torch, max_batch=8)}
+    with caplog.at_level(logging.WARNING):
+        assert select_forward(packages, CPU, "/nonexistent", eager) is eager
+    assert f"compiled for {other_torch} and this device is {native_target(CPU)}" in caplog.text
+
+
 @pytest.fixture
 def an_sm_80_gpu(monkeypatch: pytest.MonkeyPatch) -> torch.device:
     """A GPU of compute capability 8.0 (an A100), as torch would describe it."""
@@ -69,8 +79,8 @@ def an_sm_80_gpu(monkeypatch: pytest.MonkeyPatch) -> torch.device:
 
 
 @pytest.mark.parametrize("target, warning", [
-    ("sm_90", "compiled for sm_90 and this device is sm_80"),  # another architecture: not even loaded
-    ("sm_80", "could not be loaded"),  # this one: loaded (and the package is not there)
+    (f"sm_90, torch {torch.__version__}", f"compiled for sm_90, torch {torch.__version__} and this device is sm_80"),
+    (f"sm_80, torch {torch.__version__}", "could not be loaded"),  # this one: loaded (and the package is not there)
 ])
 def test_a_gpu_package_is_loaded_only_on_its_own_architecture(an_sm_80_gpu: torch.device, target: str, warning: str,
                                                               caplog: pytest.LogCaptureFixture) -> None:

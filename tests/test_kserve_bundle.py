@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -18,11 +17,9 @@ import tritonclient.http as triton
 import oip
 from answers import indices, same_answer, top5
 from images import photo_bytes
-from scripts import build_archives
 from scripts.kserve_bundle import Pod, write_bundle
 from scripts.paths import MODEL_NAME, SERVED_VERSIONS, archive_name
-from scripts.server import HOST, TORCHSERVE, Ports, Server, read_properties, stop
-from scripts.weights import RANDOM
+from scripts.server import HOST, Ports, Server, launch, read_properties, stop
 
 POD = Pod(cpus=8)  # two workers per version by the worker rule
 # What the runtime (kserve-torchserve) sets for protocol v2; the bundle must not depend on it.
@@ -31,9 +28,8 @@ RUNTIME_ENVIRONMENT = {"TS_SERVICE_ENVELOPE": "kservev2", "PROTOCOL_VERSION": "v
 
 @pytest.fixture(scope="module")
 def bundle(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    settings = {version: build_archives.archive_model_config(version, RANDOM) for version in SERVED_VERSIONS}
     archives = {version: model_store / archive_name(version) for version in SERVED_VERSIONS}
-    return write_bundle(archives, settings, POD, tmp_path_factory.mktemp("mnt") / "models")
+    return write_bundle(archives, POD, tmp_path_factory.mktemp("mnt") / "models")
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +43,7 @@ def runtime(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         f"metrics_address=http://{HOST}:{ports.metrics}", f"grpc_inference_port={ports.grpc_inference}",
         f"grpc_management_port={ports.grpc_management}"]) + "\n")
     server = Server(run_dir=tmp_path_factory.mktemp("runtime"), model_store=bundle / "model-store", ports=ports)
-    for folder in (server.run_dir / "tmp", server.log_dir):
-        folder.mkdir(parents=True)
-    with open(server.log_dir / "console.log", "ab") as console:  # the server keeps it open: not a pipe
-        subprocess.run([*TORCHSERVE, "--start", f"--model-store={bundle / 'model-store'}", f"--ts-config={config}"],
-                       cwd=server.run_dir, env={**server.environment(), **RUNTIME_ENVIRONMENT}, check=True,
-                       stdout=console, stderr=subprocess.STDOUT)
+    launch(server, config, {**server.environment(), **RUNTIME_ENVIRONMENT})
     try:
         yield server
     finally:
@@ -92,6 +83,27 @@ def test_the_bundle_is_laid_out_as_the_runtime_expects(bundle: Path) -> None:
     versions = snapshot["models"][MODEL_NAME]
     assert {v: entry["defaultVersion"] for v, entry in versions.items()} == {"1.0": False, "2.0": True}
     assert {entry["minWorkers"] for entry in versions.values()} == {POD.plan().workers_per_version} == {2}
+
+
+def test_the_kubernetes_config_serves_the_same_models_on_the_pod_address_with_management_inside(bundle: Path) -> None:
+    """deploy/kubernetes/ has no KServe wrapper in front: TorchServe takes the Service's traffic."""
+    kserve = read_properties(bundle / "config" / "config.properties")
+    kubernetes = read_properties(bundle / "config" / "kubernetes.properties")
+    assert kubernetes["inference_address"] == "http://0.0.0.0:8080" and kubernetes["grpc_inference_address"] == "0.0.0.0"
+    assert kubernetes["management_address"].startswith("http://127.0.0.1:")
+    listeners = {"inference_address", "management_address", "grpc_inference_address"}
+    assert {key: value for key, value in kubernetes.items() if key not in listeners} == \
+        {key: value for key, value in kserve.items() if key not in listeners}
+
+
+def test_a_canary_bundle_serves_its_new_version_as_the_default(model_store: Path, canary_archive: str,
+                                                               tmp_path: Path) -> None:
+    """KServe's canary rolls out a new storageUri: a bundle whose default is the new version."""
+    archives = {"2.0": model_store / archive_name("2.0"), "2.1": model_store / canary_archive}
+    canary = write_bundle(archives, POD, tmp_path / "models", default="2.1", recipes={"2.1": "2.0"})
+    versions = json.loads(read_properties(canary / "config" / "config.properties")["model_snapshot"])["models"][MODEL_NAME]
+    assert {v: entry["defaultVersion"] for v, entry in versions.items()} == {"2.0": False, "2.1": True}
+    assert sorted(path.name for path in (canary / "model-store").iterdir()) == [archive_name("2.0"), canary_archive]
 
 
 def test_started_as_kserve_starts_it_both_versions_are_ready_with_2_0_the_default(runtime: Server) -> None:

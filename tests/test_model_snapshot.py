@@ -1,0 +1,77 @@
+"""One definition of what a server loads at start (scripts/model_config.py), for the plain
+`torchserve --start`, `make serve` and the KServe bundle; and the plain command, started as the
+README gives it, serving both versions with 2.0 the default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import served_versions
+from images import photo_bytes
+from scripts.model_config import model_snapshot
+from scripts.paths import CONFIG_DIR, MODEL_NAME, SERVED_VERSIONS
+from scripts.server import Ports, Server, launch, read_properties, stop, wait_until_ready, write_config
+from scripts.worker_plan import WorkerPlan
+
+CHECKED_IN = CONFIG_DIR / "config.properties"
+
+
+def snapshot_in(config: Path) -> dict:
+    return json.loads(read_properties(config)["model_snapshot"])
+
+
+def test_the_checked_in_snapshot_is_the_model_configs() -> None:
+    """config/config.properties carries the snapshot for a plain start; it must not drift from
+    config/models/resnet50/ (regenerate it with `python -m scripts.model_config`)."""
+    assert snapshot_in(CHECKED_IN) == model_snapshot()
+
+
+def test_a_served_config_sizes_the_same_snapshot_to_the_plan(tmp_path: Path) -> None:
+    """`make serve` and the tests append the snapshot with the plan's workers; the last line wins."""
+    server = Server(run_dir=tmp_path, ports=Ports.free())
+    config = write_config(server, WorkerPlan(workers_per_version=3, number_of_gpu=0, threads_per_worker=1))
+    versions = snapshot_in(config)["models"][MODEL_NAME]
+    assert {entry["minWorkers"] for entry in versions.values()} == {entry["maxWorkers"] for entry in versions.values()} == {3}
+    checked_in = model_snapshot()["models"][MODEL_NAME]
+    assert {v: {**entry, "minWorkers": 1, "maxWorkers": 1} for v, entry in versions.items()} == checked_in
+
+
+@pytest.mark.parametrize("versions, default, error", [
+    (("1.0", "2.0"), "3.0", ValueError),  # a default that is not served
+    (("2.0", "9.9"), "2.0", FileNotFoundError),  # a version without its config/models file
+])
+def test_a_snapshot_of_versions_it_cannot_serve_is_refused(versions: tuple[str, ...], default: str,
+                                                           error: type[Exception]) -> None:
+    with pytest.raises(error, match="3.0 is not among|9.9.yaml does not exist"):
+        model_snapshot(versions, default)
+
+
+@pytest.fixture(scope="module")
+def plain(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`torchserve --start --ts-config config/config.properties --model-store model_store`, as the
+    README gives it; the config is copied with the listeners moved to free ports (a machine has
+    one 8080, and `make serve` may hold it)."""
+    server = Server(run_dir=tmp_path_factory.mktemp("plain"), model_store=model_store, ports=Ports.free())
+    config = server.run_dir / "config.properties"
+    config.write_text(CHECKED_IN.read_text() + "\n".join([
+        f"inference_address={server.inference_url}", f"management_address={server.management_url}",
+        f"metrics_address=http://127.0.0.1:{server.ports.metrics}", f"grpc_inference_port={server.ports.grpc_inference}",
+        f"grpc_management_port={server.ports.grpc_management}"]) + "\n")
+    launch(server, config, server.environment())
+    try:
+        yield server
+    finally:
+        stop(server)
+
+
+def test_plain_torchserve_start_serves_both_versions_with_2_0_the_default(plain: Server) -> None:
+    wait_until_ready(plain, workers_per_version=1, timeout=180)
+    client = plain.client()
+    assert served_versions(plain) == set(SERVED_VERSIONS)
+    assert client.describe(MODEL_NAME)[0]["modelVersion"] == "2.0"
+    answers = [client.predict(MODEL_NAME, photo_bytes((320, 240)), version, "image/jpeg") for version in SERVED_VERSIONS]
+    assert all(len(answer) == 5 for answer in answers)
