@@ -21,6 +21,8 @@ SHAPE = '{"instances": ["<base64 image>", ...]}'
 
 
 class KServeV1Request(WireRequest):
+    protocol = "kserve_v1"
+
     def __init__(self, body: Any) -> None:
         self.body = body
 

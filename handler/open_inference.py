@@ -35,6 +35,8 @@ class RequestedOutput:
 
 
 class OpenInferenceRequest(WireRequest):
+    protocol = "open_inference"
+
     def __init__(self, body: Any, headers: Mapping[str, Any], model: ServedModel) -> None:
         self.body = body
         self.headers = headers

@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 import torchvision
-from ts.handler_utils.timer import timed
 from ts.torch_handler.base_handler import BaseHandler
 
 from classification_transforms import classification_preset
 from compiled_forward import CompiledForward, for_inference, inference_dtype, select_forward
 from gpu_preprocessing import GpuPreprocessor, Opened, Prepared
 from handler_config import HandlerConfig
+from handler_metrics import OK, HandlerMetrics
 from image_decoding import load_rgb, open_checked
 from protocols import read_request
 from request_errors import RequestError
-from wire_format import Reply, Scores, ServedModel, WireRequest
+from wire_format import Reply, Scores, ServedModel, WireRequest, sent_over_http
 
 logger = logging.getLogger(__name__)
 
@@ -48,38 +47,42 @@ class ResNet50Handler(BaseHandler):
         self.preprocessing_pool = ThreadPoolExecutor(max_workers=torch.get_num_threads())
         self.gpu_preprocessor = GpuPreprocessor(self.config.preprocess, self.device, self.dtype,
                                                 self.preprocessing_pool) if self.device.type == "cuda" else None
+        forward = "compiled" if isinstance(self.forward, CompiledForward) else "eager"
+        self.metrics = HandlerMetrics(context.metrics, self.model_id, forward, str(self.device).replace(":", ""))
         self.initialized = True
         if self.config.random_weights:
             logger.warning("This archive holds SEEDED RANDOM weights: its labels are meaningless")
         logger.info("ResNet50 (%s) ready on %s with %d intra-op threads, %s forward",
-                    self.config.weights, self.device, torch.get_num_threads(),
-                    "compiled" if isinstance(self.forward, CompiledForward) else "eager")
+                    self.config.weights, self.device, torch.get_num_threads(), forward)
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         """Read each request's images in its protocol, decode + transform them all, forward the
         good requests' images as one batch, and answer each request in its own protocol."""
-        started = time.perf_counter()
         self.context = context
-        # read: each request's image files, in its own protocol
-        requests = [read_request(request, context.get_all_request_header(index), self.model_id)
-                    for index, request in enumerate(data)]
-        files = [self._image_files(request) for request in requests]
-        # decode + transform every image of the batch, then give each request its own back
-        prepared = iter(self.preprocess([file for item in files if isinstance(item, list) for file in item]))
-        images = [[next(prepared) for _ in item] if isinstance(item, list) else item for item in files]
-        failures = [_failure(item) for item in images]
-        replies = [None if failure is None else self._refuse(index, requests[index], *failure)
-                   for index, failure in enumerate(failures)]
-        # batch + forward the good requests' images together; top-k, written in each one's protocol
-        good = [index for index, failure in enumerate(failures) if failure is None]
-        if good:
-            batch = torch.stack([tensor for index in good for tensor in images[index]])
-            for index, scores in zip(good, self.postprocess(self.inference(batch), [len(images[i]) for i in good])):
-                replies[index] = requests[index].answer(scores)
-        context.metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 2), None, "ms")
+        with self.metrics.stage("handler"):
+            # read: each request's image files, in its own protocol
+            requests = [read_request(request, context.get_all_request_header(index), self.model_id)
+                        for index, request in enumerate(data)]
+            files = [self._image_files(request) for request in requests]
+            # decode + transform every image of the batch, then give each request its own back
+            with self.metrics.stage("decode_transform"):
+                prepared = iter(self.preprocess([file for item in files if isinstance(item, list) for file in item]))
+                images = [[next(prepared) for _ in item] if isinstance(item, list) else item for item in files]
+            failures = [_failure(item) for item in images]
+            replies = [None if failure is None else self._refuse(index, requests[index], *failure)
+                       for index, failure in enumerate(failures)]
+            # batch + forward the good requests' images together; top-k, written in each one's protocol
+            good = [index for index, failure in enumerate(failures) if failure is None]
+            if good:
+                batch = torch.stack([tensor for index in good for tensor in images[index]])
+                with self.metrics.stage("forward"):
+                    probabilities = self.inference(batch)
+                self.metrics.forward_pass(len(batch))
+                with self.metrics.stage("postprocess"):
+                    for index, scores in zip(good, self.postprocess(probabilities, [len(images[i]) for i in good])):
+                        replies[index] = self._answer(index, requests[index], scores)
         return [self._send(index, reply) for index, reply in enumerate(replies)]
 
-    @timed
     def preprocess(self, files: list[bytes]) -> list[Prepared]:
         """Decode and transform each image (on the GPU when we have one); a bad one becomes its
         RequestError."""
@@ -87,14 +90,16 @@ class ResNet50Handler(BaseHandler):
             return list(self.preprocessing_pool.map(self._prepare, files))
         return self.gpu_preprocessor(list(self.preprocessing_pool.map(self._open, files)))
 
-    @timed
     def inference(self, batch: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Forward the stacked batch and return class probabilities."""
+        """Forward the stacked batch and return class probabilities, computed (on a GPU, the wait
+        for them is the forward's time, not the postprocess')."""
         with torch.inference_mode():
             batch = batch.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            return torch.softmax(self.forward(batch), dim=1)
+            probabilities = torch.softmax(self.forward(batch), dim=1)
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        return probabilities
 
-    @timed
     def postprocess(self, probabilities: torch.Tensor, counts: list[int]) -> list[Scores]:
         """Each request's share of the batch's probabilities; its protocol writes the top-k."""
         return [Scores(share, self.config.categories, self.config.topk)
@@ -132,11 +137,20 @@ class ResNet50Handler(BaseHandler):
         except RequestError as error:
             return error
 
+    def _answer(self, index: int, request: WireRequest, scores: Scores) -> Reply:
+        self._count(index, request, OK, len(scores.probabilities))
+        return request.answer(scores)
+
     def _refuse(self, index: int, request: WireRequest, error: RequestError, element: int | None) -> Reply:
-        """One place for every rejection, whatever the protocol: its log line, status and body."""
+        """One place for every rejection, whatever the protocol: its log line, count, status and body."""
         logger.info("Request %s rejected: %s", self.context.get_request_id(index), error.message)
+        self._count(index, request, error.kind, 0)
         self.context.set_response_status(error.status, error.kind, index)
         return request.refuse(error, element)
+
+    def _count(self, index: int, request: WireRequest, outcome: str, images: int) -> None:
+        transport = "http" if sent_over_http(self.context.get_all_request_header(index)) else "grpc"
+        self.metrics.answered(request.protocol, transport, outcome, images)
 
     def _send(self, index: int, reply: Reply) -> Any:
         for name, value in reply.headers.items():

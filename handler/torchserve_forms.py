@@ -21,6 +21,8 @@ RAW_BODY_FIELD = "body"
 
 
 class TorchServeRequest(WireRequest):
+    protocol = "torchserve"
+
     def __init__(self, request: Mapping[str, Any], headers: Mapping[str, Any]) -> None:
         self.request = request
         self.headers = headers

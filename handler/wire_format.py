@@ -60,6 +60,8 @@ class Reply:
 class WireRequest(ABC):
     """One request in one wire format: its image files, and how its answers and errors are written."""
 
+    protocol: str  # the wire format's name in metrics: torchserve, kserve_v1, open_inference
+
     @abstractmethod
     def images(self) -> list[bytes]:
         """The request's image files, in order; raises RequestError if the request is malformed."""

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ts
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.model_loader import TsModelLoader
 from ts.protocol.otf_message_handler import _retrieve_input_data
 from ts.service import Service
 
-METRICS_CONFIG = Path(ts.__file__).parent / "configs" / "metrics.yaml"
+from scripts.paths import CONFIG_DIR
+
+METRICS_CONFIG = CONFIG_DIR / "metrics.yaml"  # what the served handler gets (metrics_config)
 
 
 # TorchServe adds this header to requests on /predictions (empty unless the path goes on), and
@@ -81,13 +82,14 @@ class Response:
 
 
 class InProcessModel:
-    def __init__(self, archive: Path, extract_to: Path, batch_size: int = 8, gpu_id: int | None = None) -> None:
+    def __init__(self, archive: Path, extract_to: Path, batch_size: int = 8, gpu_id: int | None = None,
+                 metrics_config: Path = METRICS_CONFIG) -> None:
         with zipfile.ZipFile(archive) as mar:
             mar.extractall(extract_to)
         self.model_dir = extract_to
         self.service = TsModelLoader().load(
             "resnet50", str(extract_to), handler="resnet50_handler", gpu_id=gpu_id, batch_size=batch_size,
-            metrics_cache=MetricsCacheYamlImpl(str(METRICS_CONFIG)))
+            metrics_cache=metrics_cache(metrics_config))
 
     @property
     def handler(self) -> Any:
@@ -104,6 +106,13 @@ class InProcessModel:
         assert len(outputs) == len(requests), "one response per request"
         return [Response(context.get_response_status(i)[0] or 200, output, context.get_response_headers(i))
                 for i, output in enumerate(outputs)]
+
+
+def metrics_cache(config: Path) -> MetricsCacheYamlImpl:
+    """The worker's metrics cache, built as TorchServe's worker builds it from metrics_config."""
+    cache = MetricsCacheYamlImpl(str(config))
+    cache.initialize_cache()
+    return cache
 
 
 def _wire_request(request_id: str, request: Request) -> dict[str, Any]:

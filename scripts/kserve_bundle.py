@@ -2,6 +2,7 @@
 
     build/kserve/config/config.properties       config/kserve/config.properties + model_snapshot
     build/kserve/config/kubernetes.properties   the same + config/kserve/kubernetes.properties
+    build/kserve/config/metrics.yaml            config/metrics.yaml (TorchServe's and the handler's metrics)
     build/kserve/model-store/resnet50-1.0.mar
     build/kserve/model-store/resnet50-2.0.mar
 
@@ -66,6 +67,7 @@ def write_bundle(archives: Mapping[str, Path], pod: Pod, out: Path, default: str
               f"number_of_gpu={plan.number_of_gpu}",
               snapshot_line(snapshot)]
     ending = "\n".join(footer) + "\n"
+    shutil.copyfile(CONFIG_DIR / "metrics.yaml", out / "config" / "metrics.yaml")
     (out / "config" / "config.properties").write_text(KSERVE_CONFIG.read_text() + "\n" + ending)
     (out / "config" / "kubernetes.properties").write_text(
         KSERVE_CONFIG.read_text() + "\n" + KUBERNETES_OVERRIDES.read_text() + "\n" + ending)

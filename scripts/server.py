@@ -154,12 +154,14 @@ def write_config(server: Server, plan: WorkerPlan) -> Path:
         "grpc_inference_port": server.ports.grpc_inference,
         "grpc_management_port": server.ports.grpc_management,
         "model_store": server.model_store.resolve(),
+        "metrics_config": CONFIG_DIR / "metrics.yaml",
         "number_of_gpu": plan.number_of_gpu,
         **server.properties,
     }
     base = (CONFIG_DIR / "config.properties").read_text()
     lines = [f"{key}={value}" for key, value in overrides.items()]
     lines.append(snapshot_line(model_snapshot(server.versions, DEFAULT_VERSION, plan.workers_per_version)))
+    server.run_dir.mkdir(parents=True, exist_ok=True)
     server.config_file.write_text(base + "\n# Set by scripts/server.py for this instance\n" + "\n".join(lines) + "\n")
     return server.config_file
 

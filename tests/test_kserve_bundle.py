@@ -18,7 +18,7 @@ import oip
 from answers import indices, same_answer, top5
 from images import photo_bytes
 from scripts.kserve_bundle import Pod, write_bundle
-from scripts.paths import MODEL_NAME, SERVED_VERSIONS, archive_name
+from scripts.paths import CONFIG_DIR, MODEL_NAME, SERVED_VERSIONS, archive_name
 from scripts.server import HOST, Ports, Server, launch, read_properties, stop
 
 POD = Pod(cpus=8)  # two workers per version by the worker rule
@@ -35,13 +35,13 @@ def bundle(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def runtime(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`torchserve --start --model-store=<bundle>/model-store --ts-config=<bundle>/config/config.properties`,
-    with the listeners moved to free ports: a machine has one 8085."""
+    with the listeners moved to free ports (a machine has one 8085) and /mnt/models to the bundle."""
     ports = Ports.free()
     config = bundle / "config" / "config.properties"
     config.write_text(config.read_text() + "\n".join([
         f"inference_address=http://{HOST}:{ports.inference}", f"management_address=http://{HOST}:{ports.management}",
         f"metrics_address=http://{HOST}:{ports.metrics}", f"grpc_inference_port={ports.grpc_inference}",
-        f"grpc_management_port={ports.grpc_management}"]) + "\n")
+        f"grpc_management_port={ports.grpc_management}", f"metrics_config={bundle / 'config' / 'metrics.yaml'}"]) + "\n")
     server = Server(run_dir=tmp_path_factory.mktemp("runtime"), model_store=bundle / "model-store", ports=ports)
     launch(server, config, {**server.environment(), **RUNTIME_ENVIRONMENT})
     try:
@@ -77,6 +77,8 @@ def test_the_bundle_is_laid_out_as_the_runtime_expects(bundle: Path) -> None:
     assert sorted(path.name for path in (bundle / "model-store").iterdir()) == [archive_name(v) for v in SERVED_VERSIONS]
     properties = read_properties(bundle / "config" / "config.properties")
     assert properties["model_store"] == "/mnt/models/model-store"
+    assert properties["metrics_config"] == "/mnt/models/config/metrics.yaml"
+    assert (bundle / "config" / "metrics.yaml").read_text() == (CONFIG_DIR / "metrics.yaml").read_text()
     assert properties["disable_token_authorization"] == "true" and properties["enable_model_api"] == "false"
     assert properties.get("enable_envvars_config", "false") == "false"
     snapshot = json.loads(properties["model_snapshot"])

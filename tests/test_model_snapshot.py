@@ -53,10 +53,12 @@ def test_a_snapshot_of_versions_it_cannot_serve_is_refused(versions: tuple[str, 
 @pytest.fixture(scope="module")
 def plain(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`torchserve --start --ts-config config/config.properties --model-store model_store`, as the
-    README gives it; the config is copied with the listeners moved to free ports (a machine has
-    one 8080, and `make serve` may hold it)."""
+    README gives it, from a directory that holds the repository's config/ (its paths are relative
+    to it) but not its key file; the config is copied with the listeners moved to free ports (a
+    machine has one 8080, and `make serve` may hold it)."""
     server = Server(run_dir=tmp_path_factory.mktemp("plain"), model_store=model_store, ports=Ports.free())
-    config = server.run_dir / "config.properties"
+    (server.run_dir / "config").symlink_to(CONFIG_DIR)
+    config = server.run_dir / "plain.properties"
     config.write_text(CHECKED_IN.read_text() + "\n".join([
         f"inference_address={server.inference_url}", f"management_address={server.management_url}",
         f"metrics_address=http://127.0.0.1:{server.ports.metrics}", f"grpc_inference_port={server.ports.grpc_inference}",

@@ -1,0 +1,154 @@
+"""The handler's metrics on a real TorchServe's /metrics, read with prometheus_client's own
+parser: a known mix of good and bad requests over every protocol and transport, counted
+exactly by version, protocol, transport and outcome, with histograms that add up."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections import Counter
+from typing import Callable
+
+import pytest
+import requests
+import tritonclient.http as triton
+from prometheus_client.parser import text_string_to_metric_families
+
+import oip
+from conftest import post_inference
+from images import photo_bytes
+from scripts.paths import MODEL_NAME
+from scripts.rest_api import ApiError
+from scripts.server import Server
+
+PHOTO = photo_bytes((320, 240))
+NOT_AN_IMAGE = b"%PDF-1.4 not a photo"
+Scrape = dict[tuple[str, frozenset[tuple[str, str]]], float]
+Key = tuple[str, str, str, str]  # version, protocol, transport, outcome
+
+
+def scrape(server: Server) -> Scrape:
+    """Every sample on /metrics, by name and labels (Hostname left out: it is this machine)."""
+    text = requests.get(server.metrics_url, timeout=10).text
+    return {(sample.name, frozenset((k, v) for k, v in sample.labels.items() if k != "Hostname")): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def delta(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
+    """How much the samples of `name` that carry `labels` grew. prometheus_client's parser names
+    a counter's samples `<name>_total` even where the server exposed `<name>` (a Prometheus
+    server keeps the name as exposed), so either spelling is `name`."""
+    def summed(scraped: Scrape) -> float:
+        return sum(value for (sample, sample_labels), value in scraped.items()
+                   if sample in (name, f"{name}_total") and set(labels.items()) <= sample_labels)
+    return summed(after) - summed(before)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def traffic(server: Server) -> Counter[Key]:
+    """One request after another (each its own batch), good and bad, over every protocol and
+    transport; returns what each should count as, read from each answer."""
+    sent: Counter[Key] = Counter()
+    rest, grpc = server.client(), server.grpc_client()
+    triton_client = triton.InferenceServerClient(f"127.0.0.1:{server.ports.inference}", network_timeout=60)
+    try:
+        def call(version: str, protocol: str, transport: str, send: Callable[[], object]) -> None:
+            try:
+                send()
+                sent[version, protocol, transport, "OK"] += 1
+            except ApiError as error:
+                sent[version, protocol, transport, error.message.split(":")[0]] += 1
+
+        def posted(path: str, **kwargs: object) -> Callable[[], object]:
+            def send() -> object:
+                response = post_inference(server, path, **kwargs)
+                if response.status_code != 200:  # KServe v1 refuses with {"error": "<Kind>: ..."}
+                    raise ApiError(response.status_code, response.json()["error"])
+                return response
+            return send
+
+        for image in (PHOTO, PHOTO, NOT_AN_IMAGE):
+            call("2.0", "torchserve", "http", lambda: rest.predict(MODEL_NAME, image, content_type="image/jpeg"))
+        call("1.0", "torchserve", "http", lambda: rest.predict(MODEL_NAME, PHOTO, "1.0", "image/jpeg"))
+        call("2.0", "kserve_v1", "http", posted(f"v1/models/{MODEL_NAME}:predict", json={"instances": [b64(PHOTO)] * 3}))
+        call("2.0", "kserve_v1", "http", posted(f"v1/models/{MODEL_NAME}:predict", json={"instances": [b64(NOT_AN_IMAGE)]}))
+        call("2.0", "open_inference", "http",
+             lambda: triton_client.infer(MODEL_NAME, [oip.image_input([PHOTO, PHOTO])],
+                                         headers={"Authorization": f"Bearer {rest.tokens.inference}"}))
+        for image in (PHOTO, NOT_AN_IMAGE):
+            call("2.0", "torchserve", "grpc", lambda: grpc.predict(MODEL_NAME, image))
+        call("1.0", "open_inference", "grpc", lambda: grpc.infer(MODEL_NAME, [PHOTO], "1.0"))
+        call("2.0", "open_inference", "grpc", lambda: grpc.infer(MODEL_NAME, [NOT_AN_IMAGE]))
+    finally:
+        triton_client.close()
+        grpc.close()
+    return sent
+
+
+IMAGES_PER_GOOD_REQUEST = {("torchserve", "http"): 1, ("kserve_v1", "http"): 3, ("open_inference", "http"): 2,
+                           ("torchserve", "grpc"): 1, ("open_inference", "grpc"): 1}
+
+
+@pytest.fixture(scope="module")
+def counted(server: Server) -> tuple[Counter[Key], Scrape, Scrape]:
+    """The traffic, and /metrics before and after it. The frontend reads a worker's metric lines
+    on its own thread, so the scrape is repeated until every batch is in (at most 10 s)."""
+    before = scrape(server)
+    sent = traffic(server)
+    deadline = time.monotonic() + 10
+    while True:
+        after = scrape(server)
+        if delta(before, after, "handler_stage_seconds_count", Stage="handler") >= sum(sent.values()):
+            return sent, before, after
+        if time.monotonic() > deadline:
+            pytest.fail(f"/metrics did not show the {sum(sent.values())} batches within 10 s")
+        time.sleep(0.2)
+
+
+def test_every_request_is_counted_by_version_protocol_transport_and_outcome(counted: tuple) -> None:
+    sent, before, after = counted
+    assert {outcome for *_, outcome in sent} > {"OK"}, "the traffic must hold refusals too"
+    for (version, protocol, transport, outcome), number in sent.items():
+        assert delta(before, after, "handler_requests_total", ModelVersion=version, Protocol=protocol,
+                     Transport=transport, Outcome=outcome) == number, (version, protocol, transport, outcome)
+    assert delta(before, after, "handler_requests_total") == sum(sent.values())
+
+
+def test_images_forward_passes_and_batch_fill_add_up(counted: tuple) -> None:
+    sent, before, after = counted
+    good = {key: number for key, number in sent.items() if key[3] == "OK"}
+    for version in ("1.0", "2.0"):
+        mine = {key: number for key, number in good.items() if key[0] == version}
+        images = sum(number * IMAGES_PER_GOOD_REQUEST[key[1], key[2]] for key, number in mine.items())
+        assert delta(before, after, "handler_images_total", ModelVersion=version) == images
+        assert delta(before, after, "handler_batch_images_sum", ModelVersion=version) == images
+        assert delta(before, after, "handler_batch_images_count", ModelVersion=version) == sum(mine.values())
+        assert delta(before, after, "handler_forward_batches_total", ModelVersion=version, Forward="compiled",
+                     Device="cpu") == sum(mine.values())
+
+
+@pytest.mark.parametrize("stage", ["decode_transform", "forward", "postprocess", "handler"])
+def test_stage_histograms_are_cumulative_and_add_up(counted: tuple, stage: str) -> None:
+    """Buckets grow with `le`, +Inf holds every observation, and the sum is plausible."""
+    sent, before, after = counted
+    batches = {"handler": sum(sent.values()), "decode_transform": sum(sent.values())}.get(
+        stage, sum(number for key, number in sent.items() if key[3] == "OK"))
+    bounds = sorted({dict(labels)["le"] for name, labels in after if name.startswith("handler_stage_seconds_bucket")},
+                    key=float)
+    buckets = [delta(before, after, "handler_stage_seconds_bucket", Stage=stage, le=bound) for bound in bounds]
+    assert bounds[0] == "0.001" and bounds[-1] == "+Inf"
+    assert buckets == sorted(buckets) and buckets[-1] == batches
+    assert delta(before, after, "handler_stage_seconds_count", Stage=stage) == batches
+    assert 0 < delta(before, after, "handler_stage_seconds_sum", Stage=stage) < 10 * batches
+
+
+def test_the_handler_counts_open_inference_grpc_which_the_frontend_does_not(counted: tuple) -> None:
+    """Why the handler counts: TorchServe 0.12's request counter misses OIP gRPC altogether."""
+    sent, before, after = counted
+    oip_grpc = sum(number for key, number in sent.items() if key[1:3] == ("open_inference", "grpc"))
+    assert oip_grpc and delta(before, after, "handler_requests_total", Protocol="open_inference",
+                              Transport="grpc") == oip_grpc
+    assert delta(before, after, "ts_inference_requests_total", model_name=MODEL_NAME) == sum(sent.values()) - oip_grpc

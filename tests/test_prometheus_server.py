@@ -1,0 +1,96 @@
+"""A real Prometheus server (Debian's `prometheus` package) scrapes the test TorchServe on
+loopback with the rules of config/prometheus/rules.yml loaded, and computes the handler's p99
+from our histogram with histogram_quantile. Without the binary this skips and says so."""
+
+from __future__ import annotations
+
+import bisect
+import math
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+import yaml
+
+from handler_metrics import LATENCY_BUCKETS
+from images import photo_bytes
+from scripts.paths import CONFIG_DIR, MODEL_NAME
+from scripts.server import HOST, Ports, Server
+
+PROMETHEUS = shutil.which("prometheus")
+P99 = 'histogram_quantile(0.99, sum by (le) (rate(handler_stage_seconds_bucket{Stage="handler"}[1m])))'
+RECORDED_P99 = 'resnet50:handler_stage_seconds:p99_5m{Stage="handler", ModelVersion="2.0"}'
+
+pytestmark = pytest.mark.skipif(
+    PROMETHEUS is None, reason="the prometheus server is not installed (apt-get install prometheus): no real "
+                               "Prometheus computed a p99 from the handler's histogram")
+
+
+def query(prometheus: str, expression: str) -> list[float]:
+    """The values of an instant query, one per series."""
+    answer = requests.get(f"{prometheus}/api/v1/query", params={"query": expression}, timeout=10).json()
+    assert answer["status"] == "success", answer
+    return [float(series["value"][1]) for series in answer["data"]["result"]]
+
+
+def wait_for(prometheus: str, expression: str, ready: callable, timeout: float = 30) -> list[float]:
+    deadline = time.monotonic() + timeout
+    while not ready(values := query(prometheus, expression)):
+        assert time.monotonic() < deadline, f"{expression} gave {values} after {timeout:g} s"
+        time.sleep(0.5)
+    return values
+
+
+@pytest.fixture(scope="module")
+def prometheus(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Prometheus on a free loopback port, scraping the server's metrics port every second."""
+    folder = tmp_path_factory.mktemp("prometheus")
+    config = folder / "prometheus.yml"
+    config.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(CONFIG_DIR / "prometheus" / "rules.yml")],
+        "scrape_configs": [{"job_name": "torchserve",
+                            "static_configs": [{"targets": [f"{HOST}:{server.ports.metrics}"]}]}]}))
+    address = f"{HOST}:{Ports.free().inference}"
+    with open(folder / "prometheus.log", "wb") as log:
+        process = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
+                                    f"--web.listen-address={address}"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://{address}"
+    try:
+        deadline = time.monotonic() + 30
+        while not _ready(url):
+            assert process.poll() is None and time.monotonic() < deadline, (folder / "prometheus.log").read_text()
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/-/ready", timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+def test_prometheus_computes_a_p99_within_the_bucket_of_the_slowest_request(server: Server, prometheus: str) -> None:
+    """The handler's time for a batch is at most the client's time for its request, so the p99
+    lies below the upper bound of the bucket that holds the slowest client latency."""
+    wait_for(prometheus, 'up{job="torchserve"}', lambda values: values == [1.0])
+    seen = sum(query(prometheus, 'sum(handler_stage_seconds_count{Stage="handler"})'))  # none before a first batch
+    client, latencies = server.client(), []
+    for _ in range(12):
+        started = time.perf_counter()
+        client.predict(MODEL_NAME, photo_bytes((640, 480)), content_type="image/jpeg")
+        latencies.append(time.perf_counter() - started)
+    wait_for(prometheus, 'sum(handler_stage_seconds_count{Stage="handler"})', lambda values: sum(values) >= seen + 12)
+    [p99] = wait_for(prometheus, P99, lambda values: len(values) == 1 and not math.isnan(values[0]))
+    ceiling = [*LATENCY_BUCKETS, math.inf][bisect.bisect_left(LATENCY_BUCKETS, max(latencies))]
+    assert LATENCY_BUCKETS[0] <= p99 <= ceiling, (p99, sorted(latencies))
+    [recorded] = wait_for(prometheus, RECORDED_P99, lambda values: len(values) == 1 and not math.isnan(values[0]))
+    assert LATENCY_BUCKETS[0] <= recorded <= ceiling
