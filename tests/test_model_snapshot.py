@@ -31,8 +31,9 @@ def test_the_checked_in_snapshot_is_the_model_configs() -> None:
 
 
 def test_a_served_config_sizes_the_same_snapshot_to_the_plan(tmp_path: Path) -> None:
-    """`make serve` and the tests append the snapshot with the plan's workers; the last line wins."""
-    server = Server(run_dir=tmp_path, ports=Ports.free())
+    """`make serve` and the tests append the snapshot with the plan's workers; the last line wins.
+    (A fresh machine has no run/ yet: writing the config makes it.)"""
+    server = Server(run_dir=tmp_path / "run", ports=Ports.free())
     config = write_config(server, WorkerPlan(workers_per_version=3, number_of_gpu=0, threads_per_worker=1))
     versions = snapshot_in(config)["models"][MODEL_NAME]
     assert {entry["minWorkers"] for entry in versions.values()} == {entry["maxWorkers"] for entry in versions.values()} == {3}
