@@ -202,7 +202,7 @@ def _require_token_authorization(config: Path) -> None:
     it writes none, and the start would only time out waiting for them."""
     if read_properties(config).get("disable_token_authorization", "false").lower() == "true":
         raise ServerError(f"{config} sets disable_token_authorization=true; this project serves with token "
-                          f"authorization on (README, Security). Set it to false in config/config.properties")
+                          f"authorization on (docs/security.md). Set it to false in config/config.properties")
 
 
 def wait_until_ready(server: Server, workers_per_version: int, timeout: float) -> None:

@@ -1,4 +1,4 @@
-"""The README's table of bad requests, as data: what a client sends, and the status and error
+"""The table of bad requests (docs/robustness.md), as data: what a client sends, and the status and error
 type it must get back. In-process (test_bad_input.py) and over HTTP (test_bad_input_served.py)
 run the same table."""
 

@@ -1,4 +1,4 @@
-"""The README's table of bad requests, row by row, against a real TorchServe over HTTP: the
+"""The table of bad requests (docs/robustness.md), row by row, against a real TorchServe over HTTP: the
 status and the JSON `type` each gets, including the rows TorchServe's frontend answers itself."""
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def test_no_server_started_says_how_to_start_one(tmp_path: Path, capsys: pytest.
 @pytest.mark.parametrize("protocol", [[], ["--grpc"]])
 def test_the_version_commands_change_what_is_served(server: Server, canary_archive: str, protocol: list[str],
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    """The README's walkthrough with the client: register, describe, set-default, scale, unregister."""
+    """The version walkthrough (docs/versions.md) with the client: register, describe, set-default, scale, unregister."""
     def run(*args: str) -> Any:
         code = client.main([*protocol, "--run-dir", str(server.run_dir), *args])
         printed = capsys.readouterr()

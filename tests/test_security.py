@@ -1,4 +1,4 @@
-"""The README's security promises, each against the real server or the repository itself."""
+"""The security promises (README, docs/security.md), each against the real server or the repository itself."""
 
 from __future__ import annotations
 
