@@ -1,5 +1,6 @@
 """Load on a running server: locust, headless, closed loop (each user sends its next request when
-its last is answered), plus the server's own per-request timings from its Prometheus counters."""
+its last is answered), plus the server's own timings from its Prometheus metrics: TorchServe's
+per-request counters, and the handler's time per batch in each stage."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
 from scripts.paths import ROOT
+from scripts.prometheus_scrape import increase, scrape
 from scripts.server import Server
 
 # One locust process drives about a thousand requests a second; beyond that it needs more.
@@ -36,17 +36,12 @@ class LoadResult:
     p99_ms: float
     server_queue_ms: float
     server_inference_ms: float
+    handler_stage_ms: dict[str, float]  # mean per batch, by stage; empty for a handler without our metrics
+    images_per_batch: float
 
 
-def prometheus_totals(server: Server, model: str) -> dict[str, float]:
-    """Sums of TorchServe's per-model counters (microseconds and request counts)."""
-    text = requests.get(server.metrics_url, timeout=10).text
-    totals: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("ts_") and f'model_name="{model}"' in line:
-            name = line.split("{", 1)[0]
-            totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-    return totals
+# The handler's stages (handler/handler_metrics.py), as its histogram labels them.
+STAGES = ("decode_transform", "forward", "postprocess", "handler")
 
 
 def locust_processes(users: int) -> int:
@@ -57,7 +52,7 @@ def locust_processes(users: int) -> int:
 
 def run_locust(server: Server, model: str, protocol: str, users: int, seconds: float, inputs: Path,
                out: Path, target: str) -> LoadResult:
-    before = prometheus_totals(server, model)
+    before = scrape(server.metrics_url)
     prefix = out / f"{target}-{protocol}-c{users}"
     env = dict(os.environ, BENCH_INPUTS=str(inputs), BENCH_MODEL=model, BENCH_TOKEN=server.client().tokens.inference,
                BENCH_GRPC_TARGET=f"127.0.0.1:{server.ports.grpc_inference}",
@@ -72,18 +67,24 @@ def run_locust(server: Server, model: str, protocol: str, users: int, seconds: f
                    env=env, check=True, capture_output=True, cwd=ROOT)
     with open(f"{prefix}_stats.csv") as stats:
         row = next(r for r in csv.DictReader(stats) if r["Name"] == "Aggregated")
-    after = prometheus_totals(server, model)
-    served = max(1.0, after.get("ts_inference_requests_total", 0) - before.get("ts_inference_requests_total", 0))
+    after = scrape(server.metrics_url)
+    def grew(name: str, **labels: str) -> float:
+        return increase(before, after, name, ModelName=model, **labels)
+
+    served = max(1.0, increase(before, after, "ts_inference_requests_total", model_name=model))
+    batches = grew("handler_stage_seconds_count", Stage="handler")
+    stages = {stage: 1000 * grew("handler_stage_seconds_sum", Stage=stage) / batches for stage in STAGES} if batches else {}
 
     def per_request_ms(name: str) -> float:
-        return (after.get(name, 0) - before.get(name, 0)) / served / 1000
+        return increase(before, after, name, model_name=model) / served / 1000
 
     # Throughput counts answered requests only: locust's Requests/s includes failures (fast 503s).
     return LoadResult(target, protocol, users, int(row["Request Count"]), int(row["Failure Count"]),
                       _number(row["Requests/s"]) - _number(row["Failures/s"]),
                       _number(row["50%"]), _number(row["90%"]), _number(row["99%"]),
                       per_request_ms("ts_queue_latency_microseconds"),
-                      per_request_ms("ts_inference_latency_microseconds"))
+                      per_request_ms("ts_inference_latency_microseconds"),
+                      stages, grew("handler_batch_images_sum") / max(1.0, grew("handler_batch_images_count")))
 
 
 def _number(text: str) -> float:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from benchmarks.load import LoadResult
+from benchmarks.load import STAGES, LoadResult
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,13 @@ def write_report(out: Path, device: torch.device, in_process: InProcess, results
         "Server timings are TorchServe's own per-request counters (`ts_queue_latency_microseconds`,",
         "`ts_inference_latency_microseconds`); TorchServe 0.12 does not count gRPC requests in them.",
         "",
+        "## Where a batch's time goes: the handler's own histograms (mean ms per batch)",
+        "",
+        f"| target | protocol | concurrency | images per batch | {' | '.join(STAGES)} |",
+        f"| --- | --- | --- | --- | {' | '.join('---' for _ in STAGES)} |",
+        *(f"| {r.target} | {r.protocol} | {r.concurrency} | {r.images_per_batch:.1f} | "
+          f"{' | '.join(f'{r.handler_stage_ms[stage]:.0f}' for stage in STAGES)} |" for r in results if r.handler_stage_ms),
+        "",
         f"## Ratios at concurrency {top} (REST)",
         "",
         *_ratios(ours, stock, in_process),
@@ -94,7 +101,7 @@ def plot(path: Path, best_raw: float, results: list[LoadResult], concurrencies: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (throughput, latency, stages) = plt.subplots(1, 3, figsize=(18, 4.5))
     for target in ("ours", "stock"):
         rows = [r for r in results if r.target == target and r.protocol == "REST"]
         throughput.plot([r.concurrency for r in rows], [r.throughput for r in rows], marker="o", label=target)
@@ -109,5 +116,24 @@ def plot(path: Path, best_raw: float, results: list[LoadResult], concurrencies: 
     latency.set_xticks([j + width for j in range(len(rows))], labels)
     latency.set(ylabel="ms (log scale)", yscale="log", title=f"Latency at concurrency {max(concurrencies)}")
     latency.legend()
+    _plot_stages(stages, [r for r in results if r.target == "ours" and r.protocol == "REST" and r.handler_stage_ms])
     figure.tight_layout()
     figure.savefig(path, dpi=110)
+
+
+def _plot_stages(axes, rows: list[LoadResult]) -> None:
+    """Per load step, the handler's mean time per batch in each stage (stacked), beside what the
+    clients waited for a request (p50 and p99): the rest is queueing and the frontend."""
+    positions = list(range(len(rows)))
+    bottom = [0.0] * len(rows)
+    for stage in STAGES[:-1]:
+        heights = [r.handler_stage_ms[stage] for r in rows]
+        axes.bar(positions, heights, 0.5, bottom=bottom, label=f"handler: {stage}")
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    axes.scatter(positions, [r.handler_stage_ms["handler"] for r in rows], marker="_", s=600, color="black",
+                 label="handler: whole", zorder=3)
+    axes.plot(positions, [r.p50_ms for r in rows], marker="o", color="tab:red", label="client p50")
+    axes.plot(positions, [r.p99_ms for r in rows], marker="^", color="tab:purple", label="client p99")
+    axes.set_xticks(positions, [f"c={r.concurrency}\n{r.images_per_batch:.1f} img/batch" for r in rows])
+    axes.set(ylabel="ms", title="Ours (REST): the handler's time per batch vs the client's")
+    axes.legend(fontsize="small")

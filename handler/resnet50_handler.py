@@ -48,6 +48,7 @@ class ResNet50Handler(BaseHandler):
         self.gpu_preprocessor = GpuPreprocessor(self.config.preprocess, self.device, self.dtype,
                                                 self.preprocessing_pool) if self.device.type == "cuda" else None
         forward = "compiled" if isinstance(self.forward, CompiledForward) else "eager"
+        # "cuda0", not "cuda:0": TorchServe's metric lines use ":" between a dimension's name and value.
         self.metrics = HandlerMetrics(context.metrics, self.model_id, forward, str(self.device).replace(":", ""))
         self.initialized = True
         if self.config.random_weights:

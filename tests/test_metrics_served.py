@@ -10,38 +10,19 @@ from collections import Counter
 from typing import Callable
 
 import pytest
-import requests
 import tritonclient.http as triton
-from prometheus_client.parser import text_string_to_metric_families
 
 import oip
 from conftest import post_inference
 from images import photo_bytes
 from scripts.paths import MODEL_NAME
+from scripts.prometheus_scrape import Scrape, increase, scrape
 from scripts.rest_api import ApiError
 from scripts.server import Server
 
 PHOTO = photo_bytes((320, 240))
 NOT_AN_IMAGE = b"%PDF-1.4 not a photo"
-Scrape = dict[tuple[str, frozenset[tuple[str, str]]], float]
 Key = tuple[str, str, str, str]  # version, protocol, transport, outcome
-
-
-def scrape(server: Server) -> Scrape:
-    """Every sample on /metrics, by name and labels (Hostname left out: it is this machine)."""
-    text = requests.get(server.metrics_url, timeout=10).text
-    return {(sample.name, frozenset((k, v) for k, v in sample.labels.items() if k != "Hostname")): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-def delta(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
-    """How much the samples of `name` that carry `labels` grew. prometheus_client's parser names
-    a counter's samples `<name>_total` even where the server exposed `<name>` (a Prometheus
-    server keeps the name as exposed), so either spelling is `name`."""
-    def summed(scraped: Scrape) -> float:
-        return sum(value for (sample, sample_labels), value in scraped.items()
-                   if sample in (name, f"{name}_total") and set(labels.items()) <= sample_labels)
-    return summed(after) - summed(before)
 
 
 def b64(data: bytes) -> str:
@@ -96,12 +77,12 @@ IMAGES_PER_GOOD_REQUEST = {("torchserve", "http"): 1, ("kserve_v1", "http"): 3, 
 def counted(server: Server) -> tuple[Counter[Key], Scrape, Scrape]:
     """The traffic, and /metrics before and after it. The frontend reads a worker's metric lines
     on its own thread, so the scrape is repeated until every batch is in (at most 10 s)."""
-    before = scrape(server)
+    before = scrape(server.metrics_url)
     sent = traffic(server)
     deadline = time.monotonic() + 10
     while True:
-        after = scrape(server)
-        if delta(before, after, "handler_stage_seconds_count", Stage="handler") >= sum(sent.values()):
+        after = scrape(server.metrics_url)
+        if increase(before, after, "handler_stage_seconds_count", Stage="handler") >= sum(sent.values()):
             return sent, before, after
         if time.monotonic() > deadline:
             pytest.fail(f"/metrics did not show the {sum(sent.values())} batches within 10 s")
@@ -112,9 +93,9 @@ def test_every_request_is_counted_by_version_protocol_transport_and_outcome(coun
     sent, before, after = counted
     assert {outcome for *_, outcome in sent} > {"OK"}, "the traffic must hold refusals too"
     for (version, protocol, transport, outcome), number in sent.items():
-        assert delta(before, after, "handler_requests_total", ModelVersion=version, Protocol=protocol,
+        assert increase(before, after, "handler_requests_total", ModelVersion=version, Protocol=protocol,
                      Transport=transport, Outcome=outcome) == number, (version, protocol, transport, outcome)
-    assert delta(before, after, "handler_requests_total") == sum(sent.values())
+    assert increase(before, after, "handler_requests_total") == sum(sent.values())
 
 
 def test_images_forward_passes_and_batch_fill_add_up(counted: tuple) -> None:
@@ -123,10 +104,10 @@ def test_images_forward_passes_and_batch_fill_add_up(counted: tuple) -> None:
     for version in ("1.0", "2.0"):
         mine = {key: number for key, number in good.items() if key[0] == version}
         images = sum(number * IMAGES_PER_GOOD_REQUEST[key[1], key[2]] for key, number in mine.items())
-        assert delta(before, after, "handler_images_total", ModelVersion=version) == images
-        assert delta(before, after, "handler_batch_images_sum", ModelVersion=version) == images
-        assert delta(before, after, "handler_batch_images_count", ModelVersion=version) == sum(mine.values())
-        assert delta(before, after, "handler_forward_batches_total", ModelVersion=version, Forward="compiled",
+        assert increase(before, after, "handler_images_total", ModelVersion=version) == images
+        assert increase(before, after, "handler_batch_images_sum", ModelVersion=version) == images
+        assert increase(before, after, "handler_batch_images_count", ModelVersion=version) == sum(mine.values())
+        assert increase(before, after, "handler_forward_batches_total", ModelVersion=version, Forward="compiled",
                      Device="cpu") == sum(mine.values())
 
 
@@ -138,17 +119,17 @@ def test_stage_histograms_are_cumulative_and_add_up(counted: tuple, stage: str) 
         stage, sum(number for key, number in sent.items() if key[3] == "OK"))
     bounds = sorted({dict(labels)["le"] for name, labels in after if name.startswith("handler_stage_seconds_bucket")},
                     key=float)
-    buckets = [delta(before, after, "handler_stage_seconds_bucket", Stage=stage, le=bound) for bound in bounds]
+    buckets = [increase(before, after, "handler_stage_seconds_bucket", Stage=stage, le=bound) for bound in bounds]
     assert bounds[0] == "0.001" and bounds[-1] == "+Inf"
     assert buckets == sorted(buckets) and buckets[-1] == batches
-    assert delta(before, after, "handler_stage_seconds_count", Stage=stage) == batches
-    assert 0 < delta(before, after, "handler_stage_seconds_sum", Stage=stage) < 10 * batches
+    assert increase(before, after, "handler_stage_seconds_count", Stage=stage) == batches
+    assert 0 < increase(before, after, "handler_stage_seconds_sum", Stage=stage) < 10 * batches
 
 
 def test_the_handler_counts_open_inference_grpc_which_the_frontend_does_not(counted: tuple) -> None:
     """Why the handler counts: TorchServe 0.12's request counter misses OIP gRPC altogether."""
     sent, before, after = counted
     oip_grpc = sum(number for key, number in sent.items() if key[1:3] == ("open_inference", "grpc"))
-    assert oip_grpc and delta(before, after, "handler_requests_total", Protocol="open_inference",
+    assert oip_grpc and increase(before, after, "handler_requests_total", Protocol="open_inference",
                               Transport="grpc") == oip_grpc
-    assert delta(before, after, "ts_inference_requests_total", model_name=MODEL_NAME) == sum(sent.values()) - oip_grpc
+    assert increase(before, after, "ts_inference_requests_total", model_name=MODEL_NAME) == sum(sent.values()) - oip_grpc
