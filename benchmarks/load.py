@@ -68,6 +68,7 @@ def run_locust(server: Server, model: str, protocol: str, users: int, seconds: f
     with open(f"{prefix}_stats.csv") as stats:
         row = next(r for r in csv.DictReader(stats) if r["Name"] == "Aggregated")
     after = scrape(server.metrics_url)
+
     def grew(name: str, **labels: str) -> float:
         return increase(before, after, name, ModelName=model, **labels)
 

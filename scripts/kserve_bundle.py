@@ -66,11 +66,11 @@ def write_bundle(archives: Mapping[str, Path], pod: Pod, out: Path, default: str
               f"{plan.describe()}",
               f"number_of_gpu={plan.number_of_gpu}",
               snapshot_line(snapshot)]
+    kserve = KSERVE_CONFIG.read_text() + "\n"
     ending = "\n".join(footer) + "\n"
     shutil.copyfile(CONFIG_DIR / "metrics.yaml", out / "config" / "metrics.yaml")
-    (out / "config" / "config.properties").write_text(KSERVE_CONFIG.read_text() + "\n" + ending)
-    (out / "config" / "kubernetes.properties").write_text(
-        KSERVE_CONFIG.read_text() + "\n" + KUBERNETES_OVERRIDES.read_text() + "\n" + ending)
+    (out / "config" / "config.properties").write_text(kserve + ending)
+    (out / "config" / "kubernetes.properties").write_text(kserve + KUBERNETES_OVERRIDES.read_text() + "\n" + ending)
     return out
 
 

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import psutil
 
@@ -101,6 +101,12 @@ class Server:
     def config_file(self) -> Path:
         return self.run_dir / "config.properties"
 
+    def listeners(self) -> dict[str, object]:
+        """The config.properties lines that put this instance's listeners on its ports."""
+        return {"inference_address": self.inference_url, "management_address": self.management_url,
+                "metrics_address": f"http://{HOST}:{self.ports.metrics}",
+                "grpc_inference_port": self.ports.grpc_inference, "grpc_management_port": self.ports.grpc_management}
+
     def client(self, timeout: float = 120.0) -> RestClient:
         return RestClient(self.inference_url, self.management_url, Tokens.from_key_file(self.key_file), timeout)
 
@@ -144,25 +150,26 @@ class Server:
             return None
 
 
+def properties_text(properties: Mapping[str, object]) -> str:
+    """`key=value` lines, as config.properties holds them."""
+    return "".join(f"{key}={value}\n" for key, value in properties.items())
+
+
 def write_config(server: Server, plan: WorkerPlan) -> Path:
     """config/config.properties plus this instance's ports, store, GPU count, versions with the
     plan's workers, and extra properties (later lines win)."""
     overrides = {
-        "inference_address": server.inference_url,
-        "management_address": server.management_url,
-        "metrics_address": f"http://{HOST}:{server.ports.metrics}",
-        "grpc_inference_port": server.ports.grpc_inference,
-        "grpc_management_port": server.ports.grpc_management,
+        **server.listeners(),
         "model_store": server.model_store.resolve(),
         "metrics_config": CONFIG_DIR / "metrics.yaml",
         "number_of_gpu": plan.number_of_gpu,
         **server.properties,
     }
     base = (CONFIG_DIR / "config.properties").read_text()
-    lines = [f"{key}={value}" for key, value in overrides.items()]
-    lines.append(snapshot_line(model_snapshot(server.versions, DEFAULT_VERSION, plan.workers_per_version)))
+    snapshot = snapshot_line(model_snapshot(server.versions, DEFAULT_VERSION, plan.workers_per_version))
     server.run_dir.mkdir(parents=True, exist_ok=True)
-    server.config_file.write_text(base + "\n# Set by scripts/server.py for this instance\n" + "\n".join(lines) + "\n")
+    server.config_file.write_text(base + "\n# Set by scripts/server.py for this instance\n"
+                                  + properties_text(overrides) + snapshot + "\n")
     return server.config_file
 
 

@@ -19,7 +19,7 @@ from answers import indices, same_answer, top5
 from images import photo_bytes
 from scripts.kserve_bundle import Pod, write_bundle
 from scripts.paths import CONFIG_DIR, MODEL_NAME, SERVED_VERSIONS, archive_name
-from scripts.server import HOST, Ports, Server, launch, read_properties, stop
+from scripts.server import HOST, Ports, Server, launch, properties_text, read_properties, stop
 
 POD = Pod(cpus=8)  # two workers per version by the worker rule
 # What the runtime (kserve-torchserve) sets for protocol v2; the bundle must not depend on it.
@@ -36,13 +36,10 @@ def bundle(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def runtime(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`torchserve --start --model-store=<bundle>/model-store --ts-config=<bundle>/config/config.properties`,
     with the listeners moved to free ports (a machine has one 8085) and /mnt/models to the bundle."""
-    ports = Ports.free()
+    server = Server(run_dir=tmp_path_factory.mktemp("runtime"), model_store=bundle / "model-store", ports=Ports.free())
     config = bundle / "config" / "config.properties"
-    config.write_text(config.read_text() + "\n".join([
-        f"inference_address=http://{HOST}:{ports.inference}", f"management_address=http://{HOST}:{ports.management}",
-        f"metrics_address=http://{HOST}:{ports.metrics}", f"grpc_inference_port={ports.grpc_inference}",
-        f"grpc_management_port={ports.grpc_management}", f"metrics_config={bundle / 'config' / 'metrics.yaml'}"]) + "\n")
-    server = Server(run_dir=tmp_path_factory.mktemp("runtime"), model_store=bundle / "model-store", ports=ports)
+    config.write_text(config.read_text() + properties_text(
+        {**server.listeners(), "metrics_config": bundle / "config" / "metrics.yaml"}))
     launch(server, config, {**server.environment(), **RUNTIME_ENVIRONMENT})
     try:
         yield server

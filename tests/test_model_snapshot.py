@@ -14,7 +14,8 @@ from conftest import served_versions
 from images import photo_bytes
 from scripts.model_config import model_snapshot
 from scripts.paths import CONFIG_DIR, MODEL_NAME, SERVED_VERSIONS
-from scripts.server import Ports, Server, launch, read_properties, stop, wait_until_ready, write_config
+from scripts.server import (Ports, Server, launch, properties_text, read_properties, stop, wait_until_ready,
+                            write_config)
 from scripts.worker_plan import WorkerPlan
 
 CHECKED_IN = CONFIG_DIR / "config.properties"
@@ -60,10 +61,7 @@ def plain(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     server = Server(run_dir=tmp_path_factory.mktemp("plain"), model_store=model_store, ports=Ports.free())
     (server.run_dir / "config").symlink_to(CONFIG_DIR)
     config = server.run_dir / "plain.properties"
-    config.write_text(CHECKED_IN.read_text() + "\n".join([
-        f"inference_address={server.inference_url}", f"management_address={server.management_url}",
-        f"metrics_address=http://127.0.0.1:{server.ports.metrics}", f"grpc_inference_port={server.ports.grpc_inference}",
-        f"grpc_management_port={server.ports.grpc_management}"]) + "\n")
+    config.write_text(CHECKED_IN.read_text() + properties_text(server.listeners()))
     launch(server, config, server.environment())
     try:
         yield server

@@ -9,8 +9,7 @@ import math
 import shutil
 import subprocess
 import time
-from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import requests
@@ -37,7 +36,8 @@ def query(prometheus: str, expression: str) -> list[float]:
     return [float(series["value"][1]) for series in answer["data"]["result"]]
 
 
-def wait_for(prometheus: str, expression: str, ready: callable, timeout: float = 30) -> list[float]:
+def wait_for(prometheus: str, expression: str, ready: Callable[[list[float]], bool],
+             timeout: float = 30) -> list[float]:
     deadline = time.monotonic() + timeout
     while not ready(values := query(prometheus, expression)):
         assert time.monotonic() < deadline, f"{expression} gave {values} after {timeout:g} s"
