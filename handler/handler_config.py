@@ -27,6 +27,7 @@ class InputLimits:
     max_image_pixels: int = 40_000_000
     max_aspect_ratio: float = 20.0
     max_images_per_request: int = 32  # KServe v1 and OIP requests carry several
+    max_explained_classes: int = 5  # each costs a Grad-CAM pass per image
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,12 @@ def load_rgb(image: Image.Image) -> Image.Image:
             "CorruptImage", f"the {image.format} image is truncated or corrupt: {error}") from None
 
 
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as load_rgb will show the image: EXIF orientations 5 to 8 turn it a quarter."""
+    width, height = image.size
+    return (height, width) if image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8) else (width, height)
+
+
 def is_plain_jpeg(image: Image.Image) -> bool:
     """A baseline YCbCr or grayscale JPEG shown as stored: what a GPU JPEG decoder handles alike."""
     return (image.format == "JPEG" and image.mode in ("RGB", "L") and not image.info.get("progressive")

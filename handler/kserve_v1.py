@@ -1,10 +1,11 @@
-"""KServe's v1 protocol (`POST /v1/models/resnet50:predict`): several images per request.
+"""KServe's v1 protocol (`POST /v1/models/resnet50:predict`, `:explain`): several images per request.
 
     {"instances": ["<base64>", {"data": "<base64>"}, {"b64": "<base64>"}, {"image_bytes": {"b64": "<base64>"}}]}
  -> {"predictions": [[{"label": ..., "index": ..., "probability": ...}, ...], ...]}
 
-One top-k list per instance, in order. Errors are KServe's `{"error": "..."}`, naming the
-instance that failed.
+One top-k list per instance, in order. On `:explain`, `{"explanations": [...]}` instead: per
+instance, the top-k with its heatmaps; the request may name the classes, `"classes": [207, 281]`.
+Errors are KServe's `{"error": "..."}`, naming the instance that failed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from request_errors import RequestError, bad_request
-from wire_format import Reply, Scores, WireRequest, from_base64
+from wire_format import Explanation, Reply, Scores, WireRequest, from_base64
 
 INSTANCE_KEYS = ("data", "b64")
 INSTANCE_FORMS = '"<base64>", {"data": "<base64>"}, {"b64": "<base64>"} or {"image_bytes": {"b64": "<base64>"}}'
@@ -38,9 +39,15 @@ class KServeV1Request(WireRequest):
     def answer(self, scores: Scores) -> Reply:
         return Reply({"predictions": scores.predictions()}, JSON)
 
+    def explain(self, scores: Scores, explanation: Explanation) -> Reply:
+        return Reply({"explanations": explanation.per_image(scores)}, JSON)
+
     def refuse(self, error: RequestError, element: int | None = None) -> Reply:
         where = "" if element is None else f"instance {element}: "
         return Reply({"error": f"{error.kind}: {where}{error.message}"}, JSON)
+
+    def named_classes(self) -> Any:
+        return self.body.get("classes") if isinstance(self.body, Mapping) else None
 
 
 def _instance_image(index: int, instance: Any) -> bytes:

@@ -1,11 +1,16 @@
-"""The Open Inference Protocol (KServe v2, Triton's API): REST `POST /v2/models/resnet50/infer`,
-in JSON or with the binary-data extension, and TorchServe's OIP gRPC `ModelInfer`.
+"""The Open Inference Protocol (KServe v2, Triton's API): REST `POST /v2/models/resnet50/infer`
+(and KServe's `/explain` beside it), in JSON or with the binary-data extension, and TorchServe's
+OIP gRPC `ModelInfer`.
 
 The model's signature:
 - input `image`, BYTES, shape [N]: one encoded image file per element. Its bytes where the
   transport carries bytes (the binary-data extension, gRPC), base64 where it carries only text (JSON).
 - output `probabilities`, FP32, shape [N, classes]. Requested with `{"classification": k}`, it is
   BYTES [N, k] instead: "<probability>:<index>:<label>", highest first (the classification extension).
+- on `/explain`, three outputs more: `explained_classes` INT64 [N, C] (the request's
+  `parameters.classes`, else each image's top class), `heatmaps` FP32 [N, C, 7, 7] and
+  `crop_boxes` FP32 [N, 4] (left, top, right, bottom in the image's pixels). They are binary when
+  the request's `binary_data_output` says so.
 
 TorchServe's gRPC frontend sends ModelInfer to the handler as this JSON (BYTES in base64) without
 HTTP headers or requested outputs, and drops the status a handler sets for one request of a batch.
@@ -18,13 +23,16 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import numpy as np
+
 from binary_data import HEADER_LENGTH, bytes_elements, invalid, join_answer, serialize_bytes, split_request, take
 from request_errors import RequestError, bad_request
-from wire_format import Reply, Scores, ServedModel, WireRequest, from_base64, header, sent_over_http
+from wire_format import Explanation, Reply, Scores, ServedModel, WireRequest, from_base64, header, sent_over_http
 
 INPUT = "image"
 OUTPUT = "probabilities"
 ERROR_OUTPUT = "error"
+DATATYPES = {np.dtype("<f4"): "FP32", np.dtype("<i8"): "INT64"}
 SIGNATURE = f"one input '{INPUT}', BYTES, shape [N], one image file per element"
 
 
@@ -32,6 +40,7 @@ SIGNATURE = f"one input '{INPUT}', BYTES, shape [N], one image file per element"
 class RequestedOutput:
     classification: int | None = None  # top-k strings instead of every probability
     binary: bool = False
+    binary_by_default: bool = False  # for the outputs the request does not name (the explanation's)
 
 
 class OpenInferenceRequest(WireRequest):
@@ -44,6 +53,7 @@ class OpenInferenceRequest(WireRequest):
         self.over_grpc = not sent_over_http(headers)
         self.id: str | None = None
         self.output = RequestedOutput()
+        self.classes: Any = None
 
     def images(self) -> list[bytes]:
         document, tail = self._document()
@@ -52,22 +62,28 @@ class OpenInferenceRequest(WireRequest):
         if document.get("id") is not None:
             self.id = str(document["id"])
         self.output = _requested_output(document, self.model.classes)
+        self.classes = _parameters(document, "the request").get("classes")
         return _image_elements(document.get("inputs"), tail)
 
     def answer(self, scores: Scores) -> Reply:
-        tensor, data = _output_tensor(scores, self.output)
-        if self.output.binary:
-            return Reply(*join_answer(self._answer_header({**tensor, "parameters": {"binary_data_size": len(data)}}),
-                                      [data]))
-        return Reply(*join_answer(self._answer_header(tensor)))
+        return self._reply([_output_tensor(scores, self.output)])
+
+    def explain(self, scores: Scores, explanation: Explanation) -> Reply:
+        arrays = {"explained_classes": explanation.classes.numpy().astype("<i8"),
+                  "heatmaps": explanation.heatmaps.numpy().astype("<f4"),
+                  "crop_boxes": np.asarray(explanation.crop_boxes, dtype="<f4")}
+        return self._reply([_output_tensor(scores, self.output),
+                            *(_numeric(name, array, self.output.binary_by_default) for name, array in arrays.items())])
 
     def refuse(self, error: RequestError, element: int | None = None) -> Reply:
         where = "" if element is None else f"input '{INPUT}' element {element}: "
         if self.over_grpc:
             body = json.dumps({**error.to_json(), "message": where + error.message})
-            return Reply(*join_answer(self._answer_header({"name": ERROR_OUTPUT, "datatype": "BYTES", "shape": [1],
-                                                           "data": [body]})))
+            return self._reply([({"name": ERROR_OUTPUT, "datatype": "BYTES", "shape": [1], "data": [body]}, None)])
         return Reply(*join_answer({"error": f"{error.kind}: {where}{error.message}"}))
+
+    def named_classes(self) -> Any:
+        return self.classes
 
     def _document(self) -> tuple[Any, bytes]:
         """The JSON request and the binary data after it, if any."""
@@ -85,10 +101,14 @@ class OpenInferenceRequest(WireRequest):
             raise bad_request("InvalidJSON", f"the body is not valid JSON ({error}); to send binary data, "
                                              f"set {HEADER_LENGTH} to the JSON header's length") from None
 
-    def _answer_header(self, output: dict[str, Any]) -> dict[str, Any]:
-        """The answer's JSON. TorchServe's gRPC frontend needs an `id`, even an empty one."""
+    def _reply(self, outputs: list[tuple[dict[str, Any], bytes | None]]) -> Reply:
+        """The answer: each output in JSON with its data, or with its size and its bytes after the
+        JSON. TorchServe's gRPC frontend needs an `id`, even an empty one."""
         identity = {"id": self.id or ""} if self.over_grpc or self.id is not None else {}
-        return {**identity, "model_name": self.model.name, "model_version": self.model.version, "outputs": [output]}
+        tensors = [tensor if data is None else {**tensor, "parameters": {"binary_data_size": len(data)}}
+                   for tensor, data in outputs]
+        answer = {**identity, "model_name": self.model.name, "model_version": self.model.version, "outputs": tensors}
+        return Reply(*join_answer(answer, [data for _, data in outputs if data is not None]))
 
 
 def _image_elements(inputs: Any, tail: bytes) -> list[bytes]:
@@ -136,7 +156,7 @@ def _requested_output(document: Mapping[str, Any], classes: int) -> RequestedOut
     if not isinstance(outputs, list) or len(outputs) > 1:
         raise _invalid_output(f"'outputs' must be a list of at most one output, {{\"name\": \"{OUTPUT}\"}}")
     if not outputs:
-        return RequestedOutput(binary=binary_default)
+        return RequestedOutput(binary=binary_default, binary_by_default=binary_default)
     output = outputs[0]
     if not isinstance(output, Mapping) or output.get("name") != OUTPUT:
         name = output.get("name") if isinstance(output, Mapping) else output
@@ -145,7 +165,8 @@ def _requested_output(document: Mapping[str, Any], classes: int) -> RequestedOut
     k = parameters.get("classification")
     if k is not None and not (type(k) is int and 1 <= k <= classes):
         raise _invalid_output(f"classification must be a number of classes from 1 to {classes}, got {k!r}")
-    return RequestedOutput(classification=k, binary=_flag(parameters, "binary_data", binary_default))
+    return RequestedOutput(classification=k, binary=_flag(parameters, "binary_data", binary_default),
+                           binary_by_default=binary_default)
 
 
 def _parameters(owner: Mapping[str, Any], what: str) -> Mapping[str, Any]:
@@ -164,19 +185,22 @@ def _flag(parameters: Mapping[str, Any], name: str, default: bool) -> bool:
     return value
 
 
-def _output_tensor(scores: Scores, requested: RequestedOutput) -> tuple[dict[str, Any], bytes]:
+def _output_tensor(scores: Scores, requested: RequestedOutput) -> tuple[dict[str, Any], bytes | None]:
     """The output as JSON (with its data), or its header and the bytes the binary-data extension sends."""
-    probabilities = scores.probabilities
     if requested.classification is None:
-        tensor = {"name": OUTPUT, "datatype": "FP32", "shape": list(probabilities.shape)}
-        if requested.binary:
-            return tensor, probabilities.numpy().astype("<f4").tobytes()
-        return {**tensor, "data": probabilities.flatten().tolist()}, b""
+        return _numeric(OUTPUT, scores.probabilities.numpy().astype("<f4"), requested.binary)
     rows = [[f"{p:f}:{index}:{label}" for p, index, label in row] for row in scores.top(requested.classification)]
     tensor = {"name": OUTPUT, "datatype": "BYTES", "shape": [len(rows), requested.classification]}
     if requested.binary:
         return tensor, serialize_bytes(text.encode() for row in rows for text in row)
-    return {**tensor, "data": [text for row in rows for text in row]}, b""
+    return {**tensor, "data": [text for row in rows for text in row]}, None
+
+
+def _numeric(name: str, array: np.ndarray, binary: bool) -> tuple[dict[str, Any], bytes | None]:
+    tensor = {"name": name, "datatype": DATATYPES[array.dtype], "shape": list(array.shape)}
+    if binary:
+        return tensor, array.tobytes()
+    return {**tensor, "data": array.flatten().tolist()}, None
 
 
 def _invalid_input(message: str) -> RequestError:

@@ -4,10 +4,15 @@ Every protocol (TorchServe's own forms, KServe v1, the Open Inference Protocol o
 gRPC) is read by its own module into image files, and those of the whole batch go through one
 forward pass. A request with a bad image gets its own 4xx answer naming the problem (and the
 image, where it sent several); its batch-mates are classified as usual.
+
+Requests on TorchServe's explanation routes (`/explanations`, KServe's `:explain` and
+`/explain`) are classified in the same batch, then explained together by Grad-CAM on the eager
+model: where in each image the evidence for its top class (or the classes it names) lies.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -17,15 +22,19 @@ import torch
 import torchvision
 from ts.torch_handler.base_handler import BaseHandler
 
-from classification_transforms import classification_preset
+from classification_transforms import Box, classification_preset, crop_box
 from compiled_forward import CompiledForward, for_inference, inference_dtype, select_forward
 from gpu_preprocessing import GpuPreprocessor, Opened, Prepared
+from grad_cam import GradCam
 from handler_config import HandlerConfig
 from handler_metrics import OK, HandlerMetrics
-from image_decoding import load_rgb, open_checked
+from image_decoding import load_rgb, open_checked, upright_size
 from protocols import read_request
 from request_errors import RequestError
-from wire_format import Reply, Scores, ServedModel, WireRequest, sent_over_http
+from wire_format import Explanation, Reply, Scores, ServedModel, WireRequest, explained_classes, sent_over_http
+
+# TorchServe sets it to "True" on the explanation routes and to "False" on the prediction routes.
+EXPLAIN_HEADER = "explain"
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +49,10 @@ class ResNet50Handler(BaseHandler):
                                     context.manifest["model"]["modelVersion"], len(self.config.categories))
         self.device = self._select_device(context.system_properties.get("gpu_id"))
         self.dtype = inference_dtype(self.device)
+        model = self._load_model(context)
+        self.grad_cam = GradCam(model)  # explanations: gradients, so the eager model in fp32, kept
         self.forward = select_forward(self.config.compiled_forward, self.device,
-                                      context.system_properties["model_dir"], self._load_model(context))
+                                      context.system_properties["model_dir"], self._eager(model))
         self.transform = classification_preset(self.config.preprocess)
         # Decoding and resizing release the GIL, so a batch is preprocessed on all our threads.
         self.preprocessing_pool = ThreadPoolExecutor(max_workers=torch.get_num_threads())
@@ -61,15 +72,16 @@ class ResNet50Handler(BaseHandler):
         good requests' images as one batch, and answer each request in its own protocol."""
         self.context = context
         with self.metrics.stage("handler"):
-            # read: each request's image files, in its own protocol
+            # read: each request's image files, in its own protocol (and on an explanation route, its classes)
             requests = [read_request(request, context.get_all_request_header(index), self.model_id)
                         for index, request in enumerate(data)]
             files = [self._image_files(request) for request in requests]
+            explained = [self._explained_classes(index, request) for index, request in enumerate(requests)]
             # decode + transform every image of the batch, then give each request its own back
             with self.metrics.stage("decode_transform"):
                 prepared = iter(self.preprocess([file for item in files if isinstance(item, list) for file in item]))
                 images = [[next(prepared) for _ in item] if isinstance(item, list) else item for item in files]
-            failures = [_failure(item) for item in images]
+            failures = [_failure(item, classes) for item, classes in zip(images, explained)]
             replies = [None if failure is None else self._refuse(index, requests[index], *failure)
                        for index, failure in enumerate(failures)]
             # batch + forward the good requests' images together; top-k, written in each one's protocol
@@ -79,9 +91,17 @@ class ResNet50Handler(BaseHandler):
                 with self.metrics.stage("forward"):
                     probabilities = self.inference(batch)
                 self.metrics.forward_pass(len(batch))
+                scores = dict(zip(good, self.postprocess(probabilities, [len(images[i]) for i in good])))
+                # explain: Grad-CAM for the requests on an explanation route, together
+                explaining = [index for index in good if explained[index] is not None]
+                explanations: dict[int, Explanation] = {}
+                if explaining:
+                    with self.metrics.stage("explain"):
+                        explanations = self.explanations(explaining, images, files, explained, scores)
+                # top-k (and the explanations), written in each request's protocol
                 with self.metrics.stage("postprocess"):
-                    for index, scores in zip(good, self.postprocess(probabilities, [len(images[i]) for i in good])):
-                        replies[index] = self._answer(index, requests[index], scores)
+                    for index in good:
+                        replies[index] = self._answer(index, requests[index], scores[index], explanations.get(index))
         return [self._send(index, reply) for index, reply in enumerate(replies)]
 
     def preprocess(self, files: list[bytes]) -> list[Prepared]:
@@ -105,6 +125,34 @@ class ResNet50Handler(BaseHandler):
         """Each request's share of the batch's probabilities; its protocol writes the top-k."""
         return [Scores(share, self.config.categories, self.config.topk)
                 for share in probabilities.float().cpu().split(counts)]
+
+    def explanations(self, explaining: list[int], images: list[Any], files: list[Any], named: list[Any],
+                scores: dict[int, Scores]) -> dict[int, Explanation]:
+        """Grad-CAM for the `explaining` requests in one pass: each image once per class it explains
+        (those its request names, else its own top class), with its crop's place in the image."""
+        classes = {index: torch.tensor([named[index]] * len(scores[index].probabilities)) if named[index]
+                   else scores[index].probabilities.argmax(dim=1, keepdim=True) for index in explaining}
+        rows = torch.cat([torch.stack(images[index]).repeat_interleave(classes[index].shape[1], dim=0)
+                          for index in explaining])
+        maps = self.grad_cam(rows, torch.cat([classes[index].flatten() for index in explaining]).tolist())
+        shares = maps.split([classes[index].numel() for index in explaining])
+        return {index: Explanation(classes[index], share.view(*classes[index].shape, *share.shape[1:]),
+                                   [self._crop_box(file) for file in files[index]])
+                for index, share in zip(explaining, shares)}
+
+    def _explained_classes(self, index: int, request: WireRequest) -> tuple[int, ...] | RequestError | None:
+        """None for a prediction; on an explanation route, the classes it names (() for the top class)."""
+        if self.context.get_request_header(index, EXPLAIN_HEADER) != "True":
+            return None
+        try:
+            return explained_classes(request.named_classes(), self.model_id.classes,
+                                     self.config.limits.max_explained_classes)
+        except RequestError as error:
+            return error
+
+    def _crop_box(self, file: bytes) -> Box:
+        """Where the crop lies in the image as shown upright; its header is read again, not its pixels."""
+        return crop_box(upright_size(open_checked(file, self.config.limits)), self.config.preprocess)
 
     def _image_files(self, request: WireRequest) -> list[bytes] | RequestError:
         try:
@@ -138,9 +186,9 @@ class ResNet50Handler(BaseHandler):
         except RequestError as error:
             return error
 
-    def _answer(self, index: int, request: WireRequest, scores: Scores) -> Reply:
+    def _answer(self, index: int, request: WireRequest, scores: Scores, explanation: Explanation | None) -> Reply:
         self._count(index, request, OK, len(scores.probabilities))
-        return request.answer(scores)
+        return request.answer(scores) if explanation is None else request.explain(scores, explanation)
 
     def _refuse(self, index: int, request: WireRequest, error: RequestError, element: int | None) -> Reply:
         """One place for every rejection, whatever the protocol: its log line, count, status and body."""
@@ -170,11 +218,18 @@ class ResNet50Handler(BaseHandler):
                                     context.manifest["model"]["serializedFile"])
         model = torchvision.models.resnet50(weights=None, num_classes=len(self.config.categories))
         model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-        return for_inference(model, self.device, self.dtype)
+        return for_inference(model, self.device, torch.float32)
+
+    def _eager(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The eager forward: the fp32 model itself, or a copy in the inference precision (a GPU's fp16)."""
+        return model if self.dtype == torch.float32 else for_inference(copy.deepcopy(model), self.device, self.dtype)
 
 
-def _failure(images: list[Prepared] | RequestError) -> tuple[RequestError, int | None] | None:
+def _failure(images: list[Prepared] | RequestError,
+             classes: tuple[int, ...] | RequestError | None) -> tuple[RequestError, int | None] | None:
     """Why a request fails, and which of its images (None when the request itself is malformed)."""
     if isinstance(images, RequestError):
         return images, None
+    if isinstance(classes, RequestError):
+        return classes, None
     return next(((item, element) for element, item in enumerate(images) if isinstance(item, RequestError)), None)

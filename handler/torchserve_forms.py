@@ -1,11 +1,15 @@
-"""TorchServe's own wire format (`/predictions`, gRPC `Predictions`): one image per request, in
-whatever form the client sent it, answered with our top-k list or our error body.
+"""TorchServe's own wire format (`/predictions`, `/explanations`, gRPC `Predictions`): one image
+per request, in whatever form the client sent it, answered with our top-k list (on
+`/explanations`, the top-k with heatmaps) or our error body.
 
 TorchServe hands the handler one dict per request, keyed by parameter name:
 - a raw body (`curl -T img.jpg`, `--data-binary @img.jpg`) arrives as bytes under "body";
 - a multipart form arrives with one key per field; we read the field "data";
 - a JSON body is parsed by TorchServe into a dict when its content type is application/json;
   we read base64 from its "data" key. Invalid JSON stays bytes, so we parse again to say why.
+
+On `/explanations` the classes to explain come in a form field or JSON key "classes"; TorchServe
+passes no query parameters to a handler, so a raw body explains its top class.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import json
 from typing import Any, Mapping
 
 from request_errors import RequestError, bad_request
-from wire_format import Reply, Scores, WireRequest, from_base64, header
+from wire_format import Explanation, Reply, Scores, WireRequest, from_base64, header
 
 IMAGE_FIELD = "data"
 RAW_BODY_FIELD = "body"
+CLASSES_FIELD = "classes"
 
 
 class TorchServeRequest(WireRequest):
@@ -34,8 +39,18 @@ class TorchServeRequest(WireRequest):
         [predictions] = scores.predictions()
         return Reply(predictions)
 
+    def explain(self, scores: Scores, explanation: Explanation) -> Reply:
+        [image] = explanation.per_image(scores)
+        return Reply(image)
+
     def refuse(self, error: RequestError, element: int | None = None) -> Reply:
         return Reply(error.to_json())  # one image per request: no need to say which
+
+    def named_classes(self) -> Any:
+        if CLASSES_FIELD in self.request:  # a form field
+            return self.request[CLASSES_FIELD]
+        body = self.request.get(RAW_BODY_FIELD)
+        return body.get(CLASSES_FIELD) if isinstance(body, Mapping) else None  # a JSON body
 
 
 def image_bytes(request: Mapping[str, Any], headers: Mapping[str, Any]) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 from abc import ABC, abstractmethod
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -50,6 +51,25 @@ class Scores:
 
 
 @dataclass(frozen=True)
+class Explanation:
+    """Grad-CAM for one request's images: the classes explained for each image, a heatmap per
+    class, and where each image's crop lies in it, so that a client can lay a heatmap over the photo."""
+
+    classes: torch.Tensor  # [images, classes per image], int64
+    heatmaps: torch.Tensor  # [images, classes per image, h, w], float32; each map's peak is 1 (or all 0)
+    crop_boxes: list[tuple[float, float, float, float]]  # per image: left, top, right, bottom, in its pixels
+
+    def per_image(self, scores: Scores) -> list[dict[str, Any]]:
+        """Our JSON form: per image, the top-k, the crop's box, and each class's heatmap (rows top to bottom)."""
+        return [{"predictions": predictions, "crop_box": list(box),
+                 "heatmaps": [{"index": index, "label": scores.categories[index],
+                               "probability": probabilities[index].item(), "heatmap": heatmap.tolist()}
+                              for index, heatmap in zip(classes.tolist(), heatmaps)]}
+                for predictions, box, classes, heatmaps, probabilities
+                in zip(scores.predictions(), self.crop_boxes, self.classes, self.heatmaps, scores.probabilities)]
+
+
+@dataclass(frozen=True)
 class Reply:
     """One request's answer: a JSON-able body or raw bytes, with the HTTP headers to set."""
 
@@ -71,8 +91,16 @@ class WireRequest(ABC):
         """The answer for this request's images, in order."""
 
     @abstractmethod
+    def explain(self, scores: Scores, explanation: Explanation) -> Reply:
+        """The answer on an explanation route: the top-k, and where in each image the model looked."""
+
+    @abstractmethod
     def refuse(self, error: RequestError, element: int | None = None) -> Reply:
         """The error answer; `element` is the position of the image that failed, if one did."""
+
+    @abstractmethod
+    def named_classes(self) -> Any:
+        """The classes the request asks to explain, as sent (None if it names none); read after images()."""
 
 
 def header(headers: Mapping[str, Any], name: str) -> str | None:
@@ -92,6 +120,31 @@ def from_base64(text: Any, where: str) -> bytes:
     if not decoded:
         raise bad_request("EmptyBody", f"{where} decodes to an empty image")
     return decoded
+
+
+def explained_classes(named: Any, classes: int, limit: int) -> tuple[int, ...]:
+    """The classes to explain, checked: a class index, a list of them, or text such as "207,281"
+    (a form field). None gives (): each image's top class."""
+    if named is None:
+        return ()
+    if isinstance(named, (bytes, bytearray)):
+        named = named.decode("utf-8", errors="replace")
+    if isinstance(named, str):
+        named = [int(text) if re.fullmatch(r"[0-9]{1,9}", text) else text for text in re.split(r"[\s,]+", named.strip())]
+    elif not isinstance(named, list):
+        named = [named]
+    wanted = f"'classes' must be 1 to {limit} distinct class indices from 0 to {classes - 1}"
+    if not 1 <= len(named) <= limit or len(set(map(repr, named))) != len(named):
+        raise bad_request("InvalidClasses", f"{wanted}; got [{_shown(named)}]")
+    bad = next((index for index in named if type(index) is not int or not 0 <= index < classes), None)
+    if bad is not None:
+        raise bad_request("InvalidClasses", f"{wanted}; got {bad!r}")
+    return tuple(named)
+
+
+def _shown(values: list[Any]) -> str:
+    text = ", ".join(map(repr, values[:8]))
+    return text + ", ..." if len(values) > 8 else text
 
 
 def sent_over_http(headers: Mapping[str, Any]) -> bool:

@@ -1,6 +1,7 @@
 """Talk to the running server over REST (default) or gRPC: classify images, manage versions.
 
     python -m scripts.client predict photo.jpg other.png --version 1.0 --concurrency 4
+    python -m scripts.client explain photo.jpg --out heat.png --classes 207 281
     python -m scripts.client --grpc describe all
     python -m scripts.client register resnet50-2.1.mar --workers 1
     python -m scripts.client set-default 2.1
@@ -20,8 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+from scripts.heatmap_overlay import write_overlay
 from scripts.paths import MODEL_NAME, RUN_DIR
-from scripts.rest_api import ApiError
+from scripts.rest_api import ApiError, RestClient
 from scripts.server import Server, ServerError
 
 
@@ -38,6 +40,21 @@ def predict_files(client: Any, model: str, files: list[Path], version: str | Non
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         return list(pool.map(one, files))
+
+
+def explain_file(client: RestClient, model: str, photo: Path, out: Path, version: str | None,
+                 classes: list[int]) -> dict[str, Any]:
+    """Explain one photo (REST: TorchServe's gRPC API has no explanation call) and draw the overlay."""
+    data = photo.read_bytes()
+    explanation = client.explain(model, data, version, classes)
+    write_overlay(data, explanation, out)
+    return {"file": str(photo), "overlay": str(out), **explanation}
+
+
+def format_explanation(result: dict[str, Any]) -> str:
+    explained = ", ".join(f"{entry['label']} {entry['probability']:.1%}" for entry in result["heatmaps"])
+    top = result["predictions"][0]
+    return f"{result['file']}  {top['probability']:6.1%}  {top['label']}  heatmap of {explained} -> {result['overlay']}"
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
@@ -65,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("files", nargs="+", type=Path)
     predict.add_argument("--version", help="a version (default: the default version)")
     predict.add_argument("--concurrency", type=int, default=4)
+    explain = verbs.add_parser("explain", help="draw where the model looked (Grad-CAM) over a photo")
+    explain.add_argument("file", type=Path)
+    explain.add_argument("--out", type=Path, help="the overlay PNG (default: <photo>-heatmap.png, here)")
+    explain.add_argument("--classes", type=int, nargs="+", default=[], help="class indices (default: the top class)")
+    explain.add_argument("--version", help="a version (default: the default version)")
     verbs.add_parser("list")
     describe = verbs.add_parser("describe", help="one version, all, or (no argument) the default")
     describe.add_argument("version", nargs="?")
@@ -85,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> tuple[Any, bool]:
     """Do what the arguments say; returns (what to print, whether everything succeeded)."""
     server = Server.from_run_dir(args.run_dir)
+    if args.verb == "explain":
+        out = args.out or Path(f"{args.file.stem}-heatmap.png")
+        result = explain_file(server.client(), args.model, args.file, out, args.version, args.classes)
+        return (result if args.json else format_explanation(result)), True
     client = server.grpc_client() if args.grpc else server.client()
     if args.verb == "predict":
         results = predict_files(client, args.model, args.files, args.version, args.concurrency)
@@ -103,10 +129,13 @@ def run(args: argparse.Namespace) -> tuple[Any, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb == "explain" and args.grpc:
+        parser.error("TorchServe's gRPC API has no explanation call: explain over REST (leave out --grpc)")
     try:
         output, ok = run(args)
-    except (ApiError, ServerError) as error:
+    except (ApiError, ServerError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(output if isinstance(output, str) else json.dumps(output, indent=2))

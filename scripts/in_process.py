@@ -29,6 +29,8 @@ METRICS_CONFIG = CONFIG_DIR / "metrics.yaml"  # what the served handler gets (me
 # TorchServe adds this header to requests on /predictions (empty unless the path goes on), and
 # to no request on the KServe routes (/v1/models/..., /v2/models/...).
 PREDICTIONS_ROUTE = (("url_path", ""),)
+# TorchServe sets it to "True" on its explanation routes ("False" on the prediction routes).
+EXPLAIN_HEADER = "explain"
 # What every HTTP client sends, whatever else it leaves out (tritonclient sends no Content-Type).
 HTTP_HEADERS = (("Host", "127.0.0.1:8080"),)
 
@@ -68,6 +70,10 @@ class Request:
     def grpc(cls, document: Any) -> "Request":
         """What TorchServe's OIP gRPC frontend forwards for ModelInfer: JSON, and no headers."""
         return cls((("body", "application/json", _json_bytes(document)),))
+
+    def explaining(self) -> "Request":
+        """The same request on an explanation route (/explanations, :explain, /explain)."""
+        return Request(self.parameters, (*self.headers, (EXPLAIN_HEADER, "True")))
 
 
 def _json_bytes(document: Any) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import requests
 
@@ -68,6 +68,13 @@ class RestClient:
         path = f"{model}/{version}" if version else model
         return self._call("POST", f"{self.inference_url}/predictions/{path}", self.tokens.inference,
                           data=image, headers={"Content-Type": content_type})
+
+    def explain(self, model: str, image: bytes, version: str | None = None, classes: Sequence[int] = ()) -> Any:
+        """The top-k and a Grad-CAM heatmap for each of `classes` (none: the top class), as a form."""
+        path = f"{model}/{version}" if version else model
+        fields = {"classes": ",".join(map(str, classes))} if classes else {}
+        return self._call("POST", f"{self.inference_url}/explanations/{path}", self.tokens.inference,
+                          files={"data": image}, data=fields)
 
     # Management API
     def list_models(self) -> dict[str, Any]:

@@ -28,10 +28,11 @@ def requested(binary: bool = True, classes: int = 0) -> triton.InferRequestedOut
 
 
 def in_process(inputs: list[triton.InferInput], outputs: list[triton.InferRequestedOutput] | None = None,
-               request_id: str = "") -> Request:
+               request_id: str = "", parameters: dict[str, Any] | None = None) -> Request:
     """The request tritonclient would POST to /v2/models/resnet50/infer: no content type, and the
     JSON header's length in a header when binary data follows it."""
-    body, header_length = triton.InferenceServerClient.generate_request_body(inputs, outputs, request_id)
+    body, header_length = triton.InferenceServerClient.generate_request_body(inputs, outputs, request_id,
+                                                                             parameters=parameters)
     headers = {} if header_length is None else {"Inference_Header_Content_Length": str(header_length)}
     return Request.kserve(body, content_type=None, **headers)
 

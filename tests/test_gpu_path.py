@@ -63,7 +63,7 @@ def as_on_a_gpu(served: InProcessModel, dtype: torch.dtype) -> None:
     standing in for the GPU: the eager model in `dtype`, channels_last, and the GPU preprocessor."""
     handler = served.handler
     handler.dtype = dtype
-    handler.forward = handler._load_model(served.service.context)
+    handler.forward = handler._eager(handler._load_model(served.service.context))
     handler.gpu_preprocessor = GpuPreprocessor(handler.config.preprocess, CPU, dtype, handler.preprocessing_pool)
 
 

@@ -1,0 +1,41 @@
+"""Grad-CAM: where in the crop the evidence for a class lies, on ResNet50's last convolutional stage.
+
+captum's LayerGradCam weights each of `layer4`'s 2048 feature maps by the mean gradient of the
+class's logit over that map, sums them and keeps the positive part: one map on layer4's grid
+(7x7 for a 224 crop). It costs one forward pass and a backward pass through the head only, since
+nothing below layer4 needs a gradient. It runs on the eager model in fp32, outside
+`inference_mode`; the compiled forward serves predictions.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from captum.attr import LayerGradCam
+
+# Images per pass, which bounds its memory: one batch may ask for 8 requests x 32 images x 5 classes.
+ROWS_PER_PASS = 16
+
+
+class GradCam:
+    def __init__(self, model: torch.nn.Module) -> None:
+        """`model`: a torchvision ResNet in eval mode. Its weights stop asking for gradients (shared
+        with the eager forward, which never needs them), so the backward pass ends at layer4."""
+        model.requires_grad_(False)
+        self.device = next(model.parameters()).device
+        self.method = LayerGradCam(model, model.layer4)
+
+    def __call__(self, images: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+        """One map per image (preprocessed, [N, 3, H, W]) for the class beside it, on the CPU as
+        [N, h, w]. Each map is scaled so that its peak is 1; a map with no positive evidence is 0."""
+        maps = torch.cat([self._attribute(images[start:start + ROWS_PER_PASS], classes[start:start + ROWS_PER_PASS])
+                          for start in range(0, len(images), ROWS_PER_PASS)])
+        peaks = maps.amax(dim=(1, 2), keepdim=True)
+        return maps / peaks.clamp_min(torch.finfo(maps.dtype).tiny)
+
+    def _attribute(self, images: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+        images = images.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
+        with torch.enable_grad():
+            maps = self.method.attribute(images, target=list(classes), relu_attributions=True)
+        return maps.detach().squeeze(1).float().cpu()

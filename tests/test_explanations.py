@@ -1,0 +1,205 @@
+"""Explanations in-process: Grad-CAM on the explanation routes, held to Grad-CAM computed by hand
+on torchvision's model; every protocol's form; the crop's box; bad input failing alone."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.models import ResNet50_Weights
+
+import oip
+from answers import HEATMAP_TOLERANCE, grad_cam_by_hand, reference_model, same_answer
+from classification_transforms import classification_preset, crop_box
+from handler_config import PreprocessConfig
+from images import encode, exif_rotated_jpeg, jpeg_with_orientation, noise_image, photo_bytes, sample_photo
+from scripts.in_process import InProcessModel, Request, Response
+from scripts.paths import archive_name
+
+WEIGHTS = {"1.0": ResNet50_Weights.IMAGENET1K_V1, "2.0": ResNet50_Weights.IMAGENET1K_V2}
+PHOTO = photo_bytes((640, 480))
+
+
+@pytest.fixture(scope="module", params=sorted(WEIGHTS))
+def model(request: pytest.FixtureRequest, model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> InProcessModel:
+    loaded = InProcessModel(model_store / archive_name(request.param), tmp_path_factory.mktemp(request.param))
+    loaded.version = request.param
+    return loaded
+
+
+def explain(model: InProcessModel, *requests: Request) -> list[Response]:
+    return model.infer([request.explaining() for request in requests])
+
+
+def heatmaps(answer: dict[str, Any]) -> torch.Tensor:
+    return torch.tensor([entry["heatmap"] for entry in answer["heatmaps"]])
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_heatmaps_match_grad_cam_computed_by_hand(model: InProcessModel) -> None:
+    """The top class of each photo, and three named classes of one: the same maps as Grad-CAM
+    by hand on torchvision's model with the archive's weights, on torchvision's preprocessing."""
+    photos = [PHOTO, photo_bytes((300, 450)), photo_bytes((800, 800))]
+    responses = explain(model, *map(Request.raw, photos), Request.form(data=PHOTO, classes=b"1,500,999"))
+    assert [r.status for r in responses] == [200] * 4
+
+    preset = WEIGHTS[model.version].transforms()
+    batch = torch.stack([preset(Image.open(io.BytesIO(data)).convert("RGB")) for data in photos])
+    reference = reference_model(model)
+    top = [r.body["predictions"][0]["index"] for r in responses[:3]]
+    expected = grad_cam_by_hand(reference, batch, top)
+    served = torch.stack([heatmaps(r.body)[0] for r in responses[:3]])
+    assert served.shape == (3, 7, 7)
+    assert (served - expected).abs().max().item() <= HEATMAP_TOLERANCE
+    named = grad_cam_by_hand(reference, batch[:1].expand(3, -1, -1, -1), [1, 500, 999])
+    assert (heatmaps(responses[3].body) - named).abs().max().item() <= HEATMAP_TOLERANCE
+
+
+def test_the_answer_is_the_top_k_a_crop_box_and_a_heatmap_per_class(model: InProcessModel) -> None:
+    [predicted] = model.infer([Request.raw(PHOTO)])
+    top, named = explain(model, Request.raw(PHOTO), Request.json({"data": b64(PHOTO), "classes": [7, 3]}))
+    for answer in (top.body, named.body):
+        assert set(answer) == {"predictions", "crop_box", "heatmaps"}
+        assert same_answer(answer["predictions"], predicted.body)
+        assert answer["crop_box"] == list(crop_box((640, 480), model.handler.config.preprocess))
+        for entry in answer["heatmaps"]:
+            assert set(entry) == {"index", "label", "probability", "heatmap"}
+            assert entry["label"] == model.handler.config.categories[entry["index"]]
+            grid = np.asarray(entry["heatmap"])
+            assert grid.shape == (7, 7) and grid.min() >= 0 and grid.max() == pytest.approx(1.0)
+    assert [entry["index"] for entry in top.body["heatmaps"]] == [predicted.body[0]["index"]]
+    assert top.body["heatmaps"][0]["probability"] == pytest.approx(predicted.body[0]["probability"], abs=1e-4)
+    assert [entry["index"] for entry in named.body["heatmaps"]] == [7, 3]
+
+
+def test_every_payload_form_explains_alike(model: InProcessModel) -> None:
+    """TorchServe's raw body, form and JSON, KServe v1 and the OIP (JSON, and binary out): the
+    same classes explained with the same maps, each in its own protocol's shape."""
+    other = photo_bytes((300, 450))
+    raw, form, document, v1, v2_json, v2_binary = explain(
+        model,
+        Request.raw(PHOTO),
+        Request.form(data=PHOTO, classes=b"5 9"),
+        Request.json({"data": b64(PHOTO), "classes": [5, 9]}),
+        Request.kserve({"instances": [b64(PHOTO), {"b64": b64(other)}], "classes": [5, 9]}),
+        oip_request([PHOTO, other], binary=False, classes=[5, 9]),
+        oip_request([PHOTO, other], binary=True, classes=[5, 9]),
+    )
+    assert {r.status for r in (raw, form, document, v1, v2_json, v2_binary)} == {200}
+    maps = heatmaps(form.body)
+    assert torch.allclose(heatmaps(document.body), maps, atol=HEATMAP_TOLERANCE)
+    [top] = explain(model, Request.form(data=PHOTO, classes=str(raw.body["predictions"][0]["index"]).encode()))
+    assert torch.allclose(heatmaps(raw.body), heatmaps(top.body), atol=HEATMAP_TOLERANCE)
+    first, second = v1.body["explanations"]
+    assert torch.allclose(heatmaps(first), maps, atol=HEATMAP_TOLERANCE)
+    assert first["crop_box"] == form.body["crop_box"] and second["crop_box"] != first["crop_box"]
+    for response in (v2_json, v2_binary):
+        answer = oip.result(response)
+        assert answer.as_numpy("explained_classes").tolist() == [[5, 9], [5, 9]]
+        assert np.allclose(answer.as_numpy("heatmaps")[0], maps.numpy(), atol=HEATMAP_TOLERANCE)
+        assert np.allclose(answer.as_numpy("heatmaps")[1], heatmaps(second).numpy(), atol=HEATMAP_TOLERANCE)
+        assert np.allclose(answer.as_numpy("crop_boxes"), [first["crop_box"], second["crop_box"]], atol=1e-3)
+        assert answer.as_numpy(oip.OUTPUT).shape == (2, 1000)
+    assert b'"binary_data_size"' in v2_binary.body and b'"binary_data_size"' not in v2_json.body
+
+
+def oip_request(images: list[bytes], binary: bool, classes: Any) -> Request:
+    """An explanation request as tritonclient writes an inference request, with the classes in
+    its parameters: binary, naming no output (so every output comes in binary), or all JSON."""
+    if binary:
+        return oip.in_process([oip.image_input(images)], parameters={"classes": classes})
+    return oip.in_process([oip.image_input(list(map(b64, images)), binary=False)], [oip.requested(binary=False)],
+                          parameters={"classes": classes})
+
+
+@pytest.mark.parametrize("classes", [1000, -1, [3, 3], [1, 2, 3, 4, 5, 6], [2.5], "seven", [], True])
+def test_bad_classes_are_a_400_in_every_protocol(model: InProcessModel, classes: Any) -> None:
+    responses = explain(model,
+                        Request.json({"data": b64(PHOTO), "classes": classes}),
+                        Request.kserve({"instances": [b64(PHOTO)], "classes": classes}),
+                        oip_request([PHOTO], binary=False, classes=classes))
+    assert [r.status for r in responses] == [400] * 3
+    assert responses[0].body["type"] == "InvalidClasses"
+    assert "'classes' must be 1 to 5 distinct class indices from 0 to 999" in responses[0].body["message"]
+    assert responses[1].body["error"].startswith("InvalidClasses: 'classes' must be")
+    assert json.loads(responses[2].body)["error"].startswith("InvalidClasses: 'classes' must be")
+
+
+def test_a_form_field_names_classes_as_text_and_a_bad_one_says_what_it_got(model: InProcessModel) -> None:
+    good, bad = explain(model, Request.form(data=PHOTO, classes=b" 12, 34 "), Request.form(data=PHOTO, classes=b"12,x"))
+    assert [entry["index"] for entry in good.body["heatmaps"]] == [12, 34]
+    assert bad.status == 400 and bad.body["message"].endswith("got 'x'")
+
+
+def test_classes_on_a_prediction_route_change_nothing(model: InProcessModel) -> None:
+    plain, named = model.infer([Request.raw(PHOTO), Request.json({"data": b64(PHOTO), "classes": "not checked"})])
+    assert named.status == 200 and same_answer(named.body, plain.body)
+
+
+def test_a_bad_request_fails_alone_in_a_batch_of_explanations(model: InProcessModel) -> None:
+    """Explanations, a prediction, a bad image and bad classes in one batch: each bad one gets
+    its own 400; the others are answered as they are alone."""
+    requests = [Request.raw(PHOTO).explaining(), Request.raw(b"not an image").explaining(), Request.raw(PHOTO),
+                Request.form(data=PHOTO, classes=b"1000").explaining(),
+                Request.kserve({"instances": [b64(PHOTO), b64(b"junk")]}).explaining(),
+                Request.form(data=photo_bytes((300, 450)), classes=b"4,2").explaining()]
+    together = model.infer(requests)
+    assert [r.status for r in together] == [200, 400, 200, 400, 400, 200]
+    assert together[1].body["type"] == "InvalidImage" and together[3].body["type"] == "InvalidClasses"
+    assert together[4].body["error"].startswith("InvalidImage: instance 1:")
+    for index in (0, 2, 5):
+        [alone] = model.infer([requests[index]])
+        if index == 2:
+            assert same_answer(together[index].body, alone.body)
+        else:
+            assert same_answer(together[index].body["predictions"], alone.body["predictions"])
+            assert torch.allclose(heatmaps(together[index].body), heatmaps(alone.body), atol=HEATMAP_TOLERANCE)
+
+
+def test_different_images_get_different_maps(model: InProcessModel) -> None:
+    """A guard against a map that ignores its image: the photo, noise and the photo turned."""
+    images = [PHOTO, encode(noise_image((640, 480))), encode(sample_photo().rotate(180))]
+    maps = [heatmaps(r.body)[0] for r in explain(model, *(Request.form(data=data, classes=b"0") for data in images))]
+    assert all((maps[i] - maps[j]).abs().max() > 0.1 for i in range(3) for j in range(i + 1, 3))
+
+
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (224, 224), (97, 61), (1500, 1000)])
+@pytest.mark.parametrize("resize", [256, 232])
+def test_the_crop_box_is_where_the_preset_crops(size: tuple[int, int], resize: int) -> None:
+    """Cutting the box out of the photo and scaling it to the crop's size gives the preset's
+    crop (up to resampling: the preset scales the whole photo first); a box a few pixels off does not."""
+    config = PreprocessConfig(resize, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    photo = sample_photo().resize(size)
+    box = crop_box(size, config)
+    crop = classification_preset(config)(photo)
+
+    def cut(left: float, top: float, right: float, bottom: float) -> torch.Tensor:
+        return classification_preset(PreprocessConfig(224, 224, config.mean, config.std))(
+            photo.resize((224, 224), Image.Resampling.BILINEAR, box=(left, top, right, bottom)))
+
+    error = (cut(*box) - crop).abs().mean().item()
+    shift = 2 * (box[2] - box[0]) / 224  # two of the crop's pixels, sideways where there is room
+    shift = shift if box[2] + shift <= size[0] else -shift
+    shifted = (cut(box[0] + shift, box[1], box[2] + shift, box[3]) - crop).abs().mean().item()
+    assert error < 0.01 and shifted > 0.1  # measured: at most 0.001, and at least 0.12
+
+
+def test_the_crop_box_follows_exif_orientation(model: InProcessModel) -> None:
+    """A photo stored on its side is explained as shown: its box is in the upright photo's pixels."""
+    upright = sample_photo().resize((400, 300))
+    [turned, plain] = explain(model, Request.raw(jpeg_with_orientation(upright.rotate(90, expand=True), 6)),
+                              Request.raw(encode(upright)))
+    assert turned.body["crop_box"] == plain.body["crop_box"] == list(crop_box((400, 300), model.handler.config.preprocess))
+    [rotated] = explain(model, Request.raw(exif_rotated_jpeg()))
+    width, height = sample_photo().size
+    assert rotated.body["crop_box"] == list(crop_box((width, height), model.handler.config.preprocess))
