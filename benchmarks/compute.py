@@ -1,5 +1,6 @@
 """In-process figures, no server: (c) the raw eager forward, the machine's compute limit; (c')
-the forward the archive compiled; (d) the whole handler, JPEG bytes in and top-k out.
+the forward the archive compiled; (d) the whole handler, JPEG bytes in and top-k out; (e) the
+handler explaining what it classifies.
 
 Every figure is the median images per second over one-second windows, steadier than one long
 window on a shared machine. On a GPU each window ends with a synchronise, so queued work counts.
@@ -68,12 +69,26 @@ def compiled_forward(archive: Path, device: torch.device, batch_size: int, secon
             images_per_second(lambda: forward(batch), batch_size, seconds, device)}
 
 
-def in_process_handler(archive: Path, inputs: list[Path], device: torch.device, batch_size: int,
-                       seconds: float, out: Path) -> dict[str, float]:
+def in_process_handler(model: InProcessModel, images: list[bytes], device: torch.device, batch_size: int,
+                       seconds: float) -> dict[str, float]:
     """(d) Batches of real JPEGs through the handler as a worker runs it: decode, transform,
     forward, top-k, without the frontend and its socket hops."""
-    model = InProcessModel(archive, out / "in-process", batch_size, gpu_id=device.index)
-    images = [path.read_bytes() for path in inputs]
     batch = [Request.raw(images[i % len(images)]) for i in range(batch_size)]
     return {f"handler in-process, batches of {batch_size} JPEGs":
             images_per_second(lambda: model.infer(batch), batch_size, seconds, device)}
+
+
+def in_process_explanations(model: InProcessModel, images: list[bytes], device: torch.device, batch_size: int,
+                            seconds: float) -> dict[str, float]:
+    """(e) What an explanation costs: (d)'s batches with every request on an explanation route
+    (Grad-CAM of its top class), and one JPEG at a time, classified and explained."""
+    batch = [Request.raw(images[i % len(images)]).explaining() for i in range(batch_size)]
+    one = Request.raw(images[0])
+    return {
+        f"handler in-process, batches of {batch_size} JPEGs, each explained":
+            images_per_second(lambda: model.infer(batch), batch_size, seconds / 2, device),
+        "handler in-process, one JPEG at a time, classified":
+            images_per_second(lambda: model.infer([one]), 1, seconds / 4, device),
+        "handler in-process, one JPEG at a time, explained":
+            images_per_second(lambda: model.infer([one.explaining()]), 1, seconds / 4, device),
+    }

@@ -18,15 +18,18 @@ from benchmarks.load import STAGES, LoadResult
 
 @dataclass(frozen=True)
 class InProcess:
-    """Images per second without a server, by label: (c) eager, (c') compiled, (d) handler."""
+    """Images per second without a server, by label: (c) eager, (c') compiled, (d) handler,
+    (e) handler explaining."""
 
     eager: dict[str, float]
     compiled: dict[str, float]
     handler: dict[str, float]
+    explained: dict[str, float]
 
     def rows(self) -> list[str]:
         return [f"| ({tag}) {name} | {value:.2f} |"
-                for tag, figures in (("c", self.eager), ("c'", self.compiled), ("d", self.handler))
+                for tag, figures in (("c", self.eager), ("c'", self.compiled), ("d", self.handler),
+                                     ("e", self.explained))
                 for name, value in figures.items()]
 
 
@@ -44,7 +47,8 @@ def write_report(out: Path, device: torch.device, in_process: InProcess, results
         f"- command: `python -m benchmarks.run {' '.join(sys.argv[1:])}`",
         *(f"- {line}" for line in setup),
         "",
-        f"## In-process, on {device.type}: (c) raw eager forward, (c') compiled forward, (d) whole handler",
+        f"## In-process, on {device.type}: (c) raw eager forward, (c') compiled forward, (d) whole handler, "
+        "(e) explaining",
         "",
         "| configuration | img/s |",
         "| --- | --- |",

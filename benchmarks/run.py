@@ -32,6 +32,7 @@ from benchmarks.load import load_steps
 from benchmarks.report import InProcess, write_report
 from benchmarks.stock_archive import STOCK_NAME, build_stock_archive
 from scripts import build_archives
+from scripts.in_process import InProcessModel
 from scripts.paths import BUILD_DIR, DEFAULT_VERSION, MODEL_NAME, ROOT, archive_name, sample_photo
 from scripts.server import Ports, Server, start, stop
 from scripts.weights import RANDOM, weights_file
@@ -77,13 +78,15 @@ def serving(run_dir: Path, model_store: Path, archive: str, plan: WorkerPlan, cl
 def measure_in_process(archive: Path, inputs: Path, device: torch.device, batch_size: int,
                        seconds: float, out: Path) -> InProcess:
     print(f"in-process on {device}")
+    handler = InProcessModel(archive, out / "in-process", batch_size, gpu_id=device.index)
+    images = [path.read_bytes() for path in sorted(inputs.glob("*.jpg"))]
     figures = InProcess(
         eager=compute.eager_forward(device, sorted({EXTRA_EAGER_BATCH[device.type], batch_size}), seconds),
         compiled=compute.compiled_forward(archive, device, batch_size, seconds / 2, out),
-        handler=compute.in_process_handler(archive, sorted(inputs.glob("*.jpg")), device, batch_size, seconds / 2,
-                                           out),
+        handler=compute.in_process_handler(handler, images, device, batch_size, seconds / 2),
+        explained=compute.in_process_explanations(handler, images, device, batch_size, seconds / 2),
     )
-    for name, value in {**figures.eager, **figures.compiled, **figures.handler}.items():
+    for name, value in {**figures.eager, **figures.compiled, **figures.handler, **figures.explained}.items():
         print(f"  {name}: {value:.2f} img/s")
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the served steps' workers get the memory back

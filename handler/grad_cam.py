@@ -35,7 +35,8 @@ class GradCam:
         return maps / peaks.clamp_min(torch.finfo(maps.dtype).tiny)
 
     def _attribute(self, images: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
-        images = images.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
-        with torch.enable_grad():
+        """Gradients on, even inside a caller's `inference_mode`: the images are copied out of it."""
+        with torch.inference_mode(False), torch.enable_grad():
+            images = images.to(self.device, torch.float32).clone(memory_format=torch.channels_last)
             maps = self.method.attribute(images, target=list(classes), relu_attributions=True)
         return maps.detach().squeeze(1).float().cpu()

@@ -35,6 +35,6 @@ def write_overlay(photo: bytes, explanation: Mapping[str, Any], out: Path) -> No
                                  linestyle="--", linewidth=1))
         axes.set_xlim(0, width)
         axes.set_ylim(height, 0)
-        axes.set_title(f"{heatmap['label']} (class {heatmap['index']}): {heatmap['probability']:.1%}", fontsize=9)
+        axes.set_title(f"{heatmap['label']} (class {heatmap['index']}), p = {heatmap['probability']:.3g}", fontsize=9)
         axes.axis("off")
     figure.savefig(out, format="png")

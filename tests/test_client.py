@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import restore, served_versions
-from images import photo_bytes
+from images import encode, photo_bytes
 from scripts import client
+from scripts.heatmap_overlay import write_overlay
 from scripts.paths import MODEL_NAME, archive_name
 from scripts.server import Server
 
@@ -39,6 +42,43 @@ def test_predict_prints_a_table(server: Server, photos: list[Path], capsys: pyte
     assert client.main(["--run-dir", str(server.run_dir), "predict", str(photos[0])]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(str(photos[0])) and "%" in line
+
+
+def test_explain_writes_an_overlay_png(server: Server, photos: list[Path], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "heat.png"
+    assert client.main(["--run-dir", str(server.run_dir), "explain", str(photos[0]), "--out", str(out),
+                        "--classes", "1", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(str(photos[0])) and line.endswith(f"-> {out}") and line.count("%") == 3
+    with Image.open(out) as overlay:
+        assert overlay.format == "PNG" and overlay.width > 1.5 * overlay.height  # a panel per class, side by side
+
+
+def test_explain_over_grpc_says_to_use_rest(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit:
+        client.main(["--grpc", "explain", "photo.jpg"])
+    assert exit.value.code == 2 and "no explanation call" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("moved", ["cell", "crop_box"])
+def test_the_overlay_draws_each_heatmap_cell_where_it_lies_in_the_photo(tmp_path: Path, moved: str) -> None:
+    """A grey photo and a heatmap hot in one cell: the overlay is reddest at that cell, and the
+    spot moves right when the cell does, or when the crop's box does."""
+    photo = encode(Image.new("RGB", (400, 300), (128, 128, 128)), "PNG")
+
+    def reddest_point(cell: tuple[int, int], box: list[float]) -> tuple[int, int]:
+        grid = np.zeros((7, 7))
+        grid[cell] = 1.0
+        write_overlay(photo, {"crop_box": box, "heatmaps": [
+            {"index": 1, "label": "goldfish", "probability": 0.5, "heatmap": grid.tolist()}]}, tmp_path / "overlay.png")
+        pixels = np.asarray(Image.open(tmp_path / "overlay.png").convert("RGB")).astype(int)
+        y, x = np.unravel_index((pixels[..., 0] - pixels[..., 2]).argmax(), pixels.shape[:2])
+        return int(x), int(y)
+
+    left_x, left_y = reddest_point((3, 1), [0, 0, 300, 300])
+    right_x, right_y = reddest_point((3, 5), [0, 0, 300, 300]) if moved == "cell" else reddest_point((3, 1), [100, 0, 400, 300])
+    assert right_x - left_x > 50 and abs(right_y - left_y) <= 2
 
 
 @pytest.mark.parametrize("protocol", [[], ["--grpc"]])

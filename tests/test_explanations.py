@@ -166,6 +166,15 @@ def test_a_bad_request_fails_alone_in_a_batch_of_explanations(model: InProcessMo
             assert torch.allclose(heatmaps(together[index].body), heatmaps(alone.body), atol=HEATMAP_TOLERANCE)
 
 
+def test_explanations_work_inside_a_callers_inference_mode(model: InProcessModel) -> None:
+    """Grad-CAM needs gradients: a worker (or a benchmark) calling the handler under
+    torch.inference_mode must still get maps, the same ones."""
+    [outside] = explain(model, Request.raw(PHOTO))
+    with torch.inference_mode():
+        [inside] = explain(model, Request.raw(PHOTO))
+    assert inside.status == 200 and torch.allclose(heatmaps(inside.body), heatmaps(outside.body), atol=HEATMAP_TOLERANCE)
+
+
 def test_different_images_get_different_maps(model: InProcessModel) -> None:
     """A guard against a map that ignores its image: the photo, noise and the photo turned."""
     images = [PHOTO, encode(noise_image((640, 480))), encode(sample_photo().rotate(180))]

@@ -1,0 +1,133 @@
+"""Explanations over a real TorchServe: every explanation route it has (`/explanations` with and
+without a version, KServe v1's `:explain` through kserve's own client, the OIP's `/explain`)
+answers Grad-CAM that matches Grad-CAM by hand on the served version's weights; a bad image fails
+alone among concurrent explanations; the explain stage is timed on /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import kserve
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torchvision.models import ResNet50_Weights
+
+from answers import HEATMAP_TOLERANCE, grad_cam_by_hand, reference_model, same_answer
+from conftest import post_inference
+from images import photo_bytes
+from scripts.paths import MODEL_NAME, archive_name
+from scripts.prometheus_scrape import increase, scrape
+from scripts.server import Server
+
+WEIGHTS = {"1.0": ResNet50_Weights.IMAGENET1K_V1, "2.0": ResNet50_Weights.IMAGENET1K_V2}
+PHOTO, OTHER = photo_bytes((500, 400)), photo_bytes((300, 450))
+
+
+@pytest.fixture(scope="module")
+def references(model_store: Path) -> dict[str, torchvision.models.ResNet]:
+    return {version: reference_model(model_store / archive_name(version)) for version in WEIGHTS}
+
+
+def expected(references: dict[str, torchvision.models.ResNet], version: str, image: bytes,
+             classes: list[int]) -> torch.Tensor:
+    """Grad-CAM by hand for `classes` of `image`, on torchvision's preprocessing of the version's weights."""
+    tensor = WEIGHTS[version].transforms()(Image.open(io.BytesIO(image)).convert("RGB"))
+    return grad_cam_by_hand(references[version], tensor.expand(len(classes), -1, -1, -1), classes)
+
+
+def heatmaps(answer: dict[str, Any]) -> torch.Tensor:
+    return torch.tensor([entry["heatmap"] for entry in answer["heatmaps"]])
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_explanations_of_the_default_version_explain_its_top_class(server: Server,
+                                                                   references: dict[str, Any]) -> None:
+    response = post_inference(server, f"explanations/{MODEL_NAME}", data=PHOTO)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert same_answer(answer["predictions"], server.client().predict(MODEL_NAME, PHOTO))
+    top = answer["predictions"][0]["index"]
+    assert [entry["index"] for entry in answer["heatmaps"]] == [top]
+    assert (heatmaps(answer) - expected(references, "2.0", PHOTO, [top])).abs().max() <= HEATMAP_TOLERANCE
+
+
+def test_explanations_of_a_version_explain_the_classes_a_form_names(server: Server,
+                                                                    references: dict[str, Any]) -> None:
+    response = post_inference(server, f"explanations/{MODEL_NAME}/1.0", files={"data": PHOTO}, data={"classes": "8,1"})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert same_answer(answer["predictions"], server.client().predict(MODEL_NAME, PHOTO, "1.0"))
+    assert [entry["index"] for entry in answer["heatmaps"]] == [8, 1]
+    assert (heatmaps(answer) - expected(references, "1.0", PHOTO, [8, 1])).abs().max() <= HEATMAP_TOLERANCE
+
+
+def test_kserve_v1_explain_with_kserves_client(server: Server, references: dict[str, Any]) -> None:
+    async def call() -> dict[str, Any]:
+        client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v1", timeout=120))
+        try:
+            return await client.explain(server.inference_url, MODEL_NAME,
+                                        {"instances": [b64(PHOTO), {"b64": b64(OTHER)}], "classes": [3]},
+                                        headers={"Authorization": f"Bearer {server.client().tokens.inference}"})
+        finally:
+            await client.close()
+
+    first, second = asyncio.run(call())["explanations"]
+    for answer, image in ((first, PHOTO), (second, OTHER)):
+        assert [entry["index"] for entry in answer["heatmaps"]] == [3]
+        assert (heatmaps(answer) - expected(references, "2.0", image, [3])).abs().max() <= HEATMAP_TOLERANCE
+    assert first["crop_box"] != second["crop_box"]
+
+
+def test_open_inference_explain(server: Server, references: dict[str, Any]) -> None:
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": [b64(PHOTO), b64(OTHER)]}],
+            "parameters": {"classes": [5, 6]}}
+    response = post_inference(server, f"v2/models/{MODEL_NAME}/explain", json=body)
+    assert response.status_code == 200, response.text
+    outputs = {output["name"]: output for output in response.json()["outputs"]}
+    assert set(outputs) == {"probabilities", "explained_classes", "heatmaps", "crop_boxes"}
+    assert outputs["explained_classes"]["data"] == [5, 6, 5, 6]
+    assert outputs["heatmaps"]["shape"] == [2, 2, 7, 7] and outputs["crop_boxes"]["shape"] == [2, 4]
+    served = torch.tensor(outputs["heatmaps"]["data"]).view(2, 2, 7, 7)
+    for image, maps in zip((PHOTO, OTHER), served):
+        assert (maps - expected(references, "2.0", image, [5, 6])).abs().max() <= HEATMAP_TOLERANCE
+
+
+def test_a_bad_image_fails_alone_among_concurrent_explanations(server: Server) -> None:
+    """Explanations, predictions and bad images at once, so that they share batches: each bad
+    request gets its own 400, every good one its answer."""
+    calls = [("explanations", PHOTO), ("explanations", b"not an image"), ("predictions", OTHER),
+             ("explanations", OTHER), ("explanations", b"\xff\xd8 broken jpeg"), ("predictions", PHOTO)] * 2
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        responses = list(pool.map(lambda call: post_inference(server, f"{call[0]}/{MODEL_NAME}", data=call[1]), calls))
+    assert [r.status_code for r in responses] == [200, 400, 200, 200, 400, 200] * 2
+    for (route, image), response in zip(calls, responses):
+        if response.status_code == 200:
+            assert isinstance(response.json(), dict if route == "explanations" else list)
+        else:
+            assert response.json()["type"] in {"InvalidImage", "CorruptImage"}
+
+
+def test_the_explain_stage_is_timed_on_metrics(server: Server) -> None:
+    """One prediction and one explanation: two batches through the handler, one of them explained."""
+    before = scrape(server.metrics_url)
+    assert post_inference(server, f"predictions/{MODEL_NAME}", data=PHOTO).status_code == 200
+    assert post_inference(server, f"explanations/{MODEL_NAME}", data=PHOTO).status_code == 200
+    deadline = time.monotonic() + 10  # the frontend reads a worker's metric lines on its own thread
+    while increase(before, after := scrape(server.metrics_url), "handler_stage_seconds_count", Stage="handler") < 2:
+        assert time.monotonic() < deadline, "/metrics did not show the two batches within 10 s"
+        time.sleep(0.2)
+    assert increase(before, after, "handler_stage_seconds_count", Stage="explain", ModelVersion="2.0") == 1
+    assert increase(before, after, "handler_stage_seconds_sum", Stage="explain") > 0
+    assert np.isclose(increase(before, after, "handler_stage_seconds_count", Stage="forward"), 2)
