@@ -127,7 +127,7 @@ class ResNet50Handler(BaseHandler):
                 for share in probabilities.float().cpu().split(counts)]
 
     def explanations(self, explaining: list[int], images: list[Any], files: list[Any], named: list[Any],
-                scores: dict[int, Scores]) -> dict[int, Explanation]:
+                     scores: dict[int, Scores]) -> dict[int, Explanation]:
         """Grad-CAM for the `explaining` requests in one pass: each image once per class it explains
         (those its request names, else its own top class), with its crop's place in the image."""
         classes = {index: torch.tensor([named[index]] * len(scores[index].probabilities)) if named[index]

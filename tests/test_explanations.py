@@ -110,7 +110,9 @@ def test_every_payload_form_explains_alike(model: InProcessModel) -> None:
         assert np.allclose(answer.as_numpy("heatmaps")[1], heatmaps(second).numpy(), atol=HEATMAP_TOLERANCE)
         assert np.allclose(answer.as_numpy("crop_boxes"), [first["crop_box"], second["crop_box"]], atol=1e-3)
         assert answer.as_numpy(oip.OUTPUT).shape == (2, 1000)
-    assert b'"binary_data_size"' in v2_binary.body and b'"binary_data_size"' not in v2_json.body
+        sent_binary = {name: "binary_data_size" in answer.get_output(name).get("parameters", {})
+                       for name in (oip.OUTPUT, "explained_classes", "heatmaps", "crop_boxes")}
+        assert set(sent_binary.values()) == {response is v2_binary}
 
 
 def oip_request(images: list[bytes], binary: bool, classes: Any) -> Request:
