@@ -11,18 +11,18 @@ export VENV PYTHON
 setup: $(VENV)/.setup-done
 
 $(VENV)/.setup-done: requirements.txt requirements-dev.txt requirements-kserve.txt requirements-java.txt \
-		scripts/setup.sh scripts/grpc_stubs.py
+		scripts/setup.sh scripts/client/grpc_stubs.py
 	scripts/setup.sh
 	touch $@
 
 archives: setup
-	$(PY) -m scripts.build_archives --weights $(WEIGHTS)
+	$(PY) -m scripts.build.build_archives --weights $(WEIGHTS)
 
 serve: setup
-	$(PY) -m scripts.serve --weights $(WEIGHTS)
+	$(PY) -m scripts.server.serve --weights $(WEIGHTS)
 
 # The folder to upload to a KServe InferenceService's storageUri: build/kserve/
-# (scripts/kserve_bundle.py; docs/deployment.md). POD_CPUS, POD_GPUS: what each replica gets;
+# (scripts/build/kserve_bundle.py; docs/deployment.md). POD_CPUS, POD_GPUS: what each replica gets;
 # BUNDLE_VERSIONS, BUNDLE_DEFAULT, BUNDLE: another set of versions (a canary), and where.
 POD_CPUS ?= 4
 POD_GPUS ?= 0
@@ -30,11 +30,11 @@ BUNDLE_VERSIONS ?= 1.0 2.0
 BUNDLE_DEFAULT ?= 2.0
 BUNDLE ?= build/kserve
 kserve-bundle: setup
-	$(PY) -m scripts.kserve_bundle --weights $(WEIGHTS) --pod-cpus $(POD_CPUS) --pod-gpus $(POD_GPUS) \
+	$(PY) -m scripts.build.kserve_bundle --weights $(WEIGHTS) --pod-cpus $(POD_CPUS) --pod-gpus $(POD_GPUS) \
 		--versions $(BUNDLE_VERSIONS) --default $(BUNDLE_DEFAULT) --out $(BUNDLE)
 
 stop: setup
-	$(PY) -m scripts.stop
+	$(PY) -m scripts.server.stop
 
 test: setup
 	$(PY) -m pytest
@@ -51,7 +51,7 @@ bench: setup $(VENV)/.bench-done
 MINUTES ?= 10
 CONCURRENCY ?= 16
 soak: setup
-	$(PY) -m scripts.soak --minutes $(MINUTES) --concurrency $(CONCURRENCY)
+	$(PY) -m scripts.client.soak --minutes $(MINUTES) --concurrency $(CONCURRENCY)
 
 clean: stop
 	rm -rf build run results model_store/*.mar model_store/*.inputs

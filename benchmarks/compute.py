@@ -17,8 +17,8 @@ from typing import Callable
 import torch
 import torchvision
 
-from scripts.compile_forward import PACKAGE_NAMES, for_inference, inference_dtype, load_package
-from scripts.in_process import InProcessModel, Request
+from scripts.build.compile_forward import PACKAGE_NAMES, for_inference, inference_dtype, load_package
+from scripts.server.in_process import InProcessModel, Request
 
 
 def images_per_second(step: Callable[[], object], images_per_step: int, seconds: float,

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scripts.paths import ROOT
-from scripts.prometheus_scrape import increase, scrape
-from scripts.server import Server
+from scripts.client.prometheus_scrape import increase, scrape
+from scripts.server.lifecycle import Server
 
 # One locust process drives about a thousand requests a second; beyond that it needs more.
 USERS_PER_LOCUST_PROCESS = 64

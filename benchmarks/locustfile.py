@@ -63,7 +63,7 @@ class GrpcUser(User):
         import grpc
         import grpc.experimental.gevent as grpc_gevent
 
-        from scripts.grpc_client import inference_pb2, inference_pb2_grpc
+        from scripts.client.grpc_client import inference_pb2, inference_pb2_grpc
 
         grpc_gevent.init_gevent()
         limit = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]

@@ -31,12 +31,12 @@ from benchmarks import compute
 from benchmarks.load import load_steps
 from benchmarks.report import InProcess, write_report
 from benchmarks.stock_archive import STOCK_NAME, build_stock_archive
-from scripts import build_archives
-from scripts.in_process import InProcessModel
+from scripts.build import build_archives
+from scripts.server.in_process import InProcessModel
 from scripts.paths import BUILD_DIR, DEFAULT_VERSION, MODEL_NAME, ROOT, archive_name, sample_photo
-from scripts.server import Ports, Server, start, stop
-from scripts.weights import RANDOM, weights_file
-from scripts.worker_plan import Machine, WorkerPlan, plan_from_environment
+from scripts.server.lifecycle import Ports, Server, start, stop
+from scripts.build.weights import RANDOM, weights_file
+from scripts.server.worker_plan import Machine, WorkerPlan, plan_from_environment
 
 RESULTS = ROOT / "results"
 BENCH_MODEL_STORE = BUILD_DIR / "bench-model-store"  # kept between runs: an unchanged archive is not rebuilt

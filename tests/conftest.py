@@ -17,12 +17,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "handler"))
 sys.path.insert(0, str(ROOT))
 
-from scripts import build_archives  # noqa: E402
+from scripts.build import build_archives  # noqa: E402
 from scripts.paths import BUILD_DIR, DEFAULT_VERSION, MODEL_NAME, SERVED_VERSIONS, archive_name  # noqa: E402
-from scripts.rest_api import ApiError, RestClient  # noqa: E402
-from scripts.server import Ports, Server, start, stop  # noqa: E402
-from scripts.weights import RANDOM  # noqa: E402
-from scripts.worker_plan import WorkerPlan  # noqa: E402
+from scripts.client.rest_api import ApiError, RestClient  # noqa: E402
+from scripts.server.lifecycle import Ports, Server, start, stop  # noqa: E402
+from scripts.build.weights import RANDOM  # noqa: E402
+from scripts.server.worker_plan import WorkerPlan  # noqa: E402
 
 # One worker per version, two threads: this machine has two cores.
 TEST_PLAN = WorkerPlan(workers_per_version=1, number_of_gpu=0, threads_per_worker=2)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import tritonclient.http as triton
 
-from scripts.in_process import Request, Response
+from scripts.server.in_process import Request, Response
 
 INPUT, OUTPUT, ERROR_OUTPUT = "image", "probabilities", "error"
 HEADER_LENGTH = "Inference-Header-Content-Length"

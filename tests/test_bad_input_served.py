@@ -15,7 +15,7 @@ from bad_requests import BAD_REQUESTS, JPEG
 from conftest import post_inference
 from images import encode
 from scripts.paths import MODEL_NAME
-from scripts.server import Server
+from scripts.server.lifecycle import Server
 
 # What curl sends with --data-binary (or -d) when no Content-Type is given.
 CURL_DATA_DEFAULT = "application/x-www-form-urlencoded"

@@ -12,10 +12,10 @@ from PIL import Image
 
 from conftest import restore, served_versions
 from images import encode, photo_bytes
-from scripts import client
-from scripts.heatmap_overlay import write_overlay
+from scripts.client import cli
+from scripts.client.heatmap_overlay import write_overlay
 from scripts.paths import MODEL_NAME, archive_name
-from scripts.server import Server
+from scripts.server.lifecycle import Server
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.mark.parametrize("protocol", [[], ["--grpc"]])
 def test_predict_many_files_as_json(server: Server, photos: list[Path], protocol: list[str],
                                     capsys: pytest.CaptureFixture[str]) -> None:
-    code = client.main([*protocol, "--run-dir", str(server.run_dir), "--json", "predict",
+    code = cli.main([*protocol, "--run-dir", str(server.run_dir), "--json", "predict",
                         *map(str, photos), "--version", "1.0", "--concurrency", "3"])
     results = json.loads(capsys.readouterr().out)
     assert code == 0
@@ -39,7 +39,7 @@ def test_predict_many_files_as_json(server: Server, photos: list[Path], protocol
 
 
 def test_predict_prints_a_table(server: Server, photos: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
-    assert client.main(["--run-dir", str(server.run_dir), "predict", str(photos[0])]) == 0
+    assert cli.main(["--run-dir", str(server.run_dir), "predict", str(photos[0])]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(str(photos[0])) and "%" in line
 
@@ -47,7 +47,7 @@ def test_predict_prints_a_table(server: Server, photos: list[Path], capsys: pyte
 def test_explain_writes_an_overlay_png(server: Server, photos: list[Path], tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "heat.png"
-    assert client.main(["--run-dir", str(server.run_dir), "explain", str(photos[0]), "--out", str(out),
+    assert cli.main(["--run-dir", str(server.run_dir), "explain", str(photos[0]), "--out", str(out),
                         "--classes", "1", "2"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(str(photos[0])) and line.endswith(f"-> {out}") and line.count("%") == 3
@@ -57,7 +57,7 @@ def test_explain_writes_an_overlay_png(server: Server, photos: list[Path], tmp_p
 
 def test_explain_over_grpc_says_to_use_rest(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit:
-        client.main(["--grpc", "explain", "photo.jpg"])
+        cli.main(["--grpc", "explain", "photo.jpg"])
     assert exit.value.code == 2 and "no explanation call" in capsys.readouterr().err
 
 
@@ -86,7 +86,7 @@ def test_a_bad_image_is_one_line_and_a_non_zero_exit(server: Server, tmp_path: P
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "notes.txt"
     bad.write_text("not an image")
-    assert client.main([*protocol, "--run-dir", str(server.run_dir), "predict", str(bad)]) == 1
+    assert cli.main([*protocol, "--run-dir", str(server.run_dir), "predict", str(bad)]) == 1
     output = capsys.readouterr().out.strip()
     assert output.count("\n") == 0 and "error: 400" in output and "InvalidImage" in output
 
@@ -99,7 +99,7 @@ def test_a_wrong_token_is_one_line_on_stderr(server: Server, tmp_path: Path, pro
     (run_dir / "config.properties").write_text(server.config_file.read_text())
     (run_dir / "key_file.json").write_text(json.dumps(
         {"inference": {"key": "wrong"}, "management": {"key": "wrong"}}))
-    assert client.main([*protocol, "--run-dir", str(run_dir), "list"]) == 1
+    assert cli.main([*protocol, "--run-dir", str(run_dir), "list"]) == 1
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and error.startswith("error:") and "Token Authorization failed" in error
 
@@ -113,13 +113,13 @@ def test_a_server_that_is_down_is_one_line_on_stderr(server: Server, tmp_path: P
         server.config_file.read_text() + "\ninference_address=http://127.0.0.1:9\nmanagement_address="
         "http://127.0.0.1:9\ngrpc_inference_port=9\ngrpc_management_port=9\n")
     (run_dir / "key_file.json").write_text((server.run_dir / "key_file.json").read_text())
-    assert client.main([*protocol, "--run-dir", str(run_dir), "ping"]) == 1
+    assert cli.main([*protocol, "--run-dir", str(run_dir), "ping"]) == 1
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "cannot reach TorchServe" in error
 
 
 def test_no_server_started_says_how_to_start_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert client.main(["--run-dir", str(tmp_path), "ping"]) == 1
+    assert cli.main(["--run-dir", str(tmp_path), "ping"]) == 1
     assert "make serve" in capsys.readouterr().err
 
 
@@ -128,7 +128,7 @@ def test_the_version_commands_change_what_is_served(server: Server, canary_archi
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """The version walkthrough (docs/versions.md) with the client: register, describe, set-default, scale, unregister."""
     def run(*args: str) -> Any:
-        code = client.main([*protocol, "--run-dir", str(server.run_dir), *args])
+        code = cli.main([*protocol, "--run-dir", str(server.run_dir), *args])
         printed = capsys.readouterr()
         assert code == 0, printed.err
         return json.loads(printed.out)
@@ -157,7 +157,7 @@ def test_a_refused_version_command_is_one_line_and_changes_nothing(server: Serve
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     for command, status in ((["register", archive_name("2.0")], "409"), (["unregister", "2.0"], "403"),
                             (["set-default", "9.9"], "404")):
-        assert client.main([*protocol, "--run-dir", str(server.run_dir), *command]) == 1
+        assert cli.main([*protocol, "--run-dir", str(server.run_dir), *command]) == 1
         error = capsys.readouterr().err.strip()
         assert error.count("\n") == 0 and error.startswith(f"error: {status}")
     assert served_versions(server) == {"1.0", "2.0"}

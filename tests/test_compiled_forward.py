@@ -13,8 +13,8 @@ import torchvision
 
 from compiled_forward import CompiledForward, native_target, select_forward
 from handler_config import CompiledForwardConfig
-from scripts.compile_forward import missing_compiler
-from scripts.in_process import InProcessModel
+from scripts.build.compile_forward import missing_compiler
+from scripts.server.in_process import InProcessModel
 from scripts.paths import archive_name
 
 CPU = torch.device("cpu")

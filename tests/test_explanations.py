@@ -20,7 +20,7 @@ from answers import HEATMAP_TOLERANCE, grad_cam_by_hand, reference_model, same_a
 from classification_transforms import classification_preset, crop_box
 from handler_config import PreprocessConfig
 from images import encode, exif_rotated_jpeg, jpeg_with_orientation, noise_image, photo_bytes, sample_photo
-from scripts.in_process import InProcessModel, Request, Response
+from scripts.server.in_process import InProcessModel, Request, Response
 from scripts.paths import archive_name
 
 WEIGHTS = {"1.0": ResNet50_Weights.IMAGENET1K_V1, "2.0": ResNet50_Weights.IMAGENET1K_V2}

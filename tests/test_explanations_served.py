@@ -22,11 +22,13 @@ from PIL import Image
 from torchvision.models import ResNet50_Weights
 
 from answers import HEATMAP_TOLERANCE, grad_cam_by_hand, reference_model, same_answer
+from classification_transforms import crop_box
 from conftest import post_inference
+from handler_config import PreprocessConfig
 from images import photo_bytes
 from scripts.paths import MODEL_NAME, archive_name
-from scripts.prometheus_scrape import increase, scrape
-from scripts.server import Server
+from scripts.client.prometheus_scrape import increase, scrape
+from scripts.server.lifecycle import Server
 
 WEIGHTS = {"1.0": ResNet50_Weights.IMAGENET1K_V1, "2.0": ResNet50_Weights.IMAGENET1K_V2}
 PHOTO, OTHER = photo_bytes((500, 400)), photo_bytes((300, 450))
@@ -42,6 +44,12 @@ def expected(references: dict[str, torchvision.models.ResNet], version: str, ima
     """Grad-CAM by hand for `classes` of `image`, on torchvision's preprocessing of the version's weights."""
     tensor = WEIGHTS[version].transforms()(Image.open(io.BytesIO(image)).convert("RGB"))
     return grad_cam_by_hand(references[version], tensor.expand(len(classes), -1, -1, -1), classes)
+
+
+def preprocessing(version: str) -> PreprocessConfig:
+    """The version's preset, as torchvision's weights define it."""
+    preset = WEIGHTS[version].transforms()
+    return PreprocessConfig(preset.resize_size[0], preset.crop_size[0], tuple(preset.mean), tuple(preset.std))
 
 
 def heatmaps(answer: dict[str, Any]) -> torch.Tensor:
@@ -84,10 +92,10 @@ def test_kserve_v1_explain_with_kserves_client(server: Server, references: dict[
             await client.close()
 
     first, second = asyncio.run(call())["explanations"]
-    for answer, image in ((first, PHOTO), (second, OTHER)):
+    for answer, image, size in ((first, PHOTO, (500, 400)), (second, OTHER, (300, 450))):
         assert [entry["index"] for entry in answer["heatmaps"]] == [3]
         assert (heatmaps(answer) - expected(references, "2.0", image, [3])).abs().max() <= HEATMAP_TOLERANCE
-    assert first["crop_box"] != second["crop_box"]
+        assert answer["crop_box"] == list(crop_box(size, preprocessing("2.0")))
 
 
 def test_open_inference_explain(server: Server, references: dict[str, Any]) -> None:

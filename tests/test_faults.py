@@ -15,13 +15,13 @@ import requests
 
 from conftest import TEST_PLAN, post_inference, restore, served_versions
 from images import photo_bytes
-from scripts import build_archives
+from scripts.build import build_archives
 from scripts.paths import DEFAULT_VERSION, MODEL_NAME, SERVED_VERSIONS
-from scripts.rest_api import ApiError
-from scripts.serve import serve
-from scripts.server import Ports, Server, ServerError, start, stop
-from scripts.soak import soak
-from scripts.weights import RANDOM
+from scripts.client.rest_api import ApiError
+from scripts.server.serve import serve
+from scripts.server.lifecycle import Ports, Server, ServerError, start, stop
+from scripts.client.soak import soak
+from scripts.build.weights import RANDOM
 
 
 def post(server: Server, body: bytes, version: str = "", timeout: float = 60) -> requests.Response:
@@ -155,7 +155,7 @@ def test_a_short_soak_has_no_unexpected_answers_or_restarts(server: Server) -> N
 
 
 def test_a_restart_serves_the_configured_versions_and_forgets_runtime_ones(server: Server, canary_archive: str) -> None:
-    """Stop, then start through `make serve`'s own path (scripts.serve.serve): 1.0 and 2.0 with
+    """Stop, then start through `make serve`'s own path (scripts.server.serve.serve): 1.0 and 2.0 with
     2.0 the default, and 2.1, registered at run time before the stop, gone."""
     server.client().register(canary_archive, initial_workers=1)
     assert "2.1" in served_versions(server)

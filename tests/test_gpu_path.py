@@ -28,7 +28,7 @@ from handler_config import InputLimits, PreprocessConfig
 from image_decoding import decode_rgb, is_plain_jpeg, open_checked
 from images import encode, exif_rotated_jpeg, noise_image, photo_bytes, sample_photo
 from request_errors import RequestError
-from scripts.in_process import InProcessModel, Request
+from scripts.server.in_process import InProcessModel, Request
 from scripts.paths import archive_name
 
 WEIGHTS = ResNet50_Weights.IMAGENET1K_V2

@@ -15,7 +15,7 @@ from handler_config import HandlerConfig
 from image_decoding import decode_rgb
 from answers import direct_probabilities, same_answer
 from images import encode, photo_bytes, sample_photo
-from scripts.in_process import InProcessModel, Request
+from scripts.server.in_process import InProcessModel, Request
 from scripts.paths import archive_name
 
 WEIGHTS = {"1.0": ResNet50_Weights.IMAGENET1K_V1, "2.0": ResNet50_Weights.IMAGENET1K_V2}

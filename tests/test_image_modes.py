@@ -17,7 +17,7 @@ from torchvision.models import ResNet50_Weights
 from answers import same_answer
 from images import (encode, exif_rotated_jpeg, jpeg_with_orientation, noise_image, photo_bytes, sample_photo,
                     sixteen_bit_png)
-from scripts.in_process import InProcessModel, Request
+from scripts.server.in_process import InProcessModel, Request
 from scripts.paths import archive_name
 
 PRESET = ResNet50_Weights.IMAGENET1K_V2.transforms()

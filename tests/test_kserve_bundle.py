@@ -17,9 +17,9 @@ import tritonclient.http as triton
 import oip
 from answers import indices, same_answer, top5
 from images import photo_bytes
-from scripts.kserve_bundle import Pod, write_bundle
+from scripts.build.kserve_bundle import Pod, write_bundle
 from scripts.paths import CONFIG_DIR, MODEL_NAME, SERVED_VERSIONS, archive_name
-from scripts.server import HOST, Ports, Server, launch, properties_text, read_properties, stop
+from scripts.server.lifecycle import HOST, Ports, Server, launch, properties_text, read_properties, stop
 
 POD = Pod(cpus=8)  # two workers per version by the worker rule
 # What the runtime (kserve-torchserve) sets for protocol v2; the bundle must not depend on it.

@@ -31,10 +31,10 @@ import pydantic
 import pytest
 import yaml
 
-from scripts.kserve_bundle import Pod
-from scripts.model_config import version_settings
+from scripts.build.kserve_bundle import Pod
+from scripts.build.model_config import version_settings
 from scripts.paths import DEFAULT_VERSION, ROOT
-from scripts.worker_plan import WorkerPlan
+from scripts.server.worker_plan import WorkerPlan
 
 DEPLOY_DIR = ROOT / "deploy"
 # The Kubernetes API the manifests are validated against: of the schema sets kubernetes-validate

@@ -16,9 +16,9 @@ import oip
 from conftest import post_inference
 from images import photo_bytes
 from scripts.paths import MODEL_NAME
-from scripts.prometheus_scrape import Scrape, increase, scrape
-from scripts.rest_api import ApiError
-from scripts.server import Server
+from scripts.client.prometheus_scrape import Scrape, increase, scrape
+from scripts.client.rest_api import ApiError
+from scripts.server.lifecycle import Server
 
 PHOTO = photo_bytes((320, 240))
 NOT_AN_IMAGE = b"%PDF-1.4 not a photo"

@@ -1,4 +1,4 @@
-"""One definition of what a server loads at start (scripts/model_config.py), for the plain
+"""One definition of what a server loads at start (scripts/build/model_config.py), for the plain
 `torchserve --start`, `make serve` and the KServe bundle; and the plain command, started as the
 README gives it, serving both versions with 2.0 the default."""
 
@@ -12,11 +12,11 @@ import pytest
 
 from conftest import served_versions
 from images import photo_bytes
-from scripts.model_config import model_snapshot
+from scripts.build.model_config import model_snapshot
 from scripts.paths import CONFIG_DIR, MODEL_NAME, SERVED_VERSIONS
-from scripts.server import (Ports, Server, launch, properties_text, read_properties, stop, wait_until_ready,
+from scripts.server.lifecycle import (Ports, Server, launch, properties_text, read_properties, stop, wait_until_ready,
                             write_config)
-from scripts.worker_plan import WorkerPlan
+from scripts.server.worker_plan import WorkerPlan
 
 CHECKED_IN = CONFIG_DIR / "config.properties"
 
@@ -27,7 +27,7 @@ def snapshot_in(config: Path) -> dict:
 
 def test_the_checked_in_snapshot_is_the_model_configs() -> None:
     """config/config.properties carries the snapshot for a plain start; it must not drift from
-    config/models/resnet50/ (regenerate it with `python -m scripts.model_config`)."""
+    config/models/resnet50/ (regenerate it with `python -m scripts.build.model_config`)."""
     assert snapshot_in(CHECKED_IN) == model_snapshot()
 
 

@@ -18,7 +18,7 @@ import yaml
 from handler_metrics import LATENCY_BUCKETS
 from images import photo_bytes
 from scripts.paths import CONFIG_DIR, MODEL_NAME
-from scripts.server import HOST, Ports, Server
+from scripts.server.lifecycle import HOST, Ports, Server
 
 PROMETHEUS = shutil.which("prometheus")
 P99 = 'histogram_quantile(0.99, sum by (le) (rate(handler_stage_seconds_bucket{Stage="handler"}[1m])))'

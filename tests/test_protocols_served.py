@@ -24,11 +24,11 @@ import oip
 from answers import indices, same_answer, top5
 from conftest import post_inference, refused
 from images import encode, noise_image, photo_bytes
-from scripts.grpc_client import GrpcClient
+from scripts.client.grpc_client import GrpcClient
 from scripts.paths import MODEL_NAME
-from scripts.rest_api import ApiError
-from scripts.server import Server
-from scripts.torchserve_grpc import open_inference_grpc_pb2
+from scripts.client.rest_api import ApiError
+from scripts.server.lifecycle import Server
+from scripts.client.torchserve_grpc import open_inference_grpc_pb2
 
 PHOTO, NOISE = photo_bytes((500, 400)), encode(noise_image((320, 240)))
 NOT_AN_IMAGE = b"%PDF-1.4 definitely not a photo"

@@ -23,11 +23,11 @@ from google.protobuf import empty_pb2
 
 from conftest import TEST_PLAN, refused, served_versions
 from images import photo_bytes
-from scripts.grpc_client import GrpcClient
+from scripts.client.grpc_client import GrpcClient
 from scripts.paths import MODEL_NAME, ROOT, archive_name
-from scripts.rest_api import RestClient, Tokens
-from scripts.server import Ports, Server, ServerError, start, stop
-from scripts.torchserve_grpc import inference_pb2, management_pb2, open_inference_grpc_pb2
+from scripts.client.rest_api import RestClient, Tokens
+from scripts.server.lifecycle import Ports, Server, ServerError, start, stop
+from scripts.client.torchserve_grpc import inference_pb2, management_pb2, open_inference_grpc_pb2
 
 REFUSED = "Token Authorization failed"
 WRONG = Tokens(inference="wrong-inference-token-1f3a", management="wrong-management-token-9c2e")

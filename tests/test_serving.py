@@ -11,8 +11,8 @@ from answers import same_answer
 from conftest import post_inference
 from images import photo_bytes
 from scripts.paths import MODEL_NAME
-from scripts.rest_api import ApiError, RestClient
-from scripts.server import Server
+from scripts.client.rest_api import ApiError, RestClient
+from scripts.server.lifecycle import Server
 
 
 def test_ping_reports_healthy(client: RestClient) -> None:

@@ -13,7 +13,7 @@ from conftest import refused, restore
 from answers import same_answer
 from images import photo_bytes
 from scripts.paths import MODEL_NAME, archive_name
-from scripts.server import Server
+from scripts.server.lifecycle import Server
 
 
 @pytest.fixture(params=["rest", "grpc"])

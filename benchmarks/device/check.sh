@@ -31,7 +31,7 @@ prepare() {
     done
     python3 -c "import torch, torchvision, ts; print('torch', torch.__version__, 'torchvision', torchvision.__version__,
 'torchserve', ts.__version__, 'gpu', torch.cuda.is_available() and torch.cuda.get_device_name())"
-    python3 -m scripts.grpc_stubs
+    python3 -m scripts.client.grpc_stubs
     nvidia-smi > "$OUT/nvidia-smi.txt" || true
 }
 

@@ -10,12 +10,12 @@ import os
 import sys
 from pathlib import Path
 
-from scripts import build_archives
+from scripts.build import build_archives
 from scripts.paths import DEFAULT_VERSION, MODEL_NAME, MODEL_STORE, RUN_DIR, SERVED_VERSIONS, sample_photo
-from scripts.rest_api import ApiError
-from scripts.server import Ports, Server, ServerError, log_excerpt, start, stop
-from scripts.weights import OFFICIAL, RANDOM, WeightsError
-from scripts.worker_plan import Machine, WorkerPlan, plan_from_environment
+from scripts.client.rest_api import ApiError
+from scripts.server.lifecycle import Ports, Server, ServerError, log_excerpt, start, stop
+from scripts.build.weights import OFFICIAL, RANDOM, WeightsError
+from scripts.server.worker_plan import Machine, WorkerPlan, plan_from_environment
 
 
 def format_predictions(predictions: list[dict]) -> str:

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Mapping
 
 import psutil
 
-from scripts.java_runtime import java_home
-from scripts.model_config import model_snapshot, snapshot_line
+from scripts.server.java_runtime import java_home
+from scripts.build.model_config import model_snapshot, snapshot_line
 from scripts.paths import CONFIG_DIR, DEFAULT_VERSION, MODEL_NAME, MODEL_STORE, RUN_DIR, SERVED_VERSIONS
-from scripts.rest_api import ApiError, RestClient, Tokens
-from scripts.worker_plan import WorkerPlan
+from scripts.client.rest_api import ApiError, RestClient, Tokens
+from scripts.server.worker_plan import WorkerPlan
 
 if TYPE_CHECKING:
-    from scripts.grpc_client import GrpcClient
+    from scripts.client.grpc_client import GrpcClient
 
 HOST = "127.0.0.1"
 # TorchServe's launcher run by this interpreter: it needs only `ts` importable, not its bin/ script.
@@ -111,7 +111,7 @@ class Server:
         return RestClient(self.inference_url, self.management_url, Tokens.from_key_file(self.key_file), timeout)
 
     def grpc_client(self, timeout: float = 120.0) -> "GrpcClient":
-        from scripts.grpc_client import GrpcClient  # grpc is only loaded by those who use it
+        from scripts.client.grpc_client import GrpcClient  # grpc is only loaded by those who use it
 
         return GrpcClient(f"{HOST}:{self.ports.grpc_inference}", f"{HOST}:{self.ports.grpc_management}",
                           Tokens.from_key_file(self.key_file), self.max_request_size(), timeout, self.model_store)
@@ -168,7 +168,7 @@ def write_config(server: Server, plan: WorkerPlan) -> Path:
     base = (CONFIG_DIR / "config.properties").read_text()
     snapshot = snapshot_line(model_snapshot(server.versions, DEFAULT_VERSION, plan.workers_per_version))
     server.run_dir.mkdir(parents=True, exist_ok=True)
-    server.config_file.write_text(base + "\n# Set by scripts/server.py for this instance\n"
+    server.config_file.write_text(base + "\n# Set by scripts/server/lifecycle.py for this instance\n"
                                   + properties_text(overrides) + snapshot + "\n")
     return server.config_file
 

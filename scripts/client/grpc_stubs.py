@@ -2,7 +2,7 @@
 
 The protos ship in ts/frontend/model-server.jar, so the stubs always match the server that is
 installed; nothing is copied into the repository. google/rpc/status.proto, which they import,
-comes from the googleapis-common-protos package. Output: scripts/torchserve_grpc/ (ignored).
+comes from the googleapis-common-protos package. Output: scripts/client/torchserve_grpc/ (ignored).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from grpc_tools import protoc
 
 from scripts.paths import ROOT
 
-PACKAGE = "scripts/torchserve_grpc"
+PACKAGE = "scripts/client/torchserve_grpc"
 PROTOS = ("inference.proto", "management.proto", "open_inference_grpc.proto")
 JAR = Path(ts.__file__).parent / "frontend" / "model-server.jar"
 
@@ -39,7 +39,7 @@ def generate() -> Path:
                      *(f"{PACKAGE}/{name}" for name in PROTOS)]
         if protoc.main(arguments) != 0:
             raise RuntimeError(f"protoc failed on the protos from {JAR}")
-    (output / "__init__.py").write_text('"""Generated from TorchServe\'s model-server.jar by scripts/grpc_stubs.py."""\n')
+    (output / "__init__.py").write_text('"""Generated from TorchServe\'s model-server.jar by scripts/client/grpc_stubs.py."""\n')
     return output
 
 

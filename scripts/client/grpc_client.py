@@ -15,11 +15,11 @@ from typing import Any, Callable
 import grpc
 from google.protobuf import empty_pb2
 
-from scripts import grpc_stubs
-from scripts.rest_api import QUEUE_FULL_MESSAGE, ApiError, Tokens, explain
+from scripts.client import grpc_stubs
+from scripts.client.rest_api import QUEUE_FULL_MESSAGE, ApiError, Tokens, explain
 
 grpc_stubs.ensure()
-from scripts.torchserve_grpc import (inference_pb2, inference_pb2_grpc, management_pb2,  # noqa: E402
+from scripts.client.torchserve_grpc import (inference_pb2, inference_pb2_grpc, management_pb2,  # noqa: E402
                                      management_pb2_grpc, open_inference_grpc_pb2, open_inference_grpc_pb2_grpc)
 
 # The handler's answer to a request it refused over OIP gRPC (TorchServe drops its status there).

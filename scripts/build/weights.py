@@ -20,7 +20,7 @@ from torch.hub import HASH_REGEX, download_url_to_file, get_dir
 from torchvision.models import ResNet50_Weights
 
 from scripts.paths import BUILD_DIR
-from scripts.random_weights import random_state_dict, recipe_id
+from scripts.build.random_weights import random_state_dict, recipe_id
 
 RANDOM = "random"
 OFFICIAL = "official"
@@ -59,7 +59,7 @@ def verify_hash_prefix(path: Path) -> None:
 
 def random_weights_file(seed: int, folder: Path = BUILD_DIR / "weights") -> Path:
     """Seeded, so every build and test run produces the same tensors; calibrated so that
-    different images get different classes (scripts/random_weights.py)."""
+    different images get different classes (scripts/build/random_weights.py)."""
     path = folder / f"resnet50-random-{recipe_id()}-seed{seed}.pth"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """A bounded soak: sustained good and bad requests against a running server, then a verdict.
 
-    python -m scripts.soak --minutes 10 --concurrency 16
+    python -m scripts.client.soak --minutes 10 --concurrency 16
 
 Reports unexpected answers (a good image not answered 200, a bad one not answered its 4xx),
 worker restarts (worker ids or pids that changed), and each worker's memory ten times over the
@@ -24,7 +24,7 @@ import requests
 from PIL import Image
 
 from scripts.paths import MODEL_NAME, RUN_DIR, sample_photo
-from scripts.server import Server, ServerError
+from scripts.server.lifecycle import Server, ServerError
 
 
 def _encode(image: Image.Image, format: str) -> bytes:

@@ -21,10 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from scripts.heatmap_overlay import write_overlay
+from scripts.client.heatmap_overlay import write_overlay
 from scripts.paths import MODEL_NAME, RUN_DIR
-from scripts.rest_api import ApiError, RestClient
-from scripts.server import Server, ServerError
+from scripts.client.rest_api import ApiError, RestClient
+from scripts.server.lifecycle import Server, ServerError
 
 
 def predict_files(client: Any, model: str, files: list[Path], version: str | None,
@@ -71,7 +71,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m scripts.client", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grpc", action="store_true", help="use the gRPC APIs instead of REST")
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR, help="the server's run folder (default: run/)")
     parser.add_argument("--model", default=MODEL_NAME)
@@ -141,6 +142,3 @@ def main(argv: list[str] | None = None) -> int:
     print(output if isinstance(output, str) else json.dumps(output, indent=2))
     return 0 if ok else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from scripts.server import Server, stop
+from scripts.server.lifecycle import Server, stop
 
 
 def main() -> int:
