@@ -50,7 +50,7 @@ def test_explain_writes_an_overlay_png(server: Server, photos: list[Path], tmp_p
     assert cli.main(["--run-dir", str(server.run_dir), "explain", str(photos[0]), "--out", str(out),
                         "--classes", "1", "2"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith(str(photos[0])) and line.endswith(f"-> {out}") and line.count("%") == 3
+    assert line.startswith(str(photos[0])) and line.endswith(f"-> {out}") and line.count("(p ") == 2
     with Image.open(out) as overlay:
         assert overlay.format == "PNG" and overlay.width > 1.5 * overlay.height  # a panel per class, side by side
 

@@ -52,7 +52,7 @@ def explain_file(client: RestClient, model: str, photo: Path, out: Path, version
 
 
 def format_explanation(result: dict[str, Any]) -> str:
-    explained = ", ".join(f"{entry['label']} {entry['probability']:.1%}" for entry in result["heatmaps"])
+    explained = ", ".join(f"{entry['label']} (p {entry['probability']:.3g})" for entry in result["heatmaps"])
     top = result["predictions"][0]
     return f"{result['file']}  {top['probability']:6.1%}  {top['label']}  heatmap of {explained} -> {result['overlay']}"
 

@@ -50,7 +50,9 @@ def serve(weights: str, server: Server, plan: WorkerPlan) -> int:
         print("\n!!! SEEDED RANDOM WEIGHTS: these labels are meaningless. Use WEIGHTS=official. !!!")
     print(f"\n{MODEL_NAME} {DEFAULT_VERSION} (default; also serving {', '.join(SERVED_VERSIONS)}) "
           f"on {photo.name}:\n{format_predictions(predictions)}\n")
-    print(f"Try it yourself:\n  {curl_command(server, photo)}\n")
+    print(f"Try it yourself:\n  {curl_command(server, photo)}")
+    print(f"See where it looked (Grad-CAM over the photo):\n  .venv/bin/python -m scripts.client explain {photo} "
+          "--out heat.png\n")
     print(f"Logs: {server.log_dir}   Metrics: {server.metrics_url}\nStop: make stop")
     return 0
 
