@@ -39,7 +39,7 @@ stop: setup
 test: setup
 	$(PY) -m pytest
 
-# Benchmark-only extras: locust (load) and captum (TorchServe's stock handler needs it).
+# Benchmark-only extras: locust (load).
 $(VENV)/.bench-done: requirements-bench.txt | setup
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	touch $@

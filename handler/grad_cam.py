@@ -9,22 +9,36 @@ nothing below layer4 needs a gradient. It runs on the eager model in fp32, outsi
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
-from captum.attr import LayerGradCam
 
-# Images per pass, which bounds its memory: one batch may ask for 8 requests x 32 images x 5 classes.
+logger = logging.getLogger(__name__)
+
+# Images per Grad-CAM pass, which bounds the activations it holds at once: a batch may ask for
+# batchSize x max_heatmaps_per_request maps.
 ROWS_PER_PASS = 16
 
 
 class GradCam:
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, method: type) -> None:
         """`model`: a torchvision ResNet in eval mode. Its weights stop asking for gradients (shared
         with the eager forward, which never needs them), so the backward pass ends at layer4."""
         model.requires_grad_(False)
         self.device = next(model.parameters()).device
-        self.method = LayerGradCam(model, model.layer4)
+        self.method = method(model, model.layer4)
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module) -> "GradCam | None":
+        """None, with a warning, where captum cannot be imported (a serving image without it):
+        the worker still classifies, and explanation requests are told why they cannot be answered."""
+        try:
+            from captum.attr import LayerGradCam
+        except ImportError as error:
+            logger.warning("captum cannot be imported (%s): explanations are off in this worker", error)
+            return None
+        return cls(model, LayerGradCam)
 
     def __call__(self, images: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
         """One map per image (preprocessed, [N, 3, H, W]) for the class beside it, on the CPU as

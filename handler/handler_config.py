@@ -28,6 +28,7 @@ class InputLimits:
     max_aspect_ratio: float = 20.0
     max_images_per_request: int = 32  # KServe v1 and OIP requests carry several
     max_explained_classes: int = 5  # each costs a Grad-CAM pass per image
+    max_heatmaps_per_request: int = 32  # images x classes: a batch's passes must fit in responseTimeout
 
 
 @dataclass(frozen=True)

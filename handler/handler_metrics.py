@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Images in one forward pass: one request of one image, up to batchSize requests of 32 each.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-STAGES = ("decode_transform", "forward", "postprocess", "handler")
+STAGES = ("decode_transform", "forward", "postprocess", "handler")  # of every batch
+EXPLAIN_STAGE = "explain"  # Grad-CAM, timed only in batches with explanation requests
 OK = "OK"
 
 

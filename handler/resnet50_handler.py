@@ -27,7 +27,7 @@ from compiled_forward import CompiledForward, for_inference, inference_dtype, se
 from gpu_preprocessing import GpuPreprocessor, Opened, Prepared
 from grad_cam import GradCam
 from handler_config import HandlerConfig
-from handler_metrics import OK, HandlerMetrics
+from handler_metrics import EXPLAIN_STAGE, OK, HandlerMetrics
 from image_decoding import load_rgb, open_checked, upright_size
 from protocols import read_request
 from request_errors import RequestError
@@ -50,7 +50,7 @@ class ResNet50Handler(BaseHandler):
         self.device = self._select_device(context.system_properties.get("gpu_id"))
         self.dtype = inference_dtype(self.device)
         model = self._load_model(context)
-        self.grad_cam = GradCam(model)  # explanations: gradients, so the eager model in fp32, kept
+        self.grad_cam = GradCam.for_model(model)  # explanations: the eager model in fp32, kept; None without captum
         self.forward = select_forward(self.config.compiled_forward, self.device,
                                       context.system_properties["model_dir"], self._eager(model))
         self.transform = classification_preset(self.config.preprocess)
@@ -76,12 +76,13 @@ class ResNet50Handler(BaseHandler):
             requests = [read_request(request, context.get_all_request_header(index), self.model_id)
                         for index, request in enumerate(data)]
             files = [self._image_files(request) for request in requests]
-            explained = [self._explained_classes(index, request) for index, request in enumerate(requests)]
+            explained = [self._explained_classes(index, request, files[index]) for index, request in enumerate(requests)]
+            files = [classes if isinstance(classes, RequestError) else item for item, classes in zip(files, explained)]
             # decode + transform every image of the batch, then give each request its own back
             with self.metrics.stage("decode_transform"):
                 prepared = iter(self.preprocess([file for item in files if isinstance(item, list) for file in item]))
                 images = [[next(prepared) for _ in item] if isinstance(item, list) else item for item in files]
-            failures = [_failure(item, classes) for item, classes in zip(images, explained)]
+            failures = [_failure(item) for item in images]
             replies = [None if failure is None else self._refuse(index, requests[index], *failure)
                        for index, failure in enumerate(failures)]
             # batch + forward the good requests' images together; top-k, written in each one's protocol
@@ -94,10 +95,10 @@ class ResNet50Handler(BaseHandler):
                 scores = dict(zip(good, self.postprocess(probabilities, [len(images[i]) for i in good])))
                 # explain: Grad-CAM for the requests on an explanation route, together
                 explaining = [index for index in good if explained[index] is not None]
-                explanations: dict[int, Explanation] = {}
+                explanations: dict[int, Explanation | RequestError] = {}
                 if explaining:
-                    with self.metrics.stage("explain"):
-                        explanations = self.explanations(explaining, images, files, explained, scores)
+                    with self.metrics.stage(EXPLAIN_STAGE):
+                        explanations = self._explain(explaining, images, files, explained, scores)
                 # top-k (and the explanations), written in each request's protocol
                 with self.metrics.stage("postprocess"):
                     for index in good:
@@ -140,18 +141,45 @@ class ResNet50Handler(BaseHandler):
                                    [self._crop_box(file) for file in files[index]])
                 for index, share in zip(explaining, shares)}
 
-    def _explained_classes(self, index: int, request: WireRequest) -> tuple[int, ...] | RequestError | None:
-        """None for a prediction; on an explanation route, the classes it names (() for the top class)."""
-        if self.context.get_request_header(index, EXPLAIN_HEADER) != "True":
-            return None
+    def _explain(self, explaining: list[int], images: list[Any], files: list[Any], named: list[Any],
+                 scores: dict[int, Scores]) -> dict[int, Explanation | RequestError]:
+        """The explanations, or, if Grad-CAM fails (a bug, the GPU's memory), a 500 for the requests
+        that asked for one: never for the predictions batched with them."""
         try:
-            return explained_classes(request.named_classes(), self.model_id.classes,
-                                     self.config.limits.max_explained_classes)
+            return self.explanations(explaining, images, files, named, scores)
+        except Exception as error:
+            logger.exception("Explaining %d requests failed", len(explaining))
+            failed = _internal_error("could not explain these images", error)
+            return dict.fromkeys(explaining, failed)
+
+    def _explained_classes(self, index: int, request: WireRequest,
+                           files: list[bytes] | RequestError) -> tuple[int, ...] | RequestError | None:
+        """None for a prediction; on an explanation route, the classes it names (() for the top
+        class), within the limits: a pass per image and class must fit in the response timeout."""
+        if self.context.get_request_header(index, EXPLAIN_HEADER) != "True" or isinstance(files, RequestError):
+            return None
+        if self.grad_cam is None:
+            return RequestError(501, "ExplanationsUnavailable", "this worker cannot explain: captum is not "
+                                "installed in its Python (requirements.txt pins it); predictions are unaffected")
+        limits = self.config.limits
+        try:
+            classes = explained_classes(request.named_classes(), self.model_id.classes, limits.max_explained_classes)
         except RequestError as error:
             return error
+        except Exception as error:  # a reader's bug must fail its request only, not the batch
+            logger.exception("Could not read the classes of a %s", type(request).__name__)
+            return _internal_error("could not read this request's classes", error)
+        heatmaps = len(files) * max(1, len(classes))
+        if heatmaps > limits.max_heatmaps_per_request:
+            return RequestError(413, "TooManyHeatmaps", f"the request asks for {heatmaps} heatmaps ({len(files)} "
+                                f"images x {max(1, len(classes))} classes); the limit is "
+                                f"{limits.max_heatmaps_per_request} per request. Send fewer images or classes")
+        return classes
 
     def _crop_box(self, file: bytes) -> Box:
-        """Where the crop lies in the image as shown upright; its header is read again, not its pixels."""
+        """Where the crop lies in the image as shown upright. The file is opened again for its size
+        and EXIF orientation: its header for most formats, the whole file for a PNG whose EXIF
+        comes after its pixels (Pillow must read that far to find it)."""
         return crop_box(upright_size(open_checked(file, self.config.limits)), self.config.preprocess)
 
     def _image_files(self, request: WireRequest) -> list[bytes] | RequestError:
@@ -161,8 +189,7 @@ class ResNet50Handler(BaseHandler):
             return error
         except Exception as error:  # a reader's bug must fail its request only, not the batch
             logger.exception("Could not read a %s", type(request).__name__)
-            return RequestError(500, "InternalError", f"the handler could not read this request ({error!r}); "
-                                "this is a bug: please report it with the request")
+            return _internal_error("could not read this request", error)
         limit = self.config.limits.max_images_per_request
         if len(files) > limit:
             return RequestError(413, "TooManyImages", f"the request holds {len(files)} images; the limit "
@@ -186,7 +213,10 @@ class ResNet50Handler(BaseHandler):
         except RequestError as error:
             return error
 
-    def _answer(self, index: int, request: WireRequest, scores: Scores, explanation: Explanation | None) -> Reply:
+    def _answer(self, index: int, request: WireRequest, scores: Scores,
+                explanation: Explanation | RequestError | None) -> Reply:
+        if isinstance(explanation, RequestError):
+            return self._refuse(index, request, explanation, None)
         self._count(index, request, OK, len(scores.probabilities))
         return request.answer(scores) if explanation is None else request.explain(scores, explanation)
 
@@ -225,11 +255,13 @@ class ResNet50Handler(BaseHandler):
         return model if self.dtype == torch.float32 else for_inference(copy.deepcopy(model), self.device, self.dtype)
 
 
-def _failure(images: list[Prepared] | RequestError,
-             classes: tuple[int, ...] | RequestError | None) -> tuple[RequestError, int | None] | None:
+def _internal_error(what: str, error: Exception) -> RequestError:
+    return RequestError(500, "InternalError", f"the handler {what} ({error!r}); this is a bug: please report it "
+                        "with the request")
+
+
+def _failure(images: list[Prepared] | RequestError) -> tuple[RequestError, int | None] | None:
     """Why a request fails, and which of its images (None when the request itself is malformed)."""
     if isinstance(images, RequestError):
         return images, None
-    if isinstance(classes, RequestError):
-        return classes, None
     return next(((item, element) for element, item in enumerate(images) if isinstance(item, RequestError)), None)

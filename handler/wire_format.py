@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from abc import ABC, abstractmethod
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -138,13 +138,19 @@ def explained_classes(named: Any, classes: int, limit: int) -> tuple[int, ...]:
         raise bad_request("InvalidClasses", f"{wanted}; got [{_shown(named)}]")
     bad = next((index for index in named if type(index) is not int or not 0 <= index < classes), None)
     if bad is not None:
-        raise bad_request("InvalidClasses", f"{wanted}; got {bad!r}")
+        raise bad_request("InvalidClasses", f"{wanted}; got {_brief(bad)}")
     return tuple(named)
 
 
 def _shown(values: list[Any]) -> str:
-    text = ", ".join(map(repr, values[:8]))
+    text = ", ".join(map(_brief, values[:8]))
     return text + ", ..." if len(values) > 8 else text
+
+
+def _brief(value: Any) -> str:
+    """A client's value as an error message shows it: never more than a line."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def sent_over_http(headers: Mapping[str, Any]) -> bool:

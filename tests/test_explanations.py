@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +15,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import tv_tensors
 from torchvision.models import ResNet50_Weights
+from torchvision.transforms import v2
 
 import oip
 from answers import HEATMAP_TOLERANCE, grad_cam_by_hand, reference_model, same_answer
 from classification_transforms import classification_preset, crop_box
+from grad_cam import GradCam
 from handler_config import PreprocessConfig
 from images import encode, exif_rotated_jpeg, jpeg_with_orientation, noise_image, photo_bytes, sample_photo
 from scripts.server.in_process import InProcessModel, Request, Response
@@ -184,7 +189,7 @@ def test_different_images_get_different_maps(model: InProcessModel) -> None:
     assert all((maps[i] - maps[j]).abs().max() > 0.1 for i in range(3) for j in range(i + 1, 3))
 
 
-@pytest.mark.parametrize("size", [(640, 480), (480, 640), (224, 224), (97, 61), (1500, 1000)])
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (224, 224), (97, 61), (1500, 1000), (333, 500), (1001, 999)])
 @pytest.mark.parametrize("resize", [256, 232])
 def test_the_crop_box_is_where_the_preset_crops(size: tuple[int, int], resize: int) -> None:
     """Cutting the box out of the photo and scaling it to the crop's size gives the preset's
@@ -198,11 +203,25 @@ def test_the_crop_box_is_where_the_preset_crops(size: tuple[int, int], resize: i
         return classification_preset(PreprocessConfig(224, 224, config.mean, config.std))(
             photo.resize((224, 224), Image.Resampling.BILINEAR, box=(left, top, right, bottom)))
 
+    assert box == pytest.approx(torchvision_crop_box(size, config), abs=0.01)
     error = (cut(*box) - crop).abs().mean().item()
     shift = 2 * (box[2] - box[0]) / 224  # two of the crop's pixels, sideways where there is room
     shift = shift if box[2] + shift <= size[0] else -shift
     shifted = (cut(box[0] + shift, box[1], box[2] + shift, box[3]) - crop).abs().mean().item()
     assert error < 0.01 and shifted > 0.1  # measured: at most 0.001, and at least 0.12
+
+
+def torchvision_crop_box(size: tuple[int, int], config: PreprocessConfig) -> tuple[float, ...]:
+    """The reference: the photo's outline taken through torchvision's own resize and crop (as an
+    unclamped box), which says where the photo lands in the crop; the crop's place in the photo
+    is the inverse of that mapping."""
+    width, height = size
+    outline = tv_tensors.BoundingBoxes(torch.tensor([[0.0, 0.0, width, height]]), format="XYXY",
+                                       canvas_size=(height, width), clamping_mode=None)
+    geometry = v2.Compose([v2.Resize(config.resize_size, antialias=True), v2.CenterCrop(config.crop_size)])
+    left, top, right, bottom = geometry(outline)[0].tolist()
+    x_scale, y_scale = width / (right - left), height / (bottom - top)
+    return (-left * x_scale, -top * y_scale, (config.crop_size - left) * x_scale, (config.crop_size - top) * y_scale)
 
 
 def test_the_crop_box_follows_exif_orientation(model: InProcessModel) -> None:
@@ -211,6 +230,55 @@ def test_the_crop_box_follows_exif_orientation(model: InProcessModel) -> None:
     [turned, plain] = explain(model, Request.raw(jpeg_with_orientation(upright.rotate(90, expand=True), 6)),
                               Request.raw(encode(upright)))
     assert turned.body["crop_box"] == plain.body["crop_box"] == list(crop_box((400, 300), model.handler.config.preprocess))
+    # Lossless (PNG with EXIF), so the turned photo's pixels, once upright, are the photo's: the same map.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    [lossless_turned, lossless_plain] = explain(
+        model, Request.form(data=encode(upright.rotate(90, expand=True), "PNG", exif=exif.tobytes()), classes=b"7"),
+        Request.form(data=encode(upright, "PNG"), classes=b"7"))
+    assert (heatmaps(lossless_turned.body) - heatmaps(lossless_plain.body)).abs().max() <= HEATMAP_TOLERANCE
     [rotated] = explain(model, Request.raw(exif_rotated_jpeg()))
     width, height = sample_photo().size
     assert rotated.body["crop_box"] == list(crop_box((width, height), model.handler.config.preprocess))
+
+
+def test_too_many_heatmaps_are_a_413_before_any_work(model: InProcessModel) -> None:
+    """A request may ask for 32 maps (images x classes): a batch's passes must fit in the response timeout."""
+    seven = {"instances": [b64(PHOTO)] * 7, "classes": [1, 2, 3, 4, 5]}
+    [refused] = explain(model, Request.kserve(seven))
+    assert refused.status == 413
+    assert refused.body["error"] == ("TooManyHeatmaps: the request asks for 35 heatmaps (7 images x 5 classes); "
+                                     "the limit is 32 per request. Send fewer images or classes")
+
+
+def test_a_failing_explanation_fails_only_the_requests_that_asked(model: InProcessModel,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grad-CAM raising (a bug, a GPU out of memory): the explanation requests get a 500 naming it,
+    the predictions batched with them their answers, and the worker goes on."""
+    def out_of_memory(images: torch.Tensor, classes: list[int]) -> torch.Tensor:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(model.handler, "grad_cam", out_of_memory)
+    [plain] = model.infer([Request.raw(PHOTO)])
+    explained, predicted = model.infer([Request.raw(PHOTO).explaining(), Request.raw(PHOTO)])
+    assert explained.status == 500 and explained.body["type"] == "InternalError"
+    assert "could not explain these images (RuntimeError('out of memory'))" in explained.body["message"]
+    assert predicted.status == 200 and same_answer(predicted.body, plain.body)
+
+
+def test_without_captum_a_worker_classifies_and_says_why_it_cannot_explain(
+        model: InProcessModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "captum.attr", None)  # what an image without captum gives
+    with caplog.at_level(logging.WARNING):
+        assert GradCam.for_model(reference_model(model)) is None
+    assert "captum cannot be imported" in caplog.text
+    monkeypatch.setattr(model.handler, "grad_cam", None)
+    explained, predicted = model.infer([Request.raw(PHOTO).explaining(), Request.raw(PHOTO)])
+    assert explained.status == 501 and explained.body["type"] == "ExplanationsUnavailable"
+    assert "captum is not installed" in explained.body["message"]
+    assert predicted.status == 200
+
+
+def test_an_error_message_never_echoes_a_huge_value(model: InProcessModel) -> None:
+    [refused] = explain(model, Request.json({"data": b64(PHOTO), "classes": ["x" * 100_000]}))
+    assert refused.status == 400 and len(refused.body["message"]) < 200

@@ -112,19 +112,20 @@ def test_open_inference_explain(server: Server, references: dict[str, Any]) -> N
         assert (maps - expected(references, "2.0", image, [5, 6])).abs().max() <= HEATMAP_TOLERANCE
 
 
-def test_a_bad_image_fails_alone_among_concurrent_explanations(server: Server) -> None:
-    """Explanations, predictions and bad images at once, so that they share batches: each bad
-    request gets its own 400, every good one its answer."""
-    calls = [("explanations", PHOTO), ("explanations", b"not an image"), ("predictions", OTHER),
-             ("explanations", OTHER), ("explanations", b"\xff\xd8 broken jpeg"), ("predictions", PHOTO)] * 2
+def test_bad_requests_fail_alone_among_concurrent_explanations(server: Server) -> None:
+    """Explanations, predictions, bad images and bad classes at once, so that they share
+    batches: each bad request gets its own 400, every good one its answer."""
+    calls = [("explanations", {"data": PHOTO}), ("explanations", {"data": b"not an image"}),
+             ("predictions", {"data": OTHER}), ("explanations", {"files": {"data": OTHER}, "data": {"classes": "1000"}}),
+             ("explanations", {"files": {"data": OTHER}, "data": {"classes": "4"}}), ("predictions", {"data": PHOTO})] * 2
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        responses = list(pool.map(lambda call: post_inference(server, f"{call[0]}/{MODEL_NAME}", data=call[1]), calls))
-    assert [r.status_code for r in responses] == [200, 400, 200, 200, 400, 200] * 2
-    for (route, image), response in zip(calls, responses):
+        responses = list(pool.map(lambda call: post_inference(server, f"{call[0]}/{MODEL_NAME}", **call[1]), calls))
+    assert [r.status_code for r in responses] == [200, 400, 200, 400, 200, 200] * 2
+    for (route, _), response in zip(calls, responses):
         if response.status_code == 200:
             assert isinstance(response.json(), dict if route == "explanations" else list)
         else:
-            assert response.json()["type"] in {"InvalidImage", "CorruptImage"}
+            assert response.json()["type"] in {"InvalidImage", "InvalidClasses"}
 
 
 def test_the_explain_stage_is_timed_on_metrics(server: Server) -> None:

@@ -7,6 +7,7 @@ callers can print one clear line instead of a traceback.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +17,9 @@ import requests
 
 # TorchServe 0.12 answers a full job queue with a message about missing workers.
 QUEUE_FULL_MESSAGE = "has no worker to serve inference request"
+# ...and, now and then, an unregister racing with requests in flight with this 500.
+CONCURRENT_MODIFICATION = "ConcurrentModificationException"
+UNREGISTER_RETRIES = 2
 
 
 def explain(message: str) -> str:
@@ -99,7 +103,22 @@ class RestClient:
                           params=params)
 
     def unregister(self, model: str, version: str) -> dict[str, Any]:
-        return self._call("DELETE", f"{self.management_url}/models/{model}/{version}", self.tokens.management)
+        """TorchServe 0.12 sometimes answers 500 ConcurrentModificationException when a version is
+        unregistered while requests to it are in flight (a race in its frontend). Then the call is
+        made again; a version that is gone by then was unregistered by the first call."""
+        url = f"{self.management_url}/models/{model}/{version}"
+        retries = 0
+        while True:
+            try:
+                return self._call("DELETE", url, self.tokens.management)
+            except ApiError as error:
+                if retries and error.status == 404:
+                    return {"status": f'Model "{model}" version {version} unregistered (TorchServe reported a '
+                                      f"{CONCURRENT_MODIFICATION} first)"}
+                if CONCURRENT_MODIFICATION not in error.message or retries == UNREGISTER_RETRIES:
+                    raise
+            retries += 1
+            time.sleep(0.5)
 
     def _call(self, method: str, url: str, token: str, **kwargs: Any) -> Any:
         headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
