@@ -39,6 +39,14 @@ def top5(probabilities: Any) -> list[int]:
 
 # Grad-CAM maps (each scaled to a peak of 1) agree to this fraction of their peak; measured: 1e-4.
 HEATMAP_TOLERANCE = 1e-3
+# The torchvision weights each served version is built from (their preprocessing and class names).
+VERSION_WEIGHTS = {"1.0": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+                   "2.0": torchvision.models.ResNet50_Weights.IMAGENET1K_V2}
+
+
+def heatmaps(answer: dict[str, Any]) -> torch.Tensor:
+    """The maps of one image's explanation in our JSON form, [classes, h, w]."""
+    return torch.tensor([entry["heatmap"] for entry in answer["heatmaps"]])
 
 
 def direct_probabilities(served: InProcessModel, batch: torch.Tensor) -> torch.Tensor:

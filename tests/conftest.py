@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 from scripts.build import build_archives  # noqa: E402
 from scripts.paths import BUILD_DIR, DEFAULT_VERSION, MODEL_NAME, SERVED_VERSIONS, archive_name  # noqa: E402
 from scripts.client.rest_api import ApiError, RestClient  # noqa: E402
+from scripts.server.in_process import InProcessModel  # noqa: E402
 from scripts.server.lifecycle import Ports, Server, start, stop  # noqa: E402
 from scripts.build.weights import RANDOM  # noqa: E402
 from scripts.server.worker_plan import WorkerPlan  # noqa: E402
@@ -59,6 +60,13 @@ def client(server: Server) -> RestClient:
 def canary_archive(model_store: Path) -> str:
     """A rebuild of 2.0's recipe as version 2.1, in the server's model store."""
     return build_archives.build("2.1", RANDOM, model_store, recipe_version="2.0").name
+
+
+def load_version(model_store: Path, version: str, tmp_path_factory: pytest.TempPathFactory) -> InProcessModel:
+    """A version's archive loaded in-process as a worker loads it; `.version` says which."""
+    loaded = InProcessModel(model_store / archive_name(version), tmp_path_factory.mktemp(f"model-{version}"))
+    loaded.version = version
+    return loaded
 
 
 def served_versions(server: Server) -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 import zlib
@@ -23,6 +24,11 @@ def encode(image: Image.Image, format: str = "JPEG", **options: object) -> bytes
     buffer = io.BytesIO()
     image.save(buffer, format=format, **options)
     return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    """An image file as JSON carries it: base64 text."""
+    return base64.b64encode(data).decode()
 
 
 def photo_bytes(size: tuple[int, int] | None = None, mode: str = "RGB", format: str = "JPEG") -> bytes:

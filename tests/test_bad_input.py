@@ -4,7 +4,6 @@ against a real server is tests/test_bad_input_served.py."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from PIL import Image
 from answers import same_answer
 from bad_requests import BAD_REQUESTS, JPEG
 from handler_config import HandlerConfig, InputLimits
-from images import encode, photo_bytes, png_declaring, sample_photo
+from images import b64, encode, photo_bytes, png_declaring, sample_photo
 from scripts.server.in_process import InProcessModel, Request
 from scripts.paths import MODEL_CONFIG_DIR, archive_name
 
@@ -123,5 +122,5 @@ def test_fuzzed_bytes_never_escape_the_error_path(model: InProcessModel, data: b
 
 
 def test_base64_of_a_valid_image_in_json_is_classified(model: InProcessModel) -> None:
-    [response] = model.infer([Request.json({"data": base64.b64encode(JPEG).decode()})])
+    [response] = model.infer([Request.json({"data": b64(JPEG)})])
     assert response.status == 200

@@ -3,7 +3,6 @@ on torchvision's model; every protocol's form; the crop's box; bad input failing
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import logging
@@ -16,39 +15,27 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import tv_tensors
-from torchvision.models import ResNet50_Weights
 from torchvision.transforms import v2
 
 import oip
-from answers import HEATMAP_TOLERANCE, grad_cam_by_hand, reference_model, same_answer
+from answers import HEATMAP_TOLERANCE, VERSION_WEIGHTS, grad_cam_by_hand, heatmaps, reference_model, same_answer
 from classification_transforms import classification_preset, crop_box
+from conftest import load_version
 from grad_cam import GradCam
 from handler_config import PreprocessConfig
-from images import encode, exif_rotated_jpeg, jpeg_with_orientation, noise_image, photo_bytes, sample_photo
+from images import b64, encode, exif_rotated_jpeg, jpeg_with_orientation, noise_image, photo_bytes, sample_photo
 from scripts.server.in_process import InProcessModel, Request, Response
-from scripts.paths import archive_name
 
-WEIGHTS = {"1.0": ResNet50_Weights.IMAGENET1K_V1, "2.0": ResNet50_Weights.IMAGENET1K_V2}
 PHOTO = photo_bytes((640, 480))
 
 
-@pytest.fixture(scope="module", params=sorted(WEIGHTS))
+@pytest.fixture(scope="module", params=sorted(VERSION_WEIGHTS))
 def model(request: pytest.FixtureRequest, model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> InProcessModel:
-    loaded = InProcessModel(model_store / archive_name(request.param), tmp_path_factory.mktemp(request.param))
-    loaded.version = request.param
-    return loaded
+    return load_version(model_store, request.param, tmp_path_factory)
 
 
 def explain(model: InProcessModel, *requests: Request) -> list[Response]:
     return model.infer([request.explaining() for request in requests])
-
-
-def heatmaps(answer: dict[str, Any]) -> torch.Tensor:
-    return torch.tensor([entry["heatmap"] for entry in answer["heatmaps"]])
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def test_heatmaps_match_grad_cam_computed_by_hand(model: InProcessModel) -> None:
@@ -58,7 +45,7 @@ def test_heatmaps_match_grad_cam_computed_by_hand(model: InProcessModel) -> None
     responses = explain(model, *map(Request.raw, photos), Request.form(data=PHOTO, classes=b"1,500,999"))
     assert [r.status for r in responses] == [200] * 4
 
-    preset = WEIGHTS[model.version].transforms()
+    preset = VERSION_WEIGHTS[model.version].transforms()
     batch = torch.stack([preset(Image.open(io.BytesIO(data)).convert("RGB")) for data in photos])
     reference = reference_model(model)
     top = [r.body["predictions"][0]["index"] for r in responses[:3]]

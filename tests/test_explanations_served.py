@@ -6,7 +6,6 @@ alone among concurrent explanations; the explain stage is timed on /metrics."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,45 +18,35 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
-from torchvision.models import ResNet50_Weights
 
-from answers import HEATMAP_TOLERANCE, grad_cam_by_hand, reference_model, same_answer
+from answers import HEATMAP_TOLERANCE, VERSION_WEIGHTS, grad_cam_by_hand, heatmaps, reference_model, same_answer
 from classification_transforms import crop_box
 from conftest import post_inference
 from handler_config import PreprocessConfig
-from images import photo_bytes
+from images import b64, photo_bytes
 from scripts.paths import MODEL_NAME, archive_name
 from scripts.client.prometheus_scrape import increase, scrape
 from scripts.server.lifecycle import Server
 
-WEIGHTS = {"1.0": ResNet50_Weights.IMAGENET1K_V1, "2.0": ResNet50_Weights.IMAGENET1K_V2}
 PHOTO, OTHER = photo_bytes((500, 400)), photo_bytes((300, 450))
 
 
 @pytest.fixture(scope="module")
 def references(model_store: Path) -> dict[str, torchvision.models.ResNet]:
-    return {version: reference_model(model_store / archive_name(version)) for version in WEIGHTS}
+    return {version: reference_model(model_store / archive_name(version)) for version in VERSION_WEIGHTS}
 
 
 def expected(references: dict[str, torchvision.models.ResNet], version: str, image: bytes,
              classes: list[int]) -> torch.Tensor:
     """Grad-CAM by hand for `classes` of `image`, on torchvision's preprocessing of the version's weights."""
-    tensor = WEIGHTS[version].transforms()(Image.open(io.BytesIO(image)).convert("RGB"))
+    tensor = VERSION_WEIGHTS[version].transforms()(Image.open(io.BytesIO(image)).convert("RGB"))
     return grad_cam_by_hand(references[version], tensor.expand(len(classes), -1, -1, -1), classes)
 
 
 def preprocessing(version: str) -> PreprocessConfig:
     """The version's preset, as torchvision's weights define it."""
-    preset = WEIGHTS[version].transforms()
+    preset = VERSION_WEIGHTS[version].transforms()
     return PreprocessConfig(preset.resize_size[0], preset.crop_size[0], tuple(preset.mean), tuple(preset.std))
-
-
-def heatmaps(answer: dict[str, Any]) -> torch.Tensor:
-    return torch.tensor([entry["heatmap"] for entry in answer["heatmaps"]])
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def test_explanations_of_the_default_version_explain_its_top_class(server: Server,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 from pathlib import Path
 
@@ -13,24 +12,18 @@ from torchvision.models import ResNet50_Weights
 
 from handler_config import HandlerConfig
 from image_decoding import decode_rgb
-from answers import direct_probabilities, same_answer
-from images import encode, photo_bytes, sample_photo
+from answers import VERSION_WEIGHTS, direct_probabilities, same_answer
+from conftest import load_version
+from images import b64, encode, photo_bytes, sample_photo
 from scripts.server.in_process import InProcessModel, Request
-from scripts.paths import archive_name
 
-WEIGHTS = {"1.0": ResNet50_Weights.IMAGENET1K_V1, "2.0": ResNet50_Weights.IMAGENET1K_V2}
-
-
-@pytest.fixture(scope="module", params=sorted(WEIGHTS))
+@pytest.fixture(scope="module", params=sorted(VERSION_WEIGHTS))
 def model(request: pytest.FixtureRequest, model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> InProcessModel:
-    version = request.param
-    loaded = InProcessModel(model_store / archive_name(version), tmp_path_factory.mktemp(f"model-{version}"))
-    loaded.version = version
-    return loaded
+    return load_version(model_store, request.param, tmp_path_factory)
 
 
 def reference_weights(model: InProcessModel) -> ResNet50_Weights:
-    return WEIGHTS[model.version]
+    return VERSION_WEIGHTS[model.version]
 
 
 @pytest.mark.parametrize("size, mode", [
@@ -96,7 +89,7 @@ def test_every_payload_form_gives_the_same_answer(model: InProcessModel) -> None
         Request.raw(data),
         Request.raw(data, "application/octet-stream"),
         Request.form(data=data),
-        Request.json({"data": base64.b64encode(data).decode()}),
+        Request.json({"data": b64(data)}),
     ])
     assert {r.status for r in responses} == {200}
     assert all(same_answer(r.body, responses[0].body) for r in responses)

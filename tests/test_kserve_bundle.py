@@ -4,7 +4,6 @@ environment, on free loopback ports. Without a cluster, this is the closest we g
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import tritonclient.http as triton
 
 import oip
 from answers import indices, same_answer, top5
-from images import photo_bytes
+from images import b64, photo_bytes
 from scripts.build.kserve_bundle import Pod, write_bundle
 from scripts.paths import CONFIG_DIR, MODEL_NAME, SERVED_VERSIONS, archive_name
 from scripts.server.lifecycle import HOST, Ports, Server, launch, properties_text, read_properties, stop
@@ -119,7 +118,7 @@ def test_v1_and_v2_predictions_answer_without_a_token_and_agree(runtime: Server)
     wait_until_ready(runtime)
     image = photo_bytes((500, 400))
     v1 = requests.post(f"{runtime.inference_url}/v1/models/{MODEL_NAME}:predict", timeout=60,
-                       json={"instances": [base64.b64encode(image).decode()] * 2})
+                       json={"instances": [b64(image)] * 2})
     assert v1.status_code == 200
     first, second = v1.json()["predictions"]
     assert same_answer(first, second)

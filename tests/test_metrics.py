@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 import math
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import pytest
 import ts
 
 from handler_metrics import BATCH_BUCKETS, LATENCY_BUCKETS, STAGES
-from images import photo_bytes
+from images import b64, photo_bytes
 from scripts.server.in_process import InProcessModel, Request
 from scripts.paths import archive_name
 
@@ -44,10 +43,6 @@ def printed(caplog: pytest.LogCaptureFixture) -> list[Sample]:
 
 def total(samples: list[Sample], name: str, **labels: str) -> float:
     return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ exactly by version, protocol, transport and outcome, with histograms that add up
 
 from __future__ import annotations
 
-import base64
 import time
 from collections import Counter
 from typing import Callable
@@ -14,7 +13,7 @@ import tritonclient.http as triton
 
 import oip
 from conftest import post_inference
-from images import photo_bytes
+from images import b64, photo_bytes
 from scripts.paths import MODEL_NAME
 from scripts.client.prometheus_scrape import Scrape, increase, scrape
 from scripts.client.rest_api import ApiError
@@ -23,10 +22,6 @@ from scripts.server.lifecycle import Server
 PHOTO = photo_bytes((320, 240))
 NOT_AN_IMAGE = b"%PDF-1.4 not a photo"
 Key = tuple[str, str, str, str]  # version, protocol, transport, outcome
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def traffic(server: Server) -> Counter[Key]:

@@ -5,7 +5,6 @@ protocols against a real TorchServe, with real clients, are tests/test_protocols
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import struct
@@ -21,16 +20,12 @@ import oip
 from answers import indices, same_answer, top5
 from handler_config import InputLimits
 from kserve_v1 import KServeV1Request
-from images import encode, noise_image, photo_bytes
+from images import b64, encode, noise_image, photo_bytes
 from scripts.server.in_process import InProcessModel, Request, Response
 from scripts.paths import archive_name
 
 PHOTO, NOISE = photo_bytes((500, 400)), encode(noise_image((320, 240)))
 NOT_AN_IMAGE = b"%PDF-1.4 definitely not a photo"
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def grpc_request(images: list[bytes], request_id: str = "g") -> Request:

@@ -6,7 +6,6 @@ our REST answer for the same image, and concurrent good and bad requests are ans
 from __future__ import annotations
 
 import asyncio
-import base64
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -23,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 import oip
 from answers import indices, same_answer, top5
 from conftest import post_inference, refused
-from images import encode, noise_image, photo_bytes
+from images import b64, encode, noise_image, photo_bytes
 from scripts.client.grpc_client import GrpcClient
 from scripts.paths import MODEL_NAME
 from scripts.client.rest_api import ApiError
@@ -32,10 +31,6 @@ from scripts.client.torchserve_grpc import open_inference_grpc_pb2
 
 PHOTO, NOISE = photo_bytes((500, 400)), encode(noise_image((320, 240)))
 NOT_AN_IMAGE = b"%PDF-1.4 definitely not a photo"
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 @pytest.fixture(scope="module")
