@@ -127,30 +127,25 @@ class ResNet50Handler(BaseHandler):
         return [Scores(share, self.config.categories, self.config.topk)
                 for share in probabilities.float().cpu().split(counts)]
 
-    def explanations(self, explaining: list[int], images: list[Any], files: list[Any], named: list[Any],
-                     scores: dict[int, Scores]) -> dict[int, Explanation]:
-        """Grad-CAM for the `explaining` requests in one pass: each image once per class it explains
-        (those its request names, else its own top class), with its crop's place in the image."""
-        classes = {index: torch.tensor([named[index]] * len(scores[index].probabilities)) if named[index]
-                   else scores[index].probabilities.argmax(dim=1, keepdim=True) for index in explaining}
-        rows = torch.cat([torch.stack(images[index]).repeat_interleave(classes[index].shape[1], dim=0)
-                          for index in explaining])
-        maps = self.grad_cam(rows, torch.cat([classes[index].flatten() for index in explaining]).tolist())
-        shares = maps.split([classes[index].numel() for index in explaining])
-        return {index: Explanation(classes[index], share.view(*classes[index].shape, *share.shape[1:]),
-                                   [self._crop_box(file) for file in files[index]])
-                for index, share in zip(explaining, shares)}
-
     def _explain(self, explaining: list[int], images: list[Any], files: list[Any], named: list[Any],
                  scores: dict[int, Scores]) -> dict[int, Explanation | RequestError]:
-        """The explanations, or, if Grad-CAM fails (a bug, the GPU's memory), a 500 for the requests
-        that asked for one: never for the predictions batched with them."""
+        """Grad-CAM for the `explaining` requests in one pass: each image once per class it explains
+        (those its request names, else its own top class), with its crop's place in the image. If
+        it fails (a bug, the GPU's memory), a 500 for those requests, never for the predictions
+        batched with them."""
         try:
-            return self.explanations(explaining, images, files, named, scores)
+            classes = {index: torch.tensor([named[index]] * len(scores[index].probabilities)) if named[index]
+                       else scores[index].probabilities.argmax(dim=1, keepdim=True) for index in explaining}
+            rows = torch.cat([torch.stack(images[index]).repeat_interleave(classes[index].shape[1], dim=0)
+                              for index in explaining])
+            maps = self.grad_cam(rows, torch.cat([classes[index].flatten() for index in explaining]).tolist())
+            shares = maps.split([classes[index].numel() for index in explaining])
+            return {index: Explanation(classes[index], share.view(*classes[index].shape, *share.shape[1:]),
+                                       [self._crop_box(file) for file in files[index]])
+                    for index, share in zip(explaining, shares)}
         except Exception as error:
             logger.exception("Explaining %d requests failed", len(explaining))
-            failed = _internal_error("could not explain these images", error)
-            return dict.fromkeys(explaining, failed)
+            return dict.fromkeys(explaining, _internal_error("could not explain these images", error))
 
     def _explained_classes(self, index: int, request: WireRequest,
                            files: list[bytes] | RequestError) -> tuple[int, ...] | RequestError | None:
