@@ -16,13 +16,13 @@ $(VENV)/.setup-done: requirements.txt requirements-dev.txt requirements-kserve.t
 	touch $@
 
 archives: setup
-	$(PY) -m scripts.build.build_archives --weights $(WEIGHTS)
+	$(PY) -m scripts.packaging.build_archives --weights $(WEIGHTS)
 
 serve: setup
 	$(PY) -m scripts.server.serve --weights $(WEIGHTS)
 
 # The folder to upload to a KServe InferenceService's storageUri: build/kserve/
-# (scripts/build/kserve_bundle.py; docs/deployment.md). POD_CPUS, POD_GPUS: what each replica gets;
+# (scripts/packaging/kserve_bundle.py; docs/deployment.md). POD_CPUS, POD_GPUS: what each replica gets;
 # BUNDLE_VERSIONS, BUNDLE_DEFAULT, BUNDLE: another set of versions (a canary), and where.
 POD_CPUS ?= 4
 POD_GPUS ?= 0
@@ -30,7 +30,7 @@ BUNDLE_VERSIONS ?= 1.0 2.0
 BUNDLE_DEFAULT ?= 2.0
 BUNDLE ?= build/kserve
 kserve-bundle: setup
-	$(PY) -m scripts.build.kserve_bundle --weights $(WEIGHTS) --pod-cpus $(POD_CPUS) --pod-gpus $(POD_GPUS) \
+	$(PY) -m scripts.packaging.kserve_bundle --weights $(WEIGHTS) --pod-cpus $(POD_CPUS) --pod-gpus $(POD_GPUS) \
 		--versions $(BUNDLE_VERSIONS) --default $(BUNDLE_DEFAULT) --out $(BUNDLE)
 
 stop: setup

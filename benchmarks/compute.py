@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torchvision
 
-from scripts.build.compile_forward import PACKAGE_NAMES, for_inference, inference_dtype, load_package
-from scripts.server.in_process import InProcessModel, Request
+from handler.model_identity import architecture
+
+from scripts.harness.in_process import InProcessModel, Request
+from scripts.packaging.compile_forward import PACKAGE_NAMES, for_inference, inference_dtype, load_package
 
 
 def images_per_second(step: Callable[[], object], images_per_step: int, seconds: float,
@@ -48,7 +49,7 @@ def synthetic_batch(batch_size: int, device: torch.device) -> torch.Tensor:
 
 def eager_forward(device: torch.device, batch_sizes: list[int], seconds: float) -> dict[str, float]:
     """(c) The bare eager channels_last forward on synthetic input, in the handler's precision."""
-    model = for_inference(torchvision.models.resnet50(), device)
+    model = for_inference(architecture(), device)
     precision = str(inference_dtype(device)).removeprefix("torch.")
     return {f"eager {precision} channels_last, batch {size}":
             images_per_second(lambda batch=synthetic_batch(size, device): model(batch), size,

@@ -11,9 +11,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.paths import ROOT
 from scripts.client.prometheus_scrape import increase, scrape
-from scripts.server.lifecycle import Server
+from scripts.client.rest_api import RestClient
+from scripts.endpoints import Server
+from scripts.paths import ROOT
 
 # One locust process drives about a thousand requests a second; beyond that it needs more.
 USERS_PER_LOCUST_PROCESS = 64
@@ -54,7 +55,8 @@ def run_locust(server: Server, model: str, protocol: str, users: int, seconds: f
                out: Path, target: str) -> LoadResult:
     before = scrape(server.metrics_url)
     prefix = out / f"{target}-{protocol}-c{users}"
-    env = dict(os.environ, BENCH_INPUTS=str(inputs), BENCH_MODEL=model, BENCH_TOKEN=server.client().tokens.inference,
+    token = RestClient.for_server(server).tokens.inference
+    env = dict(os.environ, BENCH_INPUTS=str(inputs), BENCH_MODEL=model, BENCH_TOKEN=token,
                BENCH_GRPC_TARGET=f"127.0.0.1:{server.ports.grpc_inference}",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     processes = locust_processes(users)
@@ -100,7 +102,7 @@ def load_steps(server: Server, model: str, target: str, concurrencies: list[int]
                seconds: float, inputs: Path, out: Path) -> list[LoadResult]:
     warm = next(inputs.glob("*.jpg")).read_bytes()
     for _ in range(3):
-        server.client().predict(model, warm, content_type="image/jpeg")
+        RestClient.for_server(server).predict(model, warm, content_type="image/jpeg")
     results = []
     for protocol in protocols:
         for users in concurrencies:

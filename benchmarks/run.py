@@ -31,12 +31,14 @@ from benchmarks import compute
 from benchmarks.load import load_steps
 from benchmarks.report import InProcess, write_report
 from benchmarks.stock_archive import STOCK_NAME, build_stock_archive
-from scripts.build import build_archives
-from scripts.server.in_process import InProcessModel
+from scripts.client.rest_api import RestClient
+from scripts.endpoints import Ports, Server
+from scripts.harness.in_process import InProcessModel
+from scripts.packaging import build_archives
+from scripts.packaging.weights import RANDOM, weights_file
 from scripts.paths import BUILD_DIR, DEFAULT_VERSION, MODEL_NAME, ROOT, archive_name, sample_photo
-from scripts.server.lifecycle import Ports, Server, start, stop
-from scripts.build.weights import RANDOM, weights_file
-from scripts.server.worker_plan import Machine, WorkerPlan, plan_from_environment
+from scripts.server.lifecycle import start, stop
+from scripts.worker_plan import Machine, WorkerPlan, plan_from_environment
 
 RESULTS = ROOT / "results"
 BENCH_MODEL_STORE = BUILD_DIR / "bench-model-store"  # kept between runs: an unchanged archive is not rebuilt
@@ -69,7 +71,7 @@ def serving(run_dir: Path, model_store: Path, archive: str, plan: WorkerPlan, cl
     run_dir.mkdir(parents=True, exist_ok=True)
     start(server, plan)
     try:
-        server.client().register(archive, initial_workers=plan.workers_per_version)
+        RestClient.for_server(server).register(archive, initial_workers=plan.workers_per_version)
         yield server
     finally:
         stop(server)

@@ -9,7 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from torchvision.models import ResNet50_Weights
+from handler.model_identity import weight_sets
+
 
 STOCK_MODEL_FILE = Path(__file__).parent / "stock" / "model.py"
 STOCK_NAME = "resnet50_stock"
@@ -18,7 +19,7 @@ STOCK_NAME = "resnet50_stock"
 def build_stock_archive(weights: Path, model_store: Path) -> Path:
     with tempfile.TemporaryDirectory() as staging:
         labels = Path(staging) / "index_to_name.json"
-        categories = ResNet50_Weights.IMAGENET1K_V2.meta["categories"]
+        categories = weight_sets().IMAGENET1K_V2.meta["categories"]
         labels.write_text(json.dumps({str(i): name for i, name in enumerate(categories)}))
         subprocess.run([
             sys.executable, "-m", "model_archiver.model_packaging", "--model-name", STOCK_NAME,

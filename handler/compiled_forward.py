@@ -7,7 +7,7 @@ it in chunks of the size it was compiled for. Otherwise it runs the eager model,
 always serves.
 
 The precision and memory layout of every forward pass live here too, so the packages (compiled
-by scripts/build/compile_forward.py) and the eager model take exactly the same input.
+by scripts/packaging/compile_forward.py) and the eager model take exactly the same input.
 """
 
 from __future__ import annotations

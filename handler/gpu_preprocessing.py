@@ -3,9 +3,9 @@ every image is resized, cropped and normalised on the GPU.
 
 Anything a GPU decoder might show differently from Pillow (progressive or CMYK JPEGs, EXIF
 rotation, other formats) is decoded by Pillow on the CPU, exactly as on the CPU path, and
-copied over from pinned memory. Resizing runs on float pixels (the GPU's antialiased resize
-works on floats), so tensors differ from torchvision's uint8 CPU pipeline by at most about one
-grey level after normalisation (tests hold them to 0.02).
+copied over from pinned memory. The preset's tensor path then resizes, crops and normalises
+them; tensors differ from torchvision's uint8 CPU pipeline by at most about one grey level
+after normalisation (tests hold them to 0.02).
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import torch
 import torchvision
 from PIL import Image
 from torchvision.io import ImageReadMode
-from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from handler_config import PreprocessConfig
+from classification_transforms import ClassificationPreset
 from image_decoding import is_plain_jpeg, load_rgb
 from request_errors import RequestError
 
@@ -31,27 +30,14 @@ Opened = Union[tuple[bytes, Image.Image], RequestError]
 Prepared = Union[torch.Tensor, RequestError]
 
 
-class TensorPreset:
-    """torchvision's ImageClassification preset for uint8 CHW tensors on any device."""
-
-    def __init__(self, config: PreprocessConfig, device: torch.device, dtype: torch.dtype) -> None:
-        self.config = config
-        self.interpolation = InterpolationMode(config.interpolation)
-        self.mean = torch.tensor(config.mean, device=device).view(3, 1, 1) * 255
-        self.std = torch.tensor(config.std, device=device).view(3, 1, 1) * 255
-        self.dtype = dtype
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        image = F.resize(image.float(), [self.config.resize_size], self.interpolation, antialias=True)
-        image = F.center_crop(image, [self.config.crop_size])
-        return ((image - self.mean) / self.std).to(self.dtype)
-
-
 class GpuPreprocessor:
-    def __init__(self, config: PreprocessConfig, device: torch.device, dtype: torch.dtype,
+    """Decodes and transforms a batch's images on the GPU; the pool decodes what Pillow must."""
+
+    def __init__(self, preset: ClassificationPreset, device: torch.device, dtype: torch.dtype,
                  pool: ThreadPoolExecutor) -> None:
+        self.preset = preset
         self.device = device
-        self.preset = TensorPreset(config, device, dtype)
+        self.dtype = dtype
         self.pool = pool
 
     def __call__(self, opened: list[Opened]) -> list[Prepared]:
@@ -63,7 +49,7 @@ class GpuPreprocessor:
         others = [i for i, item in enumerate(decoded) if isinstance(item, tuple) or item is None]
         for index, image in zip(others, self.pool.map(self._decode_on_cpu, [opened[i] for i in others])):
             decoded[index] = image
-        return [item if isinstance(item, RequestError) else self.preset(item) for item in decoded]
+        return [item if isinstance(item, RequestError) else self.preset.tensor(item, self.dtype) for item in decoded]
 
     def _decode_jpegs(self, payloads: list[bytes]) -> list[torch.Tensor | None]:
         """One nvJPEG call for the batch; None marks an image left to Pillow."""

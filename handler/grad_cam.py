@@ -1,9 +1,10 @@
-"""Grad-CAM: where in the crop the evidence for a class lies, on ResNet50's last convolutional stage.
+"""Grad-CAM: where in the crop the evidence for a class lies, on the model's explained layer
+(model_identity: ResNet50's last convolutional stage, `layer4`).
 
-captum's LayerGradCam weights each of `layer4`'s 2048 feature maps by the mean gradient of the
-class's logit over that map, sums them and keeps the positive part: one map on layer4's grid
+captum's LayerGradCam weights each of that layer's 2048 feature maps by the mean gradient of the
+class's logit over that map, sums them and keeps the positive part: one map on the layer's grid
 (7x7 for a 224 crop). It costs one forward pass and a backward pass through the head only, since
-nothing below layer4 needs a gradient. It runs on the eager model in fp32, outside
+nothing below that layer needs a gradient. It runs on the eager model in fp32, outside
 `inference_mode`; the compiled forward serves predictions.
 """
 
@@ -14,6 +15,8 @@ from typing import Sequence
 
 import torch
 
+from model_identity import explained_layer
+
 logger = logging.getLogger(__name__)
 
 # Images per Grad-CAM pass, which bounds the activations it holds at once: a batch may ask for
@@ -23,11 +26,11 @@ ROWS_PER_PASS = 16
 
 class GradCam:
     def __init__(self, model: torch.nn.Module, method: type) -> None:
-        """`model`: a torchvision ResNet in eval mode. Its weights stop asking for gradients (shared
-        with the eager forward, which never needs them), so the backward pass ends at layer4."""
+        """`model`: the served network in eval mode. Its weights stop asking for gradients (shared
+        with the eager forward, which never needs them), so the backward pass ends at the explained layer."""
         model.requires_grad_(False)
         self.device = next(model.parameters()).device
-        self.method = method(model, model.layer4)
+        self.method = method(model, explained_layer(model))
 
     @classmethod
     def for_model(cls, model: torch.nn.Module) -> "GradCam | None":

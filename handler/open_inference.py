@@ -2,15 +2,12 @@
 (and KServe's `/explain` beside it), in JSON or with the binary-data extension, and TorchServe's
 OIP gRPC `ModelInfer`.
 
-The model's signature:
-- input `image`, BYTES, shape [N]: one encoded image file per element. Its bytes where the
-  transport carries bytes (the binary-data extension, gRPC), base64 where it carries only text (JSON).
-- output `probabilities`, FP32, shape [N, classes]. Requested with `{"classification": k}`, it is
-  BYTES [N, k] instead: "<probability>:<index>:<label>", highest first (the classification extension).
-- on `/explain`, three outputs more: `explained_classes` INT64 [N, C] (the request's
-  `parameters.classes`, else each image's top class), `heatmaps` FP32 [N, C, 7, 7] and
-  `crop_boxes` FP32 [N, 4] (left, top, right, bottom in the image's pixels). They are binary when
-  the request's `binary_data_output` says so.
+The model's signature is declared in model_signature.py: one input, an image file per element
+(its bytes where the transport carries bytes: the binary-data extension, gRPC; base64 where it
+carries only text: JSON); one output, the probabilities, or with `{"classification": k}` the top k
+as text (the classification extension); on `/explain`, three outputs more (the classes explained:
+the request's `parameters.classes`, else each image's top class; a heatmap per class; the crop's
+box in each image), binary when the request's `binary_data_output` says so.
 
 TorchServe's gRPC frontend sends ModelInfer to the handler as this JSON (BYTES in base64) without
 HTTP headers or requested outputs, and drops the status a handler sets for one request of a batch.
@@ -25,15 +22,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from model_signature import ERROR, EXPLANATION, IMAGE, NUMPY_TYPES, PROBABILITIES, RANKED, TensorSpec
 from binary_data import HEADER_LENGTH, bytes_elements, invalid, join_answer, serialize_bytes, split_request, take
 from request_errors import RequestError, bad_request
 from wire_format import Explanation, Reply, Scores, ServedModel, WireRequest, from_base64, header, sent_over_http
 
-INPUT = "image"
-OUTPUT = "probabilities"
-ERROR_OUTPUT = "error"
-DATATYPES = {np.dtype("<f4"): "FP32", np.dtype("<i8"): "INT64"}
-SIGNATURE = f"one input '{INPUT}', BYTES, shape [N], one image file per element"
+INPUT = IMAGE.name
+TAKES = f"one {IMAGE.describe()}, one image file per element"
 
 
 @dataclass(frozen=True)
@@ -69,17 +64,16 @@ class OpenInferenceRequest(WireRequest):
         return self._reply([_output_tensor(scores, self.output)])
 
     def explain(self, scores: Scores, explanation: Explanation) -> Reply:
-        arrays = {"explained_classes": explanation.classes.numpy().astype("<i8"),
-                  "heatmaps": explanation.heatmaps.numpy().astype("<f4"),
-                  "crop_boxes": np.asarray(explanation.crop_boxes, dtype="<f4")}
+        values = (explanation.classes.numpy(), explanation.heatmaps.numpy(), np.asarray(explanation.crop_boxes))
         return self._reply([_output_tensor(scores, self.output),
-                            *(_numeric(name, array, self.output.binary_by_default) for name, array in arrays.items())])
+                            *(_numeric(spec, array, self.output.binary_by_default)
+                              for spec, array in zip(EXPLANATION, values))])
 
     def refuse(self, error: RequestError, element: int | None = None) -> Reply:
         where = "" if element is None else f"input '{INPUT}' element {element}: "
         if self.over_grpc:
             body = json.dumps({**error.to_json(), "message": where + error.message})
-            return self._reply([({"name": ERROR_OUTPUT, "datatype": "BYTES", "shape": [1], "data": [body]}, None)])
+            return self._reply([({"name": ERROR.name, "datatype": ERROR.datatype, "shape": [1], "data": [body]}, None)])
         return Reply(*join_answer({"error": f"{error.kind}: {where}{error.message}"}))
 
     def named_classes(self) -> Any:
@@ -113,11 +107,11 @@ class OpenInferenceRequest(WireRequest):
 
 def _image_elements(inputs: Any, tail: bytes) -> list[bytes]:
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], Mapping):
-        raise _invalid_input(f"'inputs' must hold exactly one tensor: this model takes {SIGNATURE}")
+        raise _invalid_input(f"'inputs' must hold exactly one tensor: this model takes {TAKES}")
     tensor = inputs[0]
-    if tensor.get("name") != INPUT or tensor.get("datatype") != "BYTES":
+    if tensor.get("name") != INPUT or tensor.get("datatype") != IMAGE.datatype:
         raise _invalid_input(f"got input {tensor.get('name')!r} of type {tensor.get('datatype')!r}; "
-                             f"this model takes {SIGNATURE}")
+                             f"this model takes {TAKES}")
     count = _element_count(tensor.get("shape"))
     size = _parameters(tensor, f"input '{INPUT}'").get("binary_data_size")
     if size is not None:
@@ -154,14 +148,14 @@ def _requested_output(document: Mapping[str, Any], classes: int) -> RequestedOut
     binary_default = _flag(_parameters(document, "the request"), "binary_data_output", False)
     outputs = document.get("outputs", [])
     if not isinstance(outputs, list) or len(outputs) > 1:
-        raise _invalid_output(f"'outputs' must be a list of at most one output, {{\"name\": \"{OUTPUT}\"}}")
+        raise _invalid_output(f"'outputs' must be a list of at most one output, {{\"name\": \"{PROBABILITIES.name}\"}}")
     if not outputs:
         return RequestedOutput(binary=binary_default, binary_by_default=binary_default)
     output = outputs[0]
-    if not isinstance(output, Mapping) or output.get("name") != OUTPUT:
+    if not isinstance(output, Mapping) or output.get("name") != PROBABILITIES.name:
         name = output.get("name") if isinstance(output, Mapping) else output
-        raise _invalid_output(f"unknown output {name!r}: this model's output is '{OUTPUT}'")
-    parameters = _parameters(output, f"output '{OUTPUT}'")
+        raise _invalid_output(f"unknown output {name!r}: this model's output is '{PROBABILITIES.name}'")
+    parameters = _parameters(output, f"output '{PROBABILITIES.name}'")
     k = parameters.get("classification")
     if k is not None and not (type(k) is int and 1 <= k <= classes):
         raise _invalid_output(f"classification must be a number of classes from 1 to {classes}, got {k!r}")
@@ -188,16 +182,18 @@ def _flag(parameters: Mapping[str, Any], name: str, default: bool) -> bool:
 def _output_tensor(scores: Scores, requested: RequestedOutput) -> tuple[dict[str, Any], bytes | None]:
     """The output as JSON (with its data), or its header and the bytes the binary-data extension sends."""
     if requested.classification is None:
-        return _numeric(OUTPUT, scores.probabilities.numpy().astype("<f4"), requested.binary)
+        return _numeric(PROBABILITIES, scores.probabilities.numpy(), requested.binary)
     rows = [[f"{p:f}:{index}:{label}" for p, index, label in row] for row in scores.top(requested.classification)]
-    tensor = {"name": OUTPUT, "datatype": "BYTES", "shape": [len(rows), requested.classification]}
+    tensor = {"name": RANKED.name, "datatype": RANKED.datatype, "shape": [len(rows), requested.classification]}
     if requested.binary:
         return tensor, serialize_bytes(text.encode() for row in rows for text in row)
     return {**tensor, "data": [text for row in rows for text in row]}, None
 
 
-def _numeric(name: str, array: np.ndarray, binary: bool) -> tuple[dict[str, Any], bytes | None]:
-    tensor = {"name": name, "datatype": DATATYPES[array.dtype], "shape": list(array.shape)}
+def _numeric(spec: TensorSpec, values: np.ndarray, binary: bool) -> tuple[dict[str, Any], bytes | None]:
+    """A numeric output in its declared datatype (little-endian, as the binary-data extension sends it)."""
+    array = values.astype(NUMPY_TYPES[spec.datatype])
+    tensor = {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape)}
     if binary:
         return tensor, array.tobytes()
     return {**tensor, "data": array.flatten().tolist()}, None

@@ -2,14 +2,15 @@
 
 from pathlib import Path
 
+from handler.model_identity import NAME as MODEL_NAME
+
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER_DIR = ROOT / "handler"
 CONFIG_DIR = ROOT / "config"
-MODEL_CONFIG_DIR = CONFIG_DIR / "models" / "resnet50"
+MODEL_CONFIG_DIR = CONFIG_DIR / "models" / MODEL_NAME
 MODEL_STORE = ROOT / "model_store"
 BUILD_DIR = ROOT / "build"
 RUN_DIR = ROOT / "run"
-MODEL_NAME = "resnet50"
 DEFAULT_VERSION = "2.0"
 SERVED_VERSIONS = ("1.0", "2.0")
 

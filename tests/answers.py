@@ -19,7 +19,9 @@ import pytest
 import torch
 import torchvision
 
-from scripts.server.in_process import InProcessModel
+from model_identity import architecture, weight_sets
+
+from scripts.harness.in_process import InProcessModel
 
 
 def same_answer(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> bool:
@@ -40,8 +42,7 @@ def top5(probabilities: Any) -> list[int]:
 # Grad-CAM maps (each scaled to a peak of 1) agree to this fraction of their peak; measured: 1e-4.
 HEATMAP_TOLERANCE = 1e-3
 # The torchvision weights each served version is built from (their preprocessing and class names).
-VERSION_WEIGHTS = {"1.0": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
-                   "2.0": torchvision.models.ResNet50_Weights.IMAGENET1K_V2}
+VERSION_WEIGHTS = {"1.0": weight_sets().IMAGENET1K_V1, "2.0": weight_sets().IMAGENET1K_V2}
 
 
 def heatmaps(answer: dict[str, Any]) -> torch.Tensor:
@@ -58,7 +59,7 @@ def direct_probabilities(served: InProcessModel, batch: torch.Tensor) -> torch.T
 
 def reference_model(served: InProcessModel | Path) -> torchvision.models.ResNet:
     """torchvision's ResNet50 in eval mode with the weights of a loaded model or of an archive (.mar)."""
-    model = torchvision.models.resnet50()
+    model = architecture()
     if isinstance(served, Path):
         with zipfile.ZipFile(served) as archive:
             manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))

@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from images import encode, photo_bytes, png_declaring, sample_photo
-from scripts.server.in_process import Request
+from scripts.harness.in_process import Request
 
 
 @dataclass(frozen=True)

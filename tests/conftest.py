@@ -17,13 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "handler"))
 sys.path.insert(0, str(ROOT))
 
-from scripts.build import build_archives  # noqa: E402
-from scripts.paths import BUILD_DIR, DEFAULT_VERSION, MODEL_NAME, SERVED_VERSIONS, archive_name  # noqa: E402
 from scripts.client.rest_api import ApiError, RestClient  # noqa: E402
-from scripts.server.in_process import InProcessModel  # noqa: E402
-from scripts.server.lifecycle import Ports, Server, start, stop  # noqa: E402
-from scripts.build.weights import RANDOM  # noqa: E402
-from scripts.server.worker_plan import WorkerPlan  # noqa: E402
+from scripts.endpoints import Ports, Server  # noqa: E402
+from scripts.harness.in_process import InProcessModel  # noqa: E402
+from scripts.packaging import build_archives  # noqa: E402
+from scripts.packaging.weights import RANDOM  # noqa: E402
+from scripts.paths import BUILD_DIR, DEFAULT_VERSION, MODEL_NAME, SERVED_VERSIONS, archive_name  # noqa: E402
+from scripts.server.lifecycle import start, stop  # noqa: E402
+from scripts.worker_plan import WorkerPlan  # noqa: E402
 
 # One worker per version, two threads: this machine has two cores.
 TEST_PLAN = WorkerPlan(workers_per_version=1, number_of_gpu=0, threads_per_worker=2)
@@ -53,7 +54,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Itera
 @pytest.fixture
 def client(server: Server) -> RestClient:
     """Per test: it reads the key file, which a restart (tests/test_faults.py) rewrites."""
-    return server.client()
+    return RestClient.for_server(server)
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +72,7 @@ def load_version(model_store: Path, version: str, tmp_path_factory: pytest.TempP
 
 def served_versions(server: Server) -> set[str]:
     """The versions the server serves, in its own words (REST), whatever client a test used."""
-    return {entry["modelVersion"] for entry in server.client().describe(MODEL_NAME, "all")}
+    return {entry["modelVersion"] for entry in RestClient.for_server(server).describe(MODEL_NAME, "all")}
 
 
 def refused(call: Callable[..., Any], *args: Any) -> ApiError:
@@ -84,14 +85,14 @@ def refused(call: Callable[..., Any], *args: Any) -> ApiError:
 def post_inference(server: Server, path: str = f"predictions/{MODEL_NAME}", headers: dict[str, str] | None = None,
                    timeout: float = 60.0, **kwargs: Any) -> requests.Response:
     """A raw POST to the inference API with the inference token, as curl sends it."""
-    token = {"Authorization": f"Bearer {server.client().tokens.inference}"}
+    token = {"Authorization": f"Bearer {RestClient.for_server(server).tokens.inference}"}
     return requests.post(f"{server.inference_url}/{path}", headers={**token, **(headers or {})}, timeout=timeout,
                          **kwargs)
 
 
 def restore(server: Server) -> None:
     """Put the server back as the session started it: 1.0 and 2.0 served, 2.0 the default."""
-    rest = server.client()
+    rest = RestClient.for_server(server)
     served = served_versions(server)
     for version in set(SERVED_VERSIONS) - served:
         rest.register(archive_name(version), TEST_PLAN.workers_per_version)

@@ -9,16 +9,18 @@ from typing import Any
 import numpy as np
 import tritonclient.http as triton
 
-from scripts.server.in_process import Request, Response
+from model_signature import ERROR, IMAGE, PROBABILITIES
 
-INPUT, OUTPUT, ERROR_OUTPUT = "image", "probabilities", "error"
+from scripts.harness.in_process import Request, Response
+
+INPUT, OUTPUT, ERROR_OUTPUT = IMAGE.name, PROBABILITIES.name, ERROR.name
 HEADER_LENGTH = "Inference-Header-Content-Length"
 CLASSIFICATION = re.compile(r"^(?P<probability>[0-9.]+):(?P<index>[0-9]+):(?P<label>.+)$")
 
 
 def image_input(images: list[Any], binary: bool = True) -> triton.InferInput:
     """Input 'image': the files' bytes in binary, or (binary=False) base64 strings in JSON."""
-    tensor = triton.InferInput(INPUT, [len(images)], "BYTES")
+    tensor = triton.InferInput(INPUT, [len(images)], IMAGE.datatype)
     tensor.set_data_from_numpy(np.array(images, dtype=object), binary_data=binary)
     return tensor
 

@@ -17,7 +17,7 @@ from answers import same_answer
 from bad_requests import BAD_REQUESTS, JPEG
 from handler_config import HandlerConfig, InputLimits
 from images import b64, encode, photo_bytes, png_declaring, sample_photo
-from scripts.server.in_process import InProcessModel, Request
+from scripts.harness.in_process import InProcessModel, Request
 from scripts.paths import MODEL_CONFIG_DIR, archive_name
 
 # Pillow refuses to open images over twice its MAX_IMAGE_PIXELS (about 179 MP) by itself; our

@@ -14,8 +14,8 @@ from answers import same_answer
 from bad_requests import BAD_REQUESTS, JPEG
 from conftest import post_inference
 from images import encode
+from scripts.endpoints import Server
 from scripts.paths import MODEL_NAME
-from scripts.server.lifecycle import Server
 
 # What curl sends with --data-binary (or -d) when no Content-Type is given.
 CURL_DATA_DEFAULT = "application/x-www-form-urlencoded"

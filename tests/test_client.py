@@ -15,8 +15,8 @@ from images import encode, photo_bytes
 from scripts.client import cli
 from scripts.client.heatmap_overlay import write_overlay
 from scripts.client.rest_api import ApiError, RestClient, Tokens
+from scripts.endpoints import Server
 from scripts.paths import MODEL_NAME, archive_name
-from scripts.server.lifecycle import Server
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_the_version_commands_change_what_is_served(server: Server, canary_archi
         assert code == 0, printed.err
         return json.loads(printed.out)
 
-    rest = server.client()
+    rest = RestClient.for_server(server)
     try:
         run("register", canary_archive, "--workers", "1")
         assert served_versions(server) == {"1.0", "2.0", "2.1"}
@@ -167,7 +167,7 @@ def test_a_refused_version_command_is_one_line_and_changes_nothing(server: Serve
         error = capsys.readouterr().err.strip()
         assert error.count("\n") == 0 and error.startswith(f"error: {status}")
     assert served_versions(server) == {"1.0", "2.0"}
-    assert server.client().describe(MODEL_NAME)[0]["modelVersion"] == "2.0"
+    assert RestClient.for_server(server).describe(MODEL_NAME)[0]["modelVersion"] == "2.0"
 
 
 def test_unregister_survives_torchserve_s_concurrent_modification_race(monkeypatch: pytest.MonkeyPatch) -> None:

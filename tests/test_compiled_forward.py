@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 
 from compiled_forward import CompiledForward, native_target, select_forward
 from handler_config import CompiledForwardConfig
-from scripts.build.compile_forward import missing_compiler
-from scripts.server.in_process import InProcessModel
+from model_identity import architecture
+from scripts.harness.in_process import InProcessModel
+from scripts.packaging.compile_forward import missing_compiler
 from scripts.paths import archive_name
 
 CPU = torch.device("cpu")
@@ -26,7 +26,7 @@ def served(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> InPro
 
 
 def eager_model() -> torch.nn.Module:
-    return torchvision.models.resnet50().eval().to(memory_format=torch.channels_last)
+    return architecture().eval().to(memory_format=torch.channels_last)
 
 
 @pytest.mark.skipif(missing_compiler() is not None, reason="no C++ compiler: archives are built eager-only")

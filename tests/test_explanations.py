@@ -19,12 +19,12 @@ from torchvision.transforms import v2
 
 import oip
 from answers import HEATMAP_TOLERANCE, VERSION_WEIGHTS, grad_cam_by_hand, heatmaps, reference_model, same_answer
-from classification_transforms import classification_preset, crop_box
+from classification_transforms import ClassificationPreset
 from conftest import load_version
 from grad_cam import GradCam
 from handler_config import PreprocessConfig
 from images import b64, encode, exif_rotated_jpeg, jpeg_with_orientation, noise_image, photo_bytes, sample_photo
-from scripts.server.in_process import InProcessModel, Request, Response
+from scripts.harness.in_process import InProcessModel, Request, Response
 
 PHOTO = photo_bytes((640, 480))
 
@@ -63,7 +63,7 @@ def test_the_answer_is_the_top_k_a_crop_box_and_a_heatmap_per_class(model: InPro
     for answer in (top.body, named.body):
         assert set(answer) == {"predictions", "crop_box", "heatmaps"}
         assert same_answer(answer["predictions"], predicted.body)
-        assert answer["crop_box"] == list(crop_box((640, 480), model.handler.config.preprocess))
+        assert answer["crop_box"] == list(model.handler.preset.crop_box((640, 480)))
         for entry in answer["heatmaps"]:
             assert set(entry) == {"index", "label", "probability", "heatmap"}
             assert entry["label"] == model.handler.config.categories[entry["index"]]
@@ -183,11 +183,12 @@ def test_the_crop_box_is_where_the_preset_crops(size: tuple[int, int], resize: i
     crop (up to resampling: the preset scales the whole photo first); a box a few pixels off does not."""
     config = PreprocessConfig(resize, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     photo = sample_photo().resize(size)
-    box = crop_box(size, config)
-    crop = classification_preset(config)(photo)
+    preset = ClassificationPreset(config)
+    box = preset.crop_box(size)
+    crop = preset(photo)
 
     def cut(left: float, top: float, right: float, bottom: float) -> torch.Tensor:
-        return classification_preset(PreprocessConfig(224, 224, config.mean, config.std))(
+        return ClassificationPreset(PreprocessConfig(224, 224, config.mean, config.std))(
             photo.resize((224, 224), Image.Resampling.BILINEAR, box=(left, top, right, bottom)))
 
     assert box == pytest.approx(torchvision_crop_box(size, config), abs=0.01)
@@ -216,7 +217,7 @@ def test_the_crop_box_follows_exif_orientation(model: InProcessModel) -> None:
     upright = sample_photo().resize((400, 300))
     [turned, plain] = explain(model, Request.raw(jpeg_with_orientation(upright.rotate(90, expand=True), 6)),
                               Request.raw(encode(upright)))
-    assert turned.body["crop_box"] == plain.body["crop_box"] == list(crop_box((400, 300), model.handler.config.preprocess))
+    assert turned.body["crop_box"] == plain.body["crop_box"] == list(model.handler.preset.crop_box((400, 300)))
     # Lossless (PNG with EXIF), so the turned photo's pixels, once upright, are the photo's: the same map.
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -226,7 +227,7 @@ def test_the_crop_box_follows_exif_orientation(model: InProcessModel) -> None:
     assert (heatmaps(lossless_turned.body) - heatmaps(lossless_plain.body)).abs().max() <= HEATMAP_TOLERANCE
     [rotated] = explain(model, Request.raw(exif_rotated_jpeg()))
     width, height = sample_photo().size
-    assert rotated.body["crop_box"] == list(crop_box((width, height), model.handler.config.preprocess))
+    assert rotated.body["crop_box"] == list(model.handler.preset.crop_box((width, height)))
 
 
 def test_too_many_heatmaps_are_a_413_before_any_work(model: InProcessModel) -> None:

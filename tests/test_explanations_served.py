@@ -20,13 +20,14 @@ import torchvision
 from PIL import Image
 
 from answers import HEATMAP_TOLERANCE, VERSION_WEIGHTS, grad_cam_by_hand, heatmaps, reference_model, same_answer
-from classification_transforms import crop_box
+from classification_transforms import ClassificationPreset
 from conftest import post_inference
 from handler_config import PreprocessConfig
 from images import b64, photo_bytes
-from scripts.paths import MODEL_NAME, archive_name
 from scripts.client.prometheus_scrape import increase, scrape
-from scripts.server.lifecycle import Server
+from scripts.client.rest_api import RestClient
+from scripts.endpoints import Server
+from scripts.paths import MODEL_NAME, archive_name
 
 PHOTO, OTHER = photo_bytes((500, 400)), photo_bytes((300, 450))
 
@@ -54,7 +55,7 @@ def test_explanations_of_the_default_version_explain_its_top_class(server: Serve
     response = post_inference(server, f"explanations/{MODEL_NAME}", data=PHOTO)
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert same_answer(answer["predictions"], server.client().predict(MODEL_NAME, PHOTO))
+    assert same_answer(answer["predictions"], RestClient.for_server(server).predict(MODEL_NAME, PHOTO))
     top = answer["predictions"][0]["index"]
     assert [entry["index"] for entry in answer["heatmaps"]] == [top]
     assert (heatmaps(answer) - expected(references, "2.0", PHOTO, [top])).abs().max() <= HEATMAP_TOLERANCE
@@ -65,7 +66,7 @@ def test_explanations_of_a_version_explain_the_classes_a_form_names(server: Serv
     response = post_inference(server, f"explanations/{MODEL_NAME}/1.0", files={"data": PHOTO}, data={"classes": "8,1"})
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert same_answer(answer["predictions"], server.client().predict(MODEL_NAME, PHOTO, "1.0"))
+    assert same_answer(answer["predictions"], RestClient.for_server(server).predict(MODEL_NAME, PHOTO, "1.0"))
     assert [entry["index"] for entry in answer["heatmaps"]] == [8, 1]
     assert (heatmaps(answer) - expected(references, "1.0", PHOTO, [8, 1])).abs().max() <= HEATMAP_TOLERANCE
 
@@ -73,10 +74,11 @@ def test_explanations_of_a_version_explain_the_classes_a_form_names(server: Serv
 def test_kserve_v1_explain_with_kserves_client(server: Server, references: dict[str, Any]) -> None:
     async def call() -> dict[str, Any]:
         client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v1", timeout=120))
+        token = RestClient.for_server(server).tokens.inference
         try:
             return await client.explain(server.inference_url, MODEL_NAME,
                                         {"instances": [b64(PHOTO), {"b64": b64(OTHER)}], "classes": [3]},
-                                        headers={"Authorization": f"Bearer {server.client().tokens.inference}"})
+                                        headers={"Authorization": f"Bearer {token}"})
         finally:
             await client.close()
 
@@ -84,7 +86,7 @@ def test_kserve_v1_explain_with_kserves_client(server: Server, references: dict[
     for answer, image, size in ((first, PHOTO, (500, 400)), (second, OTHER, (300, 450))):
         assert [entry["index"] for entry in answer["heatmaps"]] == [3]
         assert (heatmaps(answer) - expected(references, "2.0", image, [3])).abs().max() <= HEATMAP_TOLERANCE
-        assert answer["crop_box"] == list(crop_box(size, preprocessing("2.0")))
+        assert answer["crop_box"] == list(ClassificationPreset(preprocessing("2.0")).crop_box(size))
 
 
 def test_open_inference_explain(server: Server, references: dict[str, Any]) -> None:

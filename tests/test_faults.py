@@ -15,13 +15,15 @@ import requests
 
 from conftest import TEST_PLAN, post_inference, restore, served_versions
 from images import photo_bytes
-from scripts.build import build_archives
-from scripts.paths import DEFAULT_VERSION, MODEL_NAME, SERVED_VERSIONS
-from scripts.client.rest_api import ApiError
-from scripts.server.serve import serve
-from scripts.server.lifecycle import Ports, Server, ServerError, start, stop
+from scripts.client.grpc_client import GrpcClient
+from scripts.client.rest_api import ApiError, RestClient
 from scripts.client.soak import soak
-from scripts.build.weights import RANDOM
+from scripts.endpoints import Ports, Server, ServerError
+from scripts.packaging import build_archives
+from scripts.packaging.weights import RANDOM
+from scripts.paths import DEFAULT_VERSION, MODEL_NAME, SERVED_VERSIONS
+from scripts.server.lifecycle import running_pid, start, stop
+from scripts.server.serve import serve
 
 
 def post(server: Server, body: bytes, version: str = "", timeout: float = 60) -> requests.Response:
@@ -31,7 +33,8 @@ def post(server: Server, body: bytes, version: str = "", timeout: float = 60) ->
 
 
 def test_a_killed_worker_is_restarted_and_in_flight_requests_fail_fast(server: Server) -> None:
-    [worker] = server.client().describe(MODEL_NAME, "1.0")[0]["workers"]
+    rest = RestClient.for_server(server)
+    [worker] = rest.describe(MODEL_NAME, "1.0")[0]["workers"]
     image = photo_bytes((1632, 1224))  # a batch of eight takes about half a second here
     with ThreadPoolExecutor(max_workers=8) as pool:
         in_flight = [pool.submit(post, server, image, "1.0", 30) for _ in range(8)]
@@ -42,7 +45,7 @@ def test_a_killed_worker_is_restarted_and_in_flight_requests_fail_fast(server: S
     assert any(status >= 500 for status in statuses), f"the kill missed the batch: {statuses}"
     assert all(status == 200 or status >= 500 for status in statuses)
 
-    while (restarted := server.client().describe(MODEL_NAME, "1.0")[0]["workers"])[0]["status"] != "READY" \
+    while (restarted := rest.describe(MODEL_NAME, "1.0")[0]["workers"])[0]["status"] != "READY" \
             or restarted[0]["pid"] == worker["pid"]:
         assert time.monotonic() - killed_at < 60, "the worker was not back within 60 s"
         time.sleep(0.2)
@@ -83,7 +86,7 @@ def test_switching_versions_under_load(server: Server, canary_archive: str) -> N
     try:
         for thread in clients:
             thread.start()
-        rest = server.client()
+        rest = RestClient.for_server(server)
         time.sleep(1)
         rest.register(canary_archive, initial_workers=1)
         rest.set_default(MODEL_NAME, "2.1")
@@ -119,8 +122,8 @@ def test_a_full_queue_is_answered_fast_not_timed_out(server: Server) -> None:
     and gRPC, and our clients say why."""
     archive = build_archives.build("9.0", RANDOM, server.model_store, recipe_version="2.0",
                                    with_compiled_forward=False, settings={"jobQueueSize": 2, "batchSize": 1})
-    server.client().register(archive.name, initial_workers=1)
-    clients = [server.client(), server.grpc_client()]  # even requests over REST, odd over gRPC
+    RestClient.for_server(server).register(archive.name, initial_workers=1)
+    clients = [RestClient.for_server(server), GrpcClient.for_server(server)]  # even requests over REST, odd over gRPC
     image = photo_bytes((1632, 1224))
 
     def classify(index: int) -> tuple[ApiError | None, float]:
@@ -136,7 +139,7 @@ def test_a_full_queue_is_answered_fast_not_timed_out(server: Server) -> None:
             outcomes = list(pool.map(classify, range(12)))
     finally:
         clients[1].close()
-        server.client().unregister(MODEL_NAME, "9.0")
+        RestClient.for_server(server).unregister(MODEL_NAME, "9.0")
     refused = [(index % 2, error, seconds) for index, (error, seconds) in enumerate(outcomes) if error is not None]
     assert refused and len(refused) < len(outcomes)
     print(f"{len(refused)} of {len(outcomes)} refused, each within {max(seconds for *_, seconds in refused):.2f} s")
@@ -157,13 +160,13 @@ def test_a_short_soak_has_no_unexpected_answers_or_restarts(server: Server) -> N
 def test_a_restart_serves_the_configured_versions_and_forgets_runtime_ones(server: Server, canary_archive: str) -> None:
     """Stop, then start through `make serve`'s own path (scripts.server.serve.serve): 1.0 and 2.0 with
     2.0 the default, and 2.1, registered at run time before the stop, gone."""
-    server.client().register(canary_archive, initial_workers=1)
+    RestClient.for_server(server).register(canary_archive, initial_workers=1)
     assert "2.1" in served_versions(server)
     stop(server)
-    assert server.pid() is None
+    assert running_pid(server) is None
     assert serve(RANDOM, server, TEST_PLAN) == 0
     assert served_versions(server) == set(SERVED_VERSIONS)
-    assert server.client().describe(MODEL_NAME)[0]["modelVersion"] == DEFAULT_VERSION
+    assert RestClient.for_server(server).describe(MODEL_NAME)[0]["modelVersion"] == DEFAULT_VERSION
     assert post(server, photo_bytes()).status_code == 200
 
 
@@ -171,4 +174,4 @@ def test_a_server_that_does_not_come_up_in_time_is_not_left_running(tmp_path: Pa
     late = Server(run_dir=tmp_path, model_store=model_store, ports=Ports.free())
     with pytest.raises(ServerError, match=r"did not serve resnet50 1.0, 2.0 with 1 READY worker\(s\) each within 0.01 s"):
         start(late, TEST_PLAN, timeout=0.01)
-    assert late.pid() is None
+    assert running_pid(late) is None

@@ -18,20 +18,21 @@ import pytest
 import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.models import ResNet50_Weights
 from torchvision.transforms import v2
 
 from answers import HEATMAP_TOLERANCE, direct_probabilities, grad_cam_by_hand, reference_model
 from compiled_forward import for_inference
-from gpu_preprocessing import GpuPreprocessor, TensorPreset
+from classification_transforms import ClassificationPreset
+from gpu_preprocessing import GpuPreprocessor
 from handler_config import InputLimits, PreprocessConfig
 from image_decoding import decode_rgb, is_plain_jpeg, open_checked
+from model_identity import architecture, weight_sets
 from images import encode, exif_rotated_jpeg, noise_image, photo_bytes, sample_photo
 from request_errors import RequestError
-from scripts.server.in_process import InProcessModel, Request
+from scripts.harness.in_process import InProcessModel, Request
 from scripts.paths import archive_name
 
-WEIGHTS = ResNet50_Weights.IMAGENET1K_V2
+WEIGHTS = weight_sets().IMAGENET1K_V2
 PRESET = WEIGHTS.transforms()
 CONFIG = PreprocessConfig(resize_size=PRESET.resize_size[0], crop_size=PRESET.crop_size[0],
                           mean=tuple(PRESET.mean), std=tuple(PRESET.std))
@@ -42,7 +43,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def preprocessor() -> GpuPreprocessor:
-    return GpuPreprocessor(CONFIG, CPU, torch.float32, ThreadPoolExecutor(max_workers=2))
+    return GpuPreprocessor(ClassificationPreset(CONFIG), CPU, torch.float32, ThreadPoolExecutor(max_workers=2))
 
 
 @pytest.fixture
@@ -64,14 +65,14 @@ def as_on_a_gpu(served: InProcessModel, dtype: torch.dtype) -> None:
     handler = served.handler
     handler.dtype = dtype
     handler.forward = handler._eager(handler._load_model(served.service.context))
-    handler.gpu_preprocessor = GpuPreprocessor(handler.config.preprocess, CPU, dtype, handler.preprocessing_pool)
+    handler.gpu_preprocessor = GpuPreprocessor(handler.preset, CPU, dtype, handler.preprocessing_pool)
 
 
 @pytest.mark.parametrize("size", [(640, 480), (333, 500), (1632, 1224), (97, 61)])
 def test_the_tensor_preset_matches_torchvision_on_decoded_jpegs(size: tuple[int, int]) -> None:
     data = photo_bytes(size)
     decoded = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    ours = TensorPreset(CONFIG, CPU, torch.float32)(decoded)
+    ours = ClassificationPreset(CONFIG).tensor(decoded, torch.float32)
     assert ours.shape == (3, 224, 224)
     assert (ours - PRESET(decoded)).abs().max().item() <= TOLERANCE
 
@@ -162,9 +163,7 @@ def test_the_handlers_fp16_path_agrees_with_fp32(served: InProcessModel) -> None
 
 
 def test_the_model_for_inference_on_a_gpu_is_fp16_and_channels_last() -> None:
-    import torchvision
-
-    model = for_inference(torchvision.models.resnet50(), CPU, torch.float16)
+    model = for_inference(architecture(), CPU, torch.float16)
     assert all(parameter.dtype == torch.float16 for parameter in model.parameters())
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 

@@ -8,21 +8,21 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from torchvision.models import ResNet50_Weights
+from torchvision.models import WeightsEnum
 
 from handler_config import HandlerConfig
 from image_decoding import decode_rgb
 from answers import VERSION_WEIGHTS, direct_probabilities, same_answer
 from conftest import load_version
 from images import b64, encode, photo_bytes, sample_photo
-from scripts.server.in_process import InProcessModel, Request
+from scripts.harness.in_process import InProcessModel, Request
 
 @pytest.fixture(scope="module", params=sorted(VERSION_WEIGHTS))
 def model(request: pytest.FixtureRequest, model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> InProcessModel:
     return load_version(model_store, request.param, tmp_path_factory)
 
 
-def reference_weights(model: InProcessModel) -> ResNet50_Weights:
+def reference_weights(model: InProcessModel) -> WeightsEnum:
     return VERSION_WEIGHTS[model.version]
 
 
@@ -33,7 +33,7 @@ def reference_weights(model: InProcessModel) -> ResNet50_Weights:
 def test_preprocessing_matches_torchvision(model: InProcessModel, size: tuple[int, int], mode: str) -> None:
     image = sample_photo().resize(size).convert(mode)
     data = encode(image, "PNG" if mode in ("P", "RGBA") else "JPEG" if mode != "CMYK" else "TIFF")
-    ours = model.handler.transform(decode_rgb(data, model.handler.config.limits))
+    ours = model.handler.preset(decode_rgb(data, model.handler.config.limits))
     theirs = reference_weights(model).transforms()(Image.open(io.BytesIO(data)).convert("RGB"))
     assert ours.shape == theirs.shape == (3, 224, 224)
     assert (ours - theirs).abs().max().item() <= 1e-5

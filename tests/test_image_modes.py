@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.models import ResNet50_Weights
 
 from answers import same_answer
+from model_identity import weight_sets
 from images import (encode, exif_rotated_jpeg, jpeg_with_orientation, noise_image, photo_bytes, sample_photo,
                     sixteen_bit_png)
-from scripts.server.in_process import InProcessModel, Request
+from scripts.harness.in_process import InProcessModel, Request
 from scripts.paths import archive_name
 
-PRESET = ResNet50_Weights.IMAGENET1K_V2.transforms()
+PRESET = weight_sets().IMAGENET1K_V2.transforms()
 WHITE = 255
 
 
@@ -39,7 +39,7 @@ def handler_pixels(model: InProcessModel, data: bytes) -> np.ndarray:
 def handler_tensor(model: InProcessModel, data: bytes) -> torch.Tensor:
     from image_decoding import decode_rgb
 
-    return model.handler.transform(decode_rgb(data, model.handler.config.limits))
+    return model.handler.preset(decode_rgb(data, model.handler.config.limits))
 
 
 def reference_tensor(pixels: np.ndarray) -> torch.Tensor:

@@ -16,9 +16,10 @@ import tritonclient.http as triton
 import oip
 from answers import indices, same_answer, top5
 from images import b64, photo_bytes
-from scripts.build.kserve_bundle import Pod, write_bundle
+from scripts.endpoints import HOST, Ports, Server, properties_text, read_properties
+from scripts.packaging.kserve_bundle import Pod, write_bundle
 from scripts.paths import CONFIG_DIR, MODEL_NAME, SERVED_VERSIONS, archive_name
-from scripts.server.lifecycle import HOST, Ports, Server, launch, properties_text, read_properties, stop
+from scripts.server.lifecycle import environment, launch, stop
 
 POD = Pod(cpus=8)  # two workers per version by the worker rule
 # What the runtime (kserve-torchserve) sets for protocol v2; the bundle must not depend on it.
@@ -39,7 +40,7 @@ def runtime(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     config = bundle / "config" / "config.properties"
     config.write_text(config.read_text() + properties_text(
         {**server.listeners(), "metrics_config": bundle / "config" / "metrics.yaml"}))
-    launch(server, config, {**server.environment(), **RUNTIME_ENVIRONMENT})
+    launch(server, config, {**environment(server), **RUNTIME_ENVIRONMENT})
     try:
         yield server
     finally:

@@ -31,10 +31,11 @@ import pydantic
 import pytest
 import yaml
 
-from scripts.build.kserve_bundle import Pod
-from scripts.build.model_config import version_settings
+from scripts.harness.private_hooks import kserve_api_client
+from scripts.model_config import version_settings
+from scripts.packaging.kserve_bundle import Pod
 from scripts.paths import DEFAULT_VERSION, ROOT
-from scripts.server.worker_plan import WorkerPlan
+from scripts.worker_plan import WorkerPlan
 
 DEPLOY_DIR = ROOT / "deploy"
 # The Kubernetes API the manifests are validated against: of the schema sets kubernetes-validate
@@ -180,7 +181,7 @@ def batch_size() -> int:
     return int(version_settings(DEFAULT_VERSION)["batchSize"])
 
 
-class KServeModels(kserve.ApiClient):
+class KServeModels(kserve_api_client()):
     """kserve's own ApiClient deserializer, able to build the Kubernetes types its models name.
 
     kserve 0.21 looks every type name up in kserve.models, so V1ObjectMeta, V1ResourceRequirements,
@@ -189,11 +190,11 @@ class KServeModels(kserve.ApiClient):
     container field in the predictor's pod securityContext), fails. A misspelled KServe field is
     dropped by kserve's deserializer and shows up as lost in the round trip."""
 
-    def _ApiClient__deserialize(self, data: Any, klass: Any) -> Any:  # kserve's private hook, name-mangled
+    def deserialize_value(self, data: Any, klass: Any) -> Any:
         if (isinstance(klass, str) and data is not None and not hasattr(kserve.models, klass)
                 and hasattr(kubernetes.client.models, klass)):
             return getattr(kubernetes.client.models, klass).model_validate(data)
-        return super()._ApiClient__deserialize(data, klass)
+        return super().deserialize_value(data, klass)
 
     def round_trip(self, obj: dict[str, Any]) -> dict[str, Any]:
         """obj -> V1beta1InferenceService -> dict, as kserve's client would send it."""

@@ -13,7 +13,7 @@ import ts
 
 from handler_metrics import BATCH_BUCKETS, LATENCY_BUCKETS, STAGES
 from images import b64, photo_bytes
-from scripts.server.in_process import InProcessModel, Request
+from scripts.harness.in_process import InProcessModel, Request
 from scripts.paths import archive_name
 
 PHOTO = photo_bytes((320, 240))

@@ -14,10 +14,11 @@ import tritonclient.http as triton
 import oip
 from conftest import post_inference
 from images import b64, photo_bytes
-from scripts.paths import MODEL_NAME
+from scripts.client.grpc_client import GrpcClient
 from scripts.client.prometheus_scrape import Scrape, increase, scrape
-from scripts.client.rest_api import ApiError
-from scripts.server.lifecycle import Server
+from scripts.client.rest_api import ApiError, RestClient
+from scripts.endpoints import Server
+from scripts.paths import MODEL_NAME
 
 PHOTO = photo_bytes((320, 240))
 NOT_AN_IMAGE = b"%PDF-1.4 not a photo"
@@ -28,7 +29,7 @@ def traffic(server: Server) -> Counter[Key]:
     """One request after another (each its own batch), good and bad, over every protocol and
     transport; returns what each should count as, read from each answer."""
     sent: Counter[Key] = Counter()
-    rest, grpc = server.client(), server.grpc_client()
+    rest, grpc = RestClient.for_server(server), GrpcClient.for_server(server)
     triton_client = triton.InferenceServerClient(f"127.0.0.1:{server.ports.inference}", network_timeout=60)
     try:
         def call(version: str, protocol: str, transport: str, send: Callable[[], object]) -> None:

@@ -1,4 +1,4 @@
-"""One definition of what a server loads at start (scripts/build/model_config.py), for the plain
+"""One definition of what a server loads at start (scripts/model_config.py), for the plain
 `torchserve --start`, `make serve` and the KServe bundle; and the plain command, started as the
 README gives it, serving both versions with 2.0 the default."""
 
@@ -12,11 +12,12 @@ import pytest
 
 from conftest import served_versions
 from images import photo_bytes
-from scripts.build.model_config import model_snapshot
+from scripts.client.rest_api import RestClient
+from scripts.endpoints import Ports, Server, properties_text, read_properties
+from scripts.model_config import model_snapshot
 from scripts.paths import CONFIG_DIR, MODEL_NAME, SERVED_VERSIONS
-from scripts.server.lifecycle import (Ports, Server, launch, properties_text, read_properties, stop, wait_until_ready,
-                            write_config)
-from scripts.server.worker_plan import WorkerPlan
+from scripts.server.lifecycle import environment, launch, stop, wait_until_ready, write_config
+from scripts.worker_plan import WorkerPlan
 
 CHECKED_IN = CONFIG_DIR / "config.properties"
 
@@ -27,7 +28,7 @@ def snapshot_in(config: Path) -> dict:
 
 def test_the_checked_in_snapshot_is_the_model_configs() -> None:
     """config/config.properties carries the snapshot for a plain start; it must not drift from
-    config/models/resnet50/ (regenerate it with `python -m scripts.build.model_config`)."""
+    config/models/resnet50/ (regenerate it with `python -m scripts.model_config`)."""
     assert snapshot_in(CHECKED_IN) == model_snapshot()
 
 
@@ -62,7 +63,7 @@ def plain(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     (server.run_dir / "config").symlink_to(CONFIG_DIR)
     config = server.run_dir / "plain.properties"
     config.write_text(CHECKED_IN.read_text() + properties_text(server.listeners()))
-    launch(server, config, server.environment())
+    launch(server, config, environment(server))
     try:
         yield server
     finally:
@@ -71,7 +72,7 @@ def plain(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 def test_plain_torchserve_start_serves_both_versions_with_2_0_the_default(plain: Server) -> None:
     wait_until_ready(plain, workers_per_version=1, timeout=180)
-    client = plain.client()
+    client = RestClient.for_server(plain)
     assert served_versions(plain) == set(SERVED_VERSIONS)
     assert client.describe(MODEL_NAME)[0]["modelVersion"] == "2.0"
     answers = [client.predict(MODEL_NAME, photo_bytes((320, 240)), version, "image/jpeg") for version in SERVED_VERSIONS]

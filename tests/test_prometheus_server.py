@@ -17,8 +17,9 @@ import yaml
 
 from handler_metrics import LATENCY_BUCKETS
 from images import photo_bytes
+from scripts.client.rest_api import RestClient
+from scripts.endpoints import HOST, Ports, Server
 from scripts.paths import CONFIG_DIR, MODEL_NAME
-from scripts.server.lifecycle import HOST, Ports, Server
 
 PROMETHEUS = shutil.which("prometheus")
 P99 = 'histogram_quantile(0.99, sum by (le) (rate(handler_stage_seconds_bucket{Stage="handler"}[1m])))'
@@ -83,7 +84,7 @@ def test_prometheus_computes_a_p99_within_the_bucket_of_the_slowest_request(serv
     lies below the upper bound of the bucket that holds the slowest client latency."""
     wait_for(prometheus, 'up{job="torchserve"}', lambda values: values == [1.0])
     seen = sum(query(prometheus, 'sum(handler_stage_seconds_count{Stage="handler"})'))  # none before a first batch
-    client, latencies = server.client(), []
+    client, latencies = RestClient.for_server(server), []
     for _ in range(12):
         started = time.perf_counter()
         client.predict(MODEL_NAME, photo_bytes((640, 480)), content_type="image/jpeg")

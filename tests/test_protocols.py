@@ -21,7 +21,7 @@ from answers import indices, same_answer, top5
 from handler_config import InputLimits
 from kserve_v1 import KServeV1Request
 from images import b64, encode, noise_image, photo_bytes
-from scripts.server.in_process import InProcessModel, Request, Response
+from scripts.harness.in_process import InProcessModel, Request, Response
 from scripts.paths import archive_name
 
 PHOTO, NOISE = photo_bytes((500, 400)), encode(noise_image((320, 240)))

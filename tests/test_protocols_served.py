@@ -24,10 +24,10 @@ from answers import indices, same_answer, top5
 from conftest import post_inference, refused
 from images import b64, encode, noise_image, photo_bytes
 from scripts.client.grpc_client import GrpcClient
-from scripts.paths import MODEL_NAME
-from scripts.client.rest_api import ApiError
-from scripts.server.lifecycle import Server
+from scripts.client.rest_api import ApiError, RestClient
 from scripts.client.torchserve_grpc import open_inference_grpc_pb2
+from scripts.endpoints import Server
+from scripts.paths import MODEL_NAME
 
 PHOTO, NOISE = photo_bytes((500, 400)), encode(noise_image((320, 240)))
 NOT_AN_IMAGE = b"%PDF-1.4 definitely not a photo"
@@ -36,14 +36,14 @@ NOT_AN_IMAGE = b"%PDF-1.4 definitely not a photo"
 @pytest.fixture(scope="module")
 def rest_answers(server: Server) -> dict[str, dict[bytes, list[dict[str, Any]]]]:
     """Our REST answers for each image, from the default version and from 1.0."""
-    client = server.client()
+    client = RestClient.for_server(server)
     return {version: {image: client.predict(MODEL_NAME, image, version or None) for image in (PHOTO, NOISE)}
             for version in ("", "1.0")}
 
 
 @pytest.fixture
 def auth(server: Server) -> dict[str, str]:
-    return {"Authorization": f"Bearer {server.client().tokens.inference}"}
+    return {"Authorization": f"Bearer {RestClient.for_server(server).tokens.inference}"}
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_kserve_v2_client(server: Server, auth: dict[str, str], rest_answers: di
 @pytest.mark.parametrize("version", ["", "1.0"])
 def test_oip_grpc_through_our_client(server: Server, rest_answers: dict, version: str) -> None:
     """Over gRPC the version can be chosen (REST's /v2 routes serve only the default)."""
-    client = server.grpc_client()
+    client = GrpcClient.for_server(server)
     try:
         rows = client.infer(MODEL_NAME, [PHOTO, NOISE], version=version or None)
         assert client.model_ready(MODEL_NAME, version or None)
@@ -140,7 +140,7 @@ def test_oip_grpc_through_our_client(server: Server, rest_answers: dict, version
 
 def test_oip_grpc_refusal_is_raised_by_our_client_with_its_status(server: Server) -> None:
     """Our refusal, from the `error` output; an unknown model or version, from TorchServe (INTERNAL)."""
-    client = server.grpc_client()
+    client = GrpcClient.for_server(server)
     try:
         error = refused(client.infer, MODEL_NAME, [NOT_AN_IMAGE])
         unknown = [refused(client.infer, model, [PHOTO], version) for model, version in (("nope", None),
@@ -163,7 +163,7 @@ def test_what_torchserve_does_not_route_on_v2(server: Server, auth: dict[str, st
     assert get("v2").json()["name"] == "Torchserve"
     for path in (f"v2/models/{MODEL_NAME}/versions/1.0/infer", f"v1/models/{MODEL_NAME}/versions/1.0:predict"):
         assert post_inference(server, path, json={"inputs": []}).status_code == 501
-    client = server.grpc_client()
+    client = GrpcClient.for_server(server)
     try:
         with pytest.raises(grpc.RpcError) as error:
             client.open_inference.ServerMetadata(open_inference_grpc_pb2.ServerMetadataRequest(), timeout=30,
@@ -211,7 +211,7 @@ def test_concurrent_good_and_bad_requests_on_every_route_are_answered_alone(
         server: Server, auth: dict[str, str], rest_answers: dict) -> None:
     """Sixteen requests at once (batchSize 8) over every protocol, one in two bad: each good one
     gets the right classes for each of its images, each bad one its own 4xx."""
-    grpc = server.grpc_client(timeout=60)
+    grpc = GrpcClient.for_server(server, timeout=60)
     classes = lambda *images: [indices(rest_answers[""][image]) for image in images]  # noqa: E731
     cases: list[tuple[Callable[[], Outcome], Outcome]] = [
         (lambda: via_v1(server, [b64(PHOTO), b64(NOISE)]), (200, classes(PHOTO, NOISE))),

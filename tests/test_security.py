@@ -24,10 +24,11 @@ from google.protobuf import empty_pb2
 from conftest import TEST_PLAN, refused, served_versions
 from images import photo_bytes
 from scripts.client.grpc_client import GrpcClient
-from scripts.paths import MODEL_NAME, ROOT, archive_name
 from scripts.client.rest_api import RestClient, Tokens
-from scripts.server.lifecycle import Ports, Server, ServerError, start, stop
 from scripts.client.torchserve_grpc import inference_pb2, management_pb2, open_inference_grpc_pb2
+from scripts.endpoints import Ports, Server, ServerError
+from scripts.paths import MODEL_NAME, ROOT, archive_name
+from scripts.server.lifecycle import running_pid, start, stop
 
 REFUSED = "Token Authorization failed"
 WRONG = Tokens(inference="wrong-inference-token-1f3a", management="wrong-management-token-9c2e")
@@ -65,7 +66,8 @@ def test_a_wrong_token_is_refused_over_rest_and_grpc(clients: Clients) -> None:
 
 
 def test_the_inference_token_does_not_open_management(server: Server, clients: Clients) -> None:
-    inference_only = Tokens(inference=server.client().tokens.inference, management=server.client().tokens.inference)
+    token = RestClient.for_server(server).tokens.inference
+    inference_only = Tokens(inference=token, management=token)
     for client in clients(inference_only):
         assert REFUSED in refused(client.list_models).message
 
@@ -83,7 +85,7 @@ def test_a_rest_request_with_no_authorization_header_is_refused(server: Server) 
 
 
 def test_a_grpc_call_with_no_authorization_metadata_is_refused(server: Server, clients: Clients) -> None:
-    _, stub_client = clients(server.client().tokens)  # its stubs, called without the metadata it would add
+    _, stub_client = clients(RestClient.for_server(server).tokens)  # its stubs, called without the metadata
     calls = [(stub_client.inference.Predictions, inference_pb2.PredictionsRequest(model_name=MODEL_NAME,
                                                                                   input={"data": photo_bytes()})),
              (stub_client.inference.Ping, empty_pb2.Empty()),
@@ -99,7 +101,7 @@ def test_no_token_right_or_wrong_is_written_to_the_logs(server: Server, clients:
     """After good requests and refused ones (the likeliest to be logged), over REST and gRPC."""
     access_log = server.log_dir / "access_log.log"
     logged_before = len(access_log.read_text().splitlines())
-    for client in clients(server.client().tokens):
+    for client in clients(RestClient.for_server(server).tokens):
         client.predict(MODEL_NAME, photo_bytes())
         client.list_models()
     for client in clients(WRONG):
@@ -107,14 +109,14 @@ def test_no_token_right_or_wrong_is_written_to_the_logs(server: Server, clients:
         refused(client.list_models)
     new_lines = access_log.read_text().splitlines()[logged_before:]
     assert sum(" 400 " in line for line in new_lines) >= 2, "the refused REST requests should be logged"
-    tokens = [*vars(server.client().tokens).values(), *vars(WRONG).values()]
+    tokens = [*vars(RestClient.for_server(server).tokens).values(), *vars(WRONG).values()]
     for log in (path for path in server.log_dir.rglob("*") if path.is_file()):
         text = log.read_text(errors="replace")
         assert not [token for token in tokens if token in text], f"a token leaked into {log}"
 
 
 def test_every_listener_is_on_loopback(server: Server) -> None:
-    frontend = psutil.Process(server.pid())
+    frontend = psutil.Process(running_pid(server))
     listening = [c.laddr for c in frontend.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
     ports = server.ports
     assert {address.port for address in listening} >= {ports.inference, ports.management, ports.metrics,
@@ -137,7 +139,7 @@ def listener() -> Iterator[socket.socket]:
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
 def test_registration_urls_are_refused_without_being_fetched(server: Server, clients: Clients,
                                                              listener: socket.socket, protocol: str) -> None:
-    rest, grpc_client = clients(server.client().tokens)
+    rest, grpc_client = clients(RestClient.for_server(server).tokens)
     client = grpc_client if protocol == "grpc" else rest
     port = listener.getsockname()[1]
     for url in (f"http://127.0.0.1:{port}/resnet50.mar", "https://example.com/resnet50.mar", "file:///etc/passwd"):
@@ -154,7 +156,7 @@ def test_an_archive_outside_the_model_store_cannot_be_registered(server: Server,
                                                                  tmp_path: Path) -> None:
     outside = tmp_path / "resnet50-3.0.mar"
     shutil.copy(server.model_store / archive_name("2.0"), outside)
-    for client in clients(server.client().tokens):
+    for client in clients(RestClient.for_server(server).tokens):
         error = refused(client.register, str(outside), 1)
         assert error.status == 404 and f"Model not found at: {outside}" in error.message
     assert served_versions(server) == {"1.0", "2.0"}

@@ -10,9 +10,9 @@ import requests
 from answers import same_answer
 from conftest import post_inference
 from images import photo_bytes
-from scripts.paths import MODEL_NAME
 from scripts.client.rest_api import ApiError, RestClient
-from scripts.server.lifecycle import Server
+from scripts.endpoints import Server
+from scripts.paths import MODEL_NAME
 
 
 def test_ping_reports_healthy(client: RestClient) -> None:

@@ -12,13 +12,15 @@ import pytest
 from conftest import refused, restore
 from answers import same_answer
 from images import photo_bytes
+from scripts.client.grpc_client import GrpcClient
+from scripts.client.rest_api import RestClient
+from scripts.endpoints import Server
 from scripts.paths import MODEL_NAME, archive_name
-from scripts.server.lifecycle import Server
 
 
 @pytest.fixture(params=["rest", "grpc"])
 def api(request: pytest.FixtureRequest, server: Server) -> Iterator[Any]:
-    client = server.grpc_client() if request.param == "grpc" else server.client()
+    client = GrpcClient.for_server(server) if request.param == "grpc" else RestClient.for_server(server)
     yield client
     restore(server)
     if request.param == "grpc":
@@ -67,7 +69,7 @@ def test_scale_workers(api: Any) -> None:
 def served_state(server: Server) -> dict[str, Any]:
     """What the server serves, read over REST whichever protocol the test used: versions, each
     one's worker pids, and the default."""
-    rest = server.client()
+    rest = RestClient.for_server(server)
     return {"workers": {entry["modelVersion"]: [worker["pid"] for worker in entry["workers"]]
                         for entry in rest.describe(MODEL_NAME, "all")},
             "default": rest.describe(MODEL_NAME)[0]["modelVersion"]}
@@ -113,5 +115,5 @@ def test_an_image_rest_accepts_is_accepted_over_grpc(server: Server) -> None:
     noise = np.random.default_rng(0).integers(0, 256, (1400, 1400, 3), dtype=np.uint8)
     image = encode(Image.fromarray(noise), "PNG")
     assert 4 * 2**20 < len(image) < server.max_request_size()
-    by_rest = server.client().predict(MODEL_NAME, image)
-    assert same_answer(server.grpc_client().predict(MODEL_NAME, image), by_rest)
+    by_rest = RestClient.for_server(server).predict(MODEL_NAME, image)
+    assert same_answer(GrpcClient.for_server(server).predict(MODEL_NAME, image), by_rest)

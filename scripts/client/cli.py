@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from scripts.client.heatmap_overlay import write_overlay
-from scripts.paths import MODEL_NAME, RUN_DIR
 from scripts.client.rest_api import ApiError, RestClient
-from scripts.server.lifecycle import Server, ServerError
+from scripts.endpoints import Server, ServerError
+from scripts.paths import MODEL_NAME, RUN_DIR
 
 
 def predict_files(client: Any, model: str, files: list[Path], version: str | None,
@@ -110,9 +110,14 @@ def run(args: argparse.Namespace) -> tuple[Any, bool]:
     server = Server.from_run_dir(args.run_dir)
     if args.verb == "explain":
         out = args.out or Path(f"{args.file.stem}-heatmap.png")
-        result = explain_file(server.client(), args.model, args.file, out, args.version, args.classes)
+        result = explain_file(RestClient.for_server(server), args.model, args.file, out, args.version, args.classes)
         return (result if args.json else format_explanation(result)), True
-    client = server.grpc_client() if args.grpc else server.client()
+    if args.grpc:
+        from scripts.client.grpc_client import GrpcClient  # grpc is only loaded by those who use it
+
+        client: Any = GrpcClient.for_server(server)
+    else:
+        client = RestClient.for_server(server)
     if args.verb == "predict":
         results = predict_files(client, args.model, args.files, args.version, args.concurrency)
         ok = all("error" not in result for result in results)

@@ -15,15 +15,14 @@ from typing import Any, Callable
 import grpc
 from google.protobuf import empty_pb2
 
+from handler.model_signature import ERROR
 from scripts.client import grpc_stubs
 from scripts.client.rest_api import QUEUE_FULL_MESSAGE, ApiError, Tokens, explain
+from scripts.endpoints import HOST, Server
 
 grpc_stubs.ensure()
 from scripts.client.torchserve_grpc import (inference_pb2, inference_pb2_grpc, management_pb2,  # noqa: E402
                                      management_pb2_grpc, open_inference_grpc_pb2, open_inference_grpc_pb2_grpc)
-
-# The handler's answer to a request it refused over OIP gRPC (TorchServe drops its status there).
-OIP_ERROR_OUTPUT = "error"
 
 # The HTTP status each gRPC code stands for (as in grpc-gateway's mapping).
 HTTP_STATUS = {
@@ -52,6 +51,12 @@ class GrpcClient:
         self.tokens = tokens
         self.timeout = timeout
         self.model_store = model_store
+
+    @classmethod
+    def for_server(cls, server: Server, timeout: float = 120.0) -> "GrpcClient":
+        """A client of that instance: its tokens, and message limits at its max_request_size."""
+        return cls(f"{HOST}:{server.ports.grpc_inference}", f"{HOST}:{server.ports.grpc_management}",
+                   Tokens.from_key_file(server.key_file), server.max_request_size(), timeout, server.model_store)
 
     def close(self) -> None:
         self._inference_channel.close()
@@ -83,9 +88,9 @@ class GrpcClient:
                                                             id=request_id, inputs=[tensor])
         answer = self._call(self.open_inference.ModelInfer, request, self.tokens.inference)
         outputs = {output.name: output for output in answer.outputs}
-        if OIP_ERROR_OUTPUT in outputs:
+        if ERROR.name in outputs:
             # A BYTES element reaches us as the JSON text of the handler's string, quotes and all.
-            error = json.loads(json.loads(outputs[OIP_ERROR_OUTPUT].contents.bytes_contents[0]))
+            error = json.loads(json.loads(outputs[ERROR.name].contents.bytes_contents[0]))
             raise ApiError(int(error["code"]), f"{error['type']}: {error['message']}")
         probabilities = outputs["probabilities"]
         values, classes = list(probabilities.contents.fp32_contents), probabilities.shape[-1]

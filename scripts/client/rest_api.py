@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import requests
 
+from scripts.endpoints import Server
+
 
 # TorchServe 0.12 answers a full job queue with a message about missing workers.
 QUEUE_FULL_MESSAGE = "has no worker to serve inference request"
@@ -62,6 +64,11 @@ class RestClient:
         self.tokens = tokens
         self.timeout = timeout
         self.session = requests.Session()
+
+    @classmethod
+    def for_server(cls, server: Server, timeout: float = 120.0) -> "RestClient":
+        """A client of that instance, with the tokens it wrote to its key file."""
+        return cls(server.inference_url, server.management_url, Tokens.from_key_file(server.key_file), timeout)
 
     # Inference API
     def ping(self) -> dict[str, Any]:

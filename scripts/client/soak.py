@@ -23,8 +23,9 @@ import psutil
 import requests
 from PIL import Image
 
+from scripts.client.rest_api import RestClient
+from scripts.endpoints import Server, ServerError
 from scripts.paths import MODEL_NAME, RUN_DIR, sample_photo
-from scripts.server.lifecycle import Server, ServerError
 
 
 def _encode(image: Image.Image, format: str) -> bytes:
@@ -83,7 +84,7 @@ class SoakReport:
 def workers(server: Server) -> dict[str, int]:
     """Worker id -> pid, for every version of the model."""
     return {f"{entry['modelVersion']}/{worker['id']}": worker["pid"]
-            for entry in server.client().describe(MODEL_NAME, "all") for worker in entry["workers"]}
+            for entry in RestClient.for_server(server).describe(MODEL_NAME, "all") for worker in entry["workers"]}
 
 
 def memory_mib(pids: dict[str, int]) -> dict[str, float]:
@@ -98,7 +99,7 @@ def memory_mib(pids: dict[str, int]) -> dict[str, float]:
 
 def soak(server: Server, seconds: float, concurrency: int) -> SoakReport:
     mix = request_mix()
-    token = server.client().tokens.inference
+    token = RestClient.for_server(server).tokens.inference
     url = f"{server.inference_url}/predictions/{MODEL_NAME}"
     report = SoakReport(seconds=seconds, workers_before=workers(server))
     lock = threading.Lock()

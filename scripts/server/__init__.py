@@ -1,2 +1,1 @@
-"""Running TorchServe: its config and lifecycle, the worker rule, Java, `make serve`/`make stop`,
-and the handler run in-process as a worker runs it."""
+"""Running TorchServe: its config and lifecycle, Java, and `make serve`/`make stop`."""

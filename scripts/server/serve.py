@@ -10,12 +10,13 @@ import os
 import sys
 from pathlib import Path
 
-from scripts.build import build_archives
+from scripts.client.rest_api import ApiError, RestClient
+from scripts.endpoints import Ports, Server, ServerError
+from scripts.packaging import build_archives
+from scripts.packaging.weights import OFFICIAL, RANDOM, WeightsError
 from scripts.paths import DEFAULT_VERSION, MODEL_NAME, MODEL_STORE, RUN_DIR, SERVED_VERSIONS, sample_photo
-from scripts.client.rest_api import ApiError
-from scripts.server.lifecycle import Ports, Server, ServerError, log_excerpt, start, stop
-from scripts.build.weights import OFFICIAL, RANDOM, WeightsError
-from scripts.server.worker_plan import Machine, WorkerPlan, plan_from_environment
+from scripts.server.lifecycle import log_excerpt, start, stop
+from scripts.worker_plan import Machine, WorkerPlan, plan_from_environment
 
 
 def format_predictions(predictions: list[dict]) -> str:
@@ -35,7 +36,7 @@ def serve(weights: str, server: Server, plan: WorkerPlan) -> int:
     print(f"workers: {plan.describe()}")
     start(server, plan)
     try:
-        client = server.client()
+        client = RestClient.for_server(server)
         served = client.describe(MODEL_NAME)[0]["modelVersion"]
         if served != DEFAULT_VERSION:
             raise ServerError(f"asked for default version {DEFAULT_VERSION} but TorchServe serves {served}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from scripts.server.lifecycle import Server, stop
+from scripts.endpoints import Server
+from scripts.server.lifecycle import stop
 
 
 def main() -> int:

@@ -3,14 +3,13 @@
 The archive is loaded by TorchServe's own model loader, requests are decoded from the same wire
 frames the frontend sends (so JSON and text bodies are parsed as in a worker), and a batch goes
 through the same steps as `ts.service.Service.predict`. The tests use it to check the handler
-in detail; the benchmark uses it to measure the handler without the server.
+in detail; the benchmark uses it to measure the handler without the server. The private
+TorchServe APIs this takes are reached through private_hooks.py.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,9 @@ from typing import Any
 
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.model_loader import TsModelLoader
-from ts.protocol.otf_message_handler import _retrieve_input_data
 from ts.service import Service
 
+from scripts.harness.private_hooks import decode_parameter, entry_point, handler_of
 from scripts.paths import CONFIG_DIR
 
 METRICS_CONFIG = CONFIG_DIR / "metrics.yaml"  # what the served handler gets (metrics_config)
@@ -99,7 +98,7 @@ class InProcessModel:
 
     @property
     def handler(self) -> Any:
-        return self.service._entry_point.__self__
+        return handler_of(self.service)
 
     def infer(self, requests: list[Request]) -> list[Response]:
         batch = [_wire_request(f"request-{i}", request) for i, request in enumerate(requests)]
@@ -108,7 +107,7 @@ class InProcessModel:
         context.request_ids = ids
         context.request_processor = headers
         context.metrics.request_ids = ids
-        outputs = self.service._entry_point(inputs, context)
+        outputs = entry_point(self.service)(inputs, context)
         assert len(outputs) == len(requests), "one response per request"
         return [Response(context.get_response_status(i)[0] or 200, output, context.get_response_headers(i))
                 for i, output in enumerate(outputs)]
@@ -125,19 +124,5 @@ def _wire_request(request_id: str, request: Request) -> dict[str, Any]:
     return {
         "requestId": request_id.encode(),
         "headers": [{"name": name.encode(), "value": value.encode()} for name, value in request.headers],
-        "parameters": [_wire_parameter(*parameter) for parameter in request.parameters],
+        "parameters": [decode_parameter(*parameter) for parameter in request.parameters],
     }
-
-
-def _wire_parameter(name: str, content_type: str, value: bytes) -> dict[str, Any]:
-    """Decode one parameter frame with TorchServe's own decoder."""
-    frame = b"".join(struct.pack("!i", len(part)) + part for part in (name.encode(), content_type.encode(), value))
-    return _retrieve_input_data(_Socket(frame))
-
-
-class _Socket:
-    def __init__(self, data: bytes) -> None:
-        self._stream = io.BytesIO(data)
-
-    def recv(self, size: int) -> bytes:
-        return self._stream.read(size)

@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 
-from scripts.paths import HANDLER_DIR
+from handler.model_identity import architecture
+from scripts.paths import HANDLER_DIR, MODEL_NAME
 
 sys.path.insert(0, str(HANDLER_DIR))  # the handler's own precision, layout and targets
 from compiled_forward import for_inference, inference_dtype, load_package, native_target  # noqa: E402,F401
 
-PACKAGE_NAMES = {"cpu": "resnet50_cpu.pt2", "cuda": "resnet50_cuda.pt2"}
+PACKAGE_NAMES = {device: f"{MODEL_NAME}_{device}.pt2" for device in ("cpu", "cuda")}
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def compile_forwards(weights: Path, max_batch: int, output_dir: Path) -> list[Co
 
 def compile_forward(weights: Path, max_batch: int, output_dir: Path, device: torch.device) -> CompiledPackage:
     """Export the model with a dynamic batch dimension (1 to max_batch) and compile it for `device`."""
-    model = torchvision.models.resnet50()
+    model = architecture()
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model = for_inference(model, device)
     example = torch.randn(min(2, max_batch), 3, 224, 224, device=device, dtype=inference_dtype(device))

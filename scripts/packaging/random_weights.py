@@ -19,10 +19,10 @@ import hashlib
 from pathlib import Path
 
 import torch
-import torchvision
 from PIL import Image
-from torchvision.models import ResNet50_Weights
 from torchvision.transforms import v2
+
+from handler.model_identity import architecture, weight_sets
 
 from scripts.paths import sample_photo
 
@@ -33,7 +33,7 @@ CROP = 224
 LOGIT_SPREAD = 2.0
 FIRST_FILTER_BLUR_SIGMA = 1.5  # pixels, over conv1's 7x7 kernels
 
-_PRESET = ResNet50_Weights.DEFAULT.transforms()
+_PRESET = weight_sets().DEFAULT.transforms()
 _NORMALIZE = v2.Normalize(mean=_PRESET.mean, std=_PRESET.std)
 _PHOTO_CROP = v2.Compose([v2.RandomResizedCrop(CROP, scale=(0.05, 1.0), antialias=True),
                           v2.RandomHorizontalFlip()])
@@ -44,7 +44,7 @@ def random_state_dict(seed: int) -> dict[str, torch.Tensor]:
     caller's random generator is left as it was."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = torchvision.models.resnet50(weights=None)
+        model = architecture()
         images = _NORMALIZE(calibration_images(CALIBRATION_IMAGES))
         _smooth_first_filters(model)
         _reestimate_batch_norms(model, images)

@@ -2,12 +2,12 @@
 
 A version's settings are the shared model-config.yaml overlaid with the version's own file
 (Triton-style: configuration beside each version). The archive build packs them into the .mar
-(scripts/build/build_archives.py); TorchServe's `model_snapshot` property loads the versions at
+(scripts/packaging/build_archives.py); TorchServe's `model_snapshot` property loads the versions at
 start-up with their workers and batching, and, unlike registration, honours `defaultVersion`.
 Every way this project starts TorchServe uses the one snapshot written here:
 - config/config.properties carries it for a plain `torchserve --start` (the model config's workers);
 - `make serve` and the tests write it sized to the machine (scripts/server/lifecycle.py);
-- `make kserve-bundle` writes it sized to the pod (scripts/build/kserve_bundle.py).
+- `make kserve-bundle` writes it sized to the pod (scripts/packaging/kserve_bundle.py).
 """
 
 from __future__ import annotations

@@ -9,11 +9,11 @@
 KServe mounts it at /mnt/models, and its TorchServe runtime starts the server from
 config.properties; a plain Kubernetes Deployment (deploy/kubernetes/) starts it from
 kubernetes.properties. The model_snapshot loads the versions (1.0 and 2.0, 2.0 the default, by
-default), each with the workers the rule of scripts/server/worker_plan.py gives the pod (not the
+default), each with the workers the rule of scripts/worker_plan.py gives the pod (not the
 build machine).
 
-    python -m scripts.build.kserve_bundle --weights random --pod-cpus 4
-    python -m scripts.build.kserve_bundle --versions 2.0 2.1 --default 2.1 --out build/kserve-2.1   # a canary
+    python -m scripts.packaging.kserve_bundle --weights random --pod-cpus 4
+    python -m scripts.packaging.kserve_bundle --versions 2.0 2.1 --default 2.1 --out build/kserve-2.1   # a canary
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from scripts.build import build_archives
-from scripts.build.model_config import model_snapshot, snapshot_line
+from scripts.model_config import model_snapshot, snapshot_line
+from scripts.packaging import build_archives
+from scripts.packaging.weights import OFFICIAL, RANDOM, WeightsError
 from scripts.paths import BUILD_DIR, CONFIG_DIR, DEFAULT_VERSION, MODEL_STORE, SERVED_VERSIONS, archive_name
-from scripts.build.weights import OFFICIAL, RANDOM, WeightsError
-from scripts.server.worker_plan import GPU_MEMORY_PER_WORKER_GIB, WORKERS_PER_GPU, Machine, WorkerPlan, plan_workers
+from scripts.worker_plan import GPU_MEMORY_PER_WORKER_GIB, WORKERS_PER_GPU, Machine, WorkerPlan, plan_workers
 
 BUNDLE_DIR = BUILD_DIR / "kserve"
 KSERVE_CONFIG = CONFIG_DIR / "kserve" / "config.properties"
@@ -62,7 +62,7 @@ def write_bundle(archives: Mapping[str, Path], pod: Pod, out: Path, default: str
     (out / "config").mkdir()
     for version, archive in archives.items():
         shutil.copyfile(archive, out / "model-store" / archive_name(version))
-    footer = [f"# Written by scripts/build/kserve_bundle.py for a pod of {pod.cpus} CPUs and {pod.gpus} GPUs: "
+    footer = [f"# Written by scripts/packaging/kserve_bundle.py for a pod of {pod.cpus} CPUs and {pod.gpus} GPUs: "
               f"{plan.describe()}",
               f"number_of_gpu={plan.number_of_gpu}",
               snapshot_line(snapshot)]

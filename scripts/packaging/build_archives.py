@@ -4,8 +4,8 @@ Each archive carries the handler, the weights and a model-config.yaml merged fro
 config/models/resnet50/model-config.yaml, the version's own file and torchvision's weight
 metadata (preprocessing parameters and class names), so the .mar describes itself.
 
-    python -m scripts.build.build_archives                 # 1.0 and 2.0
-    python -m scripts.build.build_archives 2.1 --like 2.0  # a rebuild of 2.0's recipe as version 2.1
+    python -m scripts.packaging.build_archives                 # 1.0 and 2.0
+    python -m scripts.packaging.build_archives 2.1 --like 2.0  # a rebuild of 2.0's recipe as version 2.1
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 import yaml
-from torchvision.models import ResNet50_Weights
 
-from scripts.build.compile_forward import build_targets, compile_forwards
-from scripts.build.model_config import version_settings
+from handler.model_identity import weight_sets
+from scripts.model_config import version_settings
+from scripts.packaging.compile_forward import build_targets, compile_forwards
+from scripts.packaging.weights import OFFICIAL, RANDOM, WeightsError, weights_file
 from scripts.paths import BUILD_DIR, HANDLER_DIR, MODEL_NAME, MODEL_STORE, SERVED_VERSIONS, archive_name
-from scripts.build.weights import OFFICIAL, RANDOM, WeightsError, weights_file
 
 HANDLER_ENTRY = HANDLER_DIR / "resnet50_handler.py"
 
@@ -38,7 +38,7 @@ def build(version: str, weights_source: str, model_store: Path = MODEL_STORE,
     """Build one version's archive unless an identical one is already in the store.
 
     With `with_compiled_forward`, the archive also carries the forward pass compiled for this
-    machine's CPU and GPU (scripts/build/compile_forward.py). `settings` override top-level model-config.yaml keys
+    machine's CPU and GPU (scripts/packaging/compile_forward.py). `settings` override top-level model-config.yaml keys
     (batchSize, maxBatchDelay, jobQueueSize, ...).
     """
     config = {**archive_model_config(recipe_version or version, weights_source), **(settings or {})}
@@ -70,7 +70,7 @@ def archive_model_config(recipe_version: str, weights_source: str) -> dict[str, 
     """The version's settings, then what torchvision's weights define."""
     config = version_settings(recipe_version)
     handler = config["handler"]
-    weights = ResNet50_Weights[handler["weights"]]
+    weights = weight_sets()[handler["weights"]]
     preset = weights.transforms()
     handler.update(
         random_weights=weights_source == RANDOM,

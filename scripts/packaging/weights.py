@@ -17,10 +17,9 @@ from pathlib import Path
 
 import torch
 from torch.hub import HASH_REGEX, download_url_to_file, get_dir
-from torchvision.models import ResNet50_Weights
-
-from scripts.paths import BUILD_DIR
-from scripts.build.random_weights import random_state_dict, recipe_id
+from handler.model_identity import weight_sets
+from scripts.packaging.random_weights import random_state_dict, recipe_id
+from scripts.paths import BUILD_DIR, MODEL_NAME
 
 RANDOM = "random"
 OFFICIAL = "official"
@@ -34,7 +33,7 @@ def weights_file(weights_name: str, source: str = OFFICIAL) -> Path:
     """Return a local, verified state-dict file for `weights_name` (e.g. IMAGENET1K_V2)."""
     if source == RANDOM:
         return random_weights_file(seed=_seed_for(weights_name))
-    url = ResNet50_Weights[weights_name].url
+    url = weight_sets()[weights_name].url
     file_name = os.path.basename(url)
     if source == OFFICIAL:
         return _download(url, Path(get_dir()) / "checkpoints" / file_name)
@@ -59,8 +58,8 @@ def verify_hash_prefix(path: Path) -> None:
 
 def random_weights_file(seed: int, folder: Path = BUILD_DIR / "weights") -> Path:
     """Seeded, so every build and test run produces the same tensors; calibrated so that
-    different images get different classes (scripts/build/random_weights.py)."""
-    path = folder / f"resnet50-random-{recipe_id()}-seed{seed}.pth"
+    different images get different classes (scripts/packaging/random_weights.py)."""
+    path = folder / f"{MODEL_NAME}-random-{recipe_id()}-seed{seed}.pth"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
@@ -71,7 +70,7 @@ def random_weights_file(seed: int, folder: Path = BUILD_DIR / "weights") -> Path
 
 def _seed_for(weights_name: str) -> int:
     """Distinct seeds per weights set, so versions built from random weights differ."""
-    return list(ResNet50_Weights.__members__).index(weights_name)
+    return list(weight_sets().__members__).index(weights_name)
 
 
 def _download(url: str, destination: Path) -> Path:
