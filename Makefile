@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 
 export VENV PYTHON
 
-.PHONY: setup archives serve stop test bench soak kserve-bundle clean
+.PHONY: setup archives serve stop lint format test bench soak kserve-bundle clean
 
 setup: $(VENV)/.setup-done
 
@@ -36,7 +36,20 @@ kserve-bundle: setup
 stop: setup
 	$(PY) -m scripts.server.stop
 
-test: setup
+# Lint, format check and type check (pyproject.toml configures each), over these folders.
+# tests/ joins them here once it is formatted.
+LINTED := handler scripts benchmarks
+lint: setup
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
+	$(PY) -m mypy $(LINTED)
+
+# Apply ruff's safe fixes and its formatting to the same folders.
+format: setup
+	$(PY) -m ruff check --fix $(LINTED)
+	$(PY) -m ruff format $(LINTED)
+
+test: lint
 	$(PY) -m pytest
 
 # Benchmark-only extras: locust (load).

@@ -51,22 +51,52 @@ def locust_processes(users: int) -> int:
     return max(1, min(-(-users // USERS_PER_LOCUST_PROCESS), (os.cpu_count() or 1) // 4))
 
 
-def run_locust(server: Server, model: str, protocol: str, users: int, seconds: float, inputs: Path,
-               out: Path, target: str) -> LoadResult:
+def run_locust(
+    server: Server, model: str, protocol: str, users: int, seconds: float, inputs: Path, out: Path, target: str
+) -> LoadResult:
     before = scrape(server.metrics_url)
     prefix = out / f"{target}-{protocol}-c{users}"
     token = RestClient.for_server(server).tokens.inference
-    env = dict(os.environ, BENCH_INPUTS=str(inputs), BENCH_MODEL=model, BENCH_TOKEN=token,
-               BENCH_GRPC_TARGET=f"127.0.0.1:{server.ports.grpc_inference}",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        BENCH_INPUTS=str(inputs),
+        BENCH_MODEL=model,
+        BENCH_TOKEN=token,
+        BENCH_GRPC_TARGET=f"127.0.0.1:{server.ports.grpc_inference}",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
     processes = locust_processes(users)
-    subprocess.run([sys.executable, "-m", "locust", "-f", str(ROOT / "benchmarks" / "locustfile.py"),
-                    "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds:.0f}s",
-                    *(["--processes", str(processes)] if processes > 1 else []),
-                    "--host", server.inference_url, "--csv", str(prefix), "--only-summary", "--loglevel", "ERROR",
-                    "--exit-code-on-error", "0",  # failed requests are counted in the report, not fatal
-                    LOCUST_USERS[protocol]],
-                   env=env, check=True, capture_output=True, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(ROOT / "benchmarks" / "locustfile.py"),
+            "--headless",
+            "-u",
+            str(users),
+            "-r",
+            str(users),
+            "-t",
+            f"{seconds:.0f}s",
+            *(["--processes", str(processes)] if processes > 1 else []),
+            "--host",
+            server.inference_url,
+            "--csv",
+            str(prefix),
+            "--only-summary",
+            "--loglevel",
+            "ERROR",
+            "--exit-code-on-error",
+            "0",  # failed requests are counted in the report, not fatal
+            LOCUST_USERS[protocol],
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
     with open(f"{prefix}_stats.csv") as stats:
         row = next(r for r in csv.DictReader(stats) if r["Name"] == "Aggregated")
     after = scrape(server.metrics_url)
@@ -76,18 +106,29 @@ def run_locust(server: Server, model: str, protocol: str, users: int, seconds: f
 
     served = max(1.0, increase(before, after, "ts_inference_requests_total", model_name=model))
     batches = grew("handler_stage_seconds_count", Stage="handler")
-    stages = {stage: 1000 * grew("handler_stage_seconds_sum", Stage=stage) / batches for stage in STAGES} if batches else {}
+    stages = (
+        {stage: 1000 * grew("handler_stage_seconds_sum", Stage=stage) / batches for stage in STAGES} if batches else {}
+    )
 
     def per_request_ms(name: str) -> float:
         return increase(before, after, name, model_name=model) / served / 1000
 
     # Throughput counts answered requests only: locust's Requests/s includes failures (fast 503s).
-    return LoadResult(target, protocol, users, int(row["Request Count"]), int(row["Failure Count"]),
-                      _number(row["Requests/s"]) - _number(row["Failures/s"]),
-                      _number(row["50%"]), _number(row["90%"]), _number(row["99%"]),
-                      per_request_ms("ts_queue_latency_microseconds"),
-                      per_request_ms("ts_inference_latency_microseconds"),
-                      stages, grew("handler_batch_images_sum") / max(1.0, grew("handler_batch_images_count")))
+    return LoadResult(
+        target,
+        protocol,
+        users,
+        int(row["Request Count"]),
+        int(row["Failure Count"]),
+        _number(row["Requests/s"]) - _number(row["Failures/s"]),
+        _number(row["50%"]),
+        _number(row["90%"]),
+        _number(row["99%"]),
+        per_request_ms("ts_queue_latency_microseconds"),
+        per_request_ms("ts_inference_latency_microseconds"),
+        stages,
+        grew("handler_batch_images_sum") / max(1.0, grew("handler_batch_images_count")),
+    )
 
 
 def _number(text: str) -> float:
@@ -98,8 +139,16 @@ def _number(text: str) -> float:
         return float("nan")
 
 
-def load_steps(server: Server, model: str, target: str, concurrencies: list[int], protocols: list[str],
-               seconds: float, inputs: Path, out: Path) -> list[LoadResult]:
+def load_steps(
+    server: Server,
+    model: str,
+    target: str,
+    concurrencies: list[int],
+    protocols: list[str],
+    seconds: float,
+    inputs: Path,
+    out: Path,
+) -> list[LoadResult]:
     warm = next(inputs.glob("*.jpg")).read_bytes()
     for _ in range(3):
         RestClient.for_server(server).predict(model, warm, content_type="image/jpeg")
@@ -107,7 +156,9 @@ def load_steps(server: Server, model: str, target: str, concurrencies: list[int]
     for protocol in protocols:
         for users in concurrencies:
             result = run_locust(server, model, protocol, users, seconds, inputs, out, target)
-            print(f"  {target:<6} {protocol:<4} c={users:<3} {result.throughput:8.2f} img/s  "
-                  f"p50 {result.p50_ms:6.0f} ms  p99 {result.p99_ms:6.0f} ms  errors {result.failures}")
+            print(
+                f"  {target:<6} {protocol:<4} c={users:<3} {result.throughput:8.2f} img/s  "
+                f"p50 {result.p50_ms:6.0f} ms  p99 {result.p99_ms:6.0f} ms  errors {result.failures}"
+            )
             results.append(result)
     return results

@@ -29,8 +29,12 @@ class RestUser(FastHttpUser):
 
     @task
     def classify(self) -> None:
-        self.client.post(f"/predictions/{MODEL}", data=random.choice(IMAGES), name="REST predict",
-                         headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "image/jpeg"})
+        self.client.post(
+            f"/predictions/{MODEL}",
+            data=random.choice(IMAGES),
+            name="REST predict",
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "image/jpeg"},
+        )
 
 
 class OipUser(FastHttpUser):
@@ -51,9 +55,12 @@ class OipUser(FastHttpUser):
     @task
     def classify(self) -> None:
         body, header_length = random.choice(self.bodies)
-        self.client.post(f"/v2/models/{MODEL}/infer", data=body, name="OIP infer",
-                         headers={"Authorization": f"Bearer {TOKEN}",
-                                  "Inference-Header-Content-Length": str(header_length)})
+        self.client.post(
+            f"/v2/models/{MODEL}/infer",
+            data=body,
+            name="OIP infer",
+            headers={"Authorization": f"Bearer {TOKEN}", "Inference-Header-Content-Length": str(header_length)},
+        )
 
 
 class GrpcUser(User):
@@ -63,7 +70,10 @@ class GrpcUser(User):
         import grpc
         import grpc.experimental.gevent as grpc_gevent
 
-        from scripts.client.grpc_client import inference_pb2, inference_pb2_grpc
+        from scripts.client import grpc_stubs
+
+        grpc_stubs.ensure()  # generated at setup; made now if this checkout has none yet
+        from scripts.client.torchserve_grpc import inference_pb2, inference_pb2_grpc
 
         grpc_gevent.init_gevent()
         limit = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
@@ -80,9 +90,18 @@ class GrpcUser(User):
         started = time.perf_counter()
         exception = None
         try:
-            self.stub.Predictions(self.request_type(model_name=MODEL, input={"data": image}),
-                                  metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=120)
+            self.stub.Predictions(
+                self.request_type(model_name=MODEL, input={"data": image}),
+                metadata=(("authorization", f"Bearer {TOKEN}"),),
+                timeout=120,
+            )
         except Exception as error:  # reported to locust as a failed request
             exception = error
-        events.request.fire(request_type="gRPC", name="gRPC predict", response_length=0, exception=exception,
-                            response_time=(time.perf_counter() - started) * 1000, context={})
+        events.request.fire(
+            request_type="gRPC",
+            name="gRPC predict",
+            response_length=0,
+            exception=exception,
+            response_time=(time.perf_counter() - started) * 1000,
+            context={},
+        )

@@ -9,11 +9,15 @@ import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torchvision
 
 from benchmarks.load import STAGES, LoadResult
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes  # matplotlib itself is imported only to plot
 
 
 @dataclass(frozen=True)
@@ -27,17 +31,26 @@ class InProcess:
     explained: dict[str, float]
 
     def rows(self) -> list[str]:
-        return [f"| ({tag}) {name} | {value:.2f} |"
-                for tag, figures in (("c", self.eager), ("c'", self.compiled), ("d", self.handler),
-                                     ("e", self.explained))
-                for name, value in figures.items()]
+        return [
+            f"| ({tag}) {name} | {value:.2f} |"
+            for tag, figures in (("c", self.eager), ("c'", self.compiled), ("d", self.handler), ("e", self.explained))
+            for name, value in figures.items()
+        ]
 
 
-def write_report(out: Path, device: torch.device, in_process: InProcess, results: list[LoadResult],
-                 setup: list[str], concurrencies: list[int]) -> Path:
+def write_report(
+    out: Path,
+    device: torch.device,
+    in_process: InProcess,
+    results: list[LoadResult],
+    setup: list[str],
+    concurrencies: list[int],
+) -> Path:
     top = max(concurrencies)
-    ours, stock = (next((r for r in results if r.target == target and r.concurrency == top and r.protocol == "REST"),
-                        None) for target in ("ours", "stock"))
+    ours, stock = (
+        next((r for r in results if r.target == target and r.concurrency == top and r.protocol == "REST"), None)
+        for target in ("ours", "stock")
+    )
     lines = [
         f"# Benchmark: {datetime.date.today().isoformat()}",
         "",
@@ -56,11 +69,15 @@ def write_report(out: Path, device: torch.device, in_process: InProcess, results
         "",
         "## Served",
         "",
-        "| target | protocol | concurrency | img/s | p50 ms | p90 ms | p99 ms | errors | server queue ms | server inference ms |",
+        "| target | protocol | concurrency | img/s | p50 ms | p90 ms | p99 ms | errors "
+        "| server queue ms | server inference ms |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        *(f"| {r.target} | {r.protocol} | {r.concurrency} | {r.throughput:.2f} | {r.p50_ms:.0f} | {r.p90_ms:.0f} | "
-          f"{r.p99_ms:.0f} | {r.failures} | {_server_timing(r, r.server_queue_ms)} | "
-          f"{_server_timing(r, r.server_inference_ms)} |" for r in results),
+        *(
+            f"| {r.target} | {r.protocol} | {r.concurrency} | {r.throughput:.2f} | {r.p50_ms:.0f} | {r.p90_ms:.0f} | "
+            f"{r.p99_ms:.0f} | {r.failures} | {_server_timing(r, r.server_queue_ms)} | "
+            f"{_server_timing(r, r.server_inference_ms)} |"
+            for r in results
+        ),
         "",
         "Server timings are TorchServe's own per-request counters (`ts_queue_latency_microseconds`,",
         "`ts_inference_latency_microseconds`); TorchServe 0.12 does not count gRPC requests in them.",
@@ -69,8 +86,12 @@ def write_report(out: Path, device: torch.device, in_process: InProcess, results
         "",
         f"| target | protocol | concurrency | images per batch | {' | '.join(STAGES)} |",
         f"| --- | --- | --- | --- | {' | '.join('---' for _ in STAGES)} |",
-        *(f"| {r.target} | {r.protocol} | {r.concurrency} | {r.images_per_batch:.1f} | "
-          f"{' | '.join(f'{r.handler_stage_ms[stage]:.0f}' for stage in STAGES)} |" for r in results if r.handler_stage_ms),
+        *(
+            f"| {r.target} | {r.protocol} | {r.concurrency} | {r.images_per_batch:.1f} | "
+            f"{' | '.join(f'{r.handler_stage_ms[stage]:.0f}' for stage in STAGES)} |"
+            for r in results
+            if r.handler_stage_ms
+        ),
         "",
         f"## Ratios at concurrency {top} (REST)",
         "",
@@ -87,10 +108,14 @@ def _ratios(ours: LoadResult | None, stock: LoadResult | None, in_process: InPro
         return []
     lines = [f"- a/b (ours / stock): **{ours.throughput / stock.throughput:.2f}x**"] if stock else []
     lines.append(f"- a/c (ours / best raw eager forward): **{ours.throughput / max(in_process.eager.values()):.2f}x**")
-    lines += [f"- a/c' (ours / the compiled forward alone): **{ours.throughput / value:.2f}x**"
-              for value in in_process.compiled.values()]
-    lines += [f"- a/d (ours / the handler without the server): **{ours.throughput / value:.2f}x**"
-              for value in in_process.handler.values()]
+    lines += [
+        f"- a/c' (ours / the compiled forward alone): **{ours.throughput / value:.2f}x**"
+        for value in in_process.compiled.values()
+    ]
+    lines += [
+        f"- a/d (ours / the handler without the server): **{ours.throughput / value:.2f}x**"
+        for value in in_process.handler.values()
+    ]
     lines.append(f"- ours p99/p50: **{ours.p99_ms / ours.p50_ms:.2f}**")
     return lines
 
@@ -125,7 +150,7 @@ def plot(path: Path, best_raw: float, results: list[LoadResult], concurrencies: 
     figure.savefig(path, dpi=110)
 
 
-def _plot_stages(axes, rows: list[LoadResult]) -> None:
+def _plot_stages(axes: Axes, rows: list[LoadResult]) -> None:
     """Per load step, the handler's mean time per batch in each stage (stacked), beside what the
     clients waited for a request (p50 and p99): the rest is queueing and the frontend."""
     positions = list(range(len(rows)))
@@ -133,9 +158,16 @@ def _plot_stages(axes, rows: list[LoadResult]) -> None:
     for stage in STAGES[:-1]:
         heights = [r.handler_stage_ms[stage] for r in rows]
         axes.bar(positions, heights, 0.5, bottom=bottom, label=f"handler: {stage}")
-        bottom = [b + h for b, h in zip(bottom, heights)]
-    axes.scatter(positions, [r.handler_stage_ms["handler"] for r in rows], marker="_", s=600, color="black",
-                 label="handler: whole", zorder=3)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    axes.scatter(
+        positions,
+        [r.handler_stage_ms["handler"] for r in rows],
+        marker="_",
+        s=600,
+        color="black",
+        label="handler: whole",
+        zorder=3,
+    )
     axes.plot(positions, [r.p50_ms for r in rows], marker="o", color="tab:red", label="client p50")
     axes.plot(positions, [r.p99_ms for r in rows], marker="^", color="tab:purple", label="client p99")
     axes.set_xticks(positions, [f"c={r.concurrency}\n{r.images_per_batch:.1f} img/batch" for r in rows])

@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from PIL import Image
@@ -53,8 +53,8 @@ def make_inputs(folder: Path) -> Path:
     """JPEGs of 0.3 to 2 MP at camera quality, from the sample photo in six crops and sizes."""
     folder.mkdir(parents=True, exist_ok=True)
     photo = sample_photo()
-    with Image.open(photo) as image:
-        image = image.convert("RGB")
+    with Image.open(photo) as opened:
+        image = opened.convert("RGB")
         for i, size in enumerate(INPUT_SIZES):
             left, top = 8 * i, 6 * i
             crop = image.crop((left, top, image.width - left, image.height - top))
@@ -66,8 +66,13 @@ def make_inputs(folder: Path) -> Path:
 def serving(run_dir: Path, model_store: Path, archive: str, plan: WorkerPlan, clients: int) -> Iterator[Server]:
     """A server of `archive` alone, whose queues hold every client's request (TorchServe's
     default of 100 would answer a GPU step's 256 clients with instant 503s)."""
-    server = Server(run_dir=run_dir, model_store=model_store, ports=Ports.free(),
-                    properties={"job_queue_size": max(100, 2 * clients)}, versions=())
+    server = Server(
+        run_dir=run_dir,
+        model_store=model_store,
+        ports=Ports.free(),
+        properties={"job_queue_size": max(100, 2 * clients)},
+        versions=(),
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     start(server, plan)
     try:
@@ -77,8 +82,9 @@ def serving(run_dir: Path, model_store: Path, archive: str, plan: WorkerPlan, cl
         stop(server)
 
 
-def measure_in_process(archive: Path, inputs: Path, device: torch.device, batch_size: int,
-                       seconds: float, out: Path) -> InProcess:
+def measure_in_process(
+    archive: Path, inputs: Path, device: torch.device, batch_size: int, seconds: float, out: Path
+) -> InProcess:
     print(f"in-process on {device}")
     handler = InProcessModel(archive, out / "in-process", batch_size, gpu_id=device.index)
     images = [path.read_bytes() for path in sorted(inputs.glob("*.jpg"))]
@@ -98,9 +104,12 @@ def measure_in_process(archive: Path, inputs: Path, device: torch.device, batch_
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30.0, help="per load step")
-    parser.add_argument("--concurrency", type=int, nargs="+",
-                        help=f"load steps (default: {DEFAULT_CONCURRENCY['cpu']} on CPU, "
-                             f"{DEFAULT_CONCURRENCY['cuda']} on GPU)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        help=f"load steps (default: {DEFAULT_CONCURRENCY['cpu']} on CPU, {DEFAULT_CONCURRENCY['cuda']} on GPU)",
+    )
     parser.add_argument("--batch-size", type=int, help="build our archive with this batchSize (default: its config's)")
     parser.add_argument("--weights", default=RANDOM)
     parser.add_argument("--skip-stock", action="store_true")
@@ -111,28 +120,36 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_from_environment(machine)
     device = torch.device("cuda", 0) if plan.number_of_gpu else torch.device("cpu")
     concurrencies = args.concurrency or DEFAULT_CONCURRENCY[device.type]
-    torch.set_num_threads(plan.threads_per_worker * plan.workers_per_version)
+    torch.set_num_threads((plan.threads_per_worker or machine.cores) * plan.workers_per_version)
     settings = {"batchSize": args.batch_size} if args.batch_size else {}
     archive = build_archives.build(DEFAULT_VERSION, args.weights, BENCH_MODEL_STORE, settings=settings)
     batch_size = args.batch_size or build_archives.archive_model_config(DEFAULT_VERSION, args.weights)["batchSize"]
     in_process = measure_in_process(archive, inputs, device, batch_size, args.seconds, out)
 
-    stock_plan = WorkerPlan(workers_per_version=plan.number_of_gpu or machine.cores,
-                            number_of_gpu=plan.number_of_gpu, threads_per_worker=None)
-    setup = [f"(a) ours: {plan.describe()}, batch size {batch_size}",
-             f"(b) stock: {stock_plan.describe()}, batch size 1",
-             f"{args.seconds:.0f} s per step, inputs: JPEGs of {', '.join(f'{w}x{h}' for w, h in INPUT_SIZES)}"]
+    stock_plan = WorkerPlan(
+        workers_per_version=plan.number_of_gpu or machine.cores,
+        number_of_gpu=plan.number_of_gpu,
+        threads_per_worker=None,
+    )
+    setup = [
+        f"(a) ours: {plan.describe()}, batch size {batch_size}",
+        f"(b) stock: {stock_plan.describe()}, batch size 1",
+        f"{args.seconds:.0f} s per step, inputs: JPEGs of {', '.join(f'{w}x{h}' for w, h in INPUT_SIZES)}",
+    ]
     print(setup[0])
-    with serving(out / "run-ours", BENCH_MODEL_STORE, archive_name(DEFAULT_VERSION), plan,
-                 max(concurrencies)) as server:
+    with serving(
+        out / "run-ours", BENCH_MODEL_STORE, archive_name(DEFAULT_VERSION), plan, max(concurrencies)
+    ) as server:
         results = load_steps(server, MODEL_NAME, "ours", concurrencies, ["REST"], args.seconds, inputs, out)
-        results += load_steps(server, MODEL_NAME, "ours", [max(concurrencies)], ["gRPC", "OIP"], args.seconds,
-                              inputs, out)
+        results += load_steps(
+            server, MODEL_NAME, "ours", [max(concurrencies)], ["gRPC", "OIP"], args.seconds, inputs, out
+        )
     if not args.skip_stock:
         stock_archive = build_stock_archive(weights_file("IMAGENET1K_V2", args.weights), BENCH_MODEL_STORE)
         print(setup[1])
-        with serving(out / "run-stock", BENCH_MODEL_STORE, stock_archive.name, stock_plan,
-                     max(concurrencies)) as server:
+        with serving(
+            out / "run-stock", BENCH_MODEL_STORE, stock_archive.name, stock_plan, max(concurrencies)
+        ) as server:
             results += load_steps(server, STOCK_NAME, "stock", concurrencies, ["REST"], args.seconds, inputs, out)
     report = write_report(out, device, in_process, results, setup, concurrencies)
     print(f"\n{report.read_text()}\nreport: {report}\nplot: {out / 'plot.png'}")

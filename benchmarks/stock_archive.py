@@ -11,7 +11,6 @@ from pathlib import Path
 
 from handler.model_identity import weight_sets
 
-
 STOCK_MODEL_FILE = Path(__file__).parent / "stock" / "model.py"
 STOCK_NAME = "resnet50_stock"
 
@@ -21,10 +20,28 @@ def build_stock_archive(weights: Path, model_store: Path) -> Path:
         labels = Path(staging) / "index_to_name.json"
         categories = weight_sets().IMAGENET1K_V2.meta["categories"]
         labels.write_text(json.dumps({str(i): name for i, name in enumerate(categories)}))
-        subprocess.run([
-            sys.executable, "-m", "model_archiver.model_packaging", "--model-name", STOCK_NAME,
-            "--version", "1.0", "--model-file", str(STOCK_MODEL_FILE), "--serialized-file", str(weights),
-            "--handler", "image_classifier", "--extra-files", str(labels),
-            "--export-path", str(model_store), "--force",
-        ], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "model_archiver.model_packaging",
+                "--model-name",
+                STOCK_NAME,
+                "--version",
+                "1.0",
+                "--model-file",
+                str(STOCK_MODEL_FILE),
+                "--serialized-file",
+                str(weights),
+                "--handler",
+                "image_classifier",
+                "--extra-files",
+                str(labels),
+                "--export-path",
+                str(model_store),
+                "--force",
+            ],
+            check=True,
+            capture_output=True,
+        )
     return model_store / f"{STOCK_NAME}.mar"

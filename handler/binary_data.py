@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import re
 import struct
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from request_errors import RequestError, bad_request
 
@@ -22,14 +23,17 @@ _LENGTH = struct.Struct("<I")
 def split_request(raw: bytes, header_length: str) -> tuple[Any, bytes]:
     """The JSON header and the binary tail of a request."""
     if not re.fullmatch(r"[0-9]{1,10}", header_length) or not 0 < int(header_length) <= len(raw):
-        raise invalid(f"{HEADER_LENGTH} is {header_length!r}, but the body is {len(raw)} bytes; it must be "
-                      "the length of the JSON header at the start of the body")
+        raise invalid(
+            f"{HEADER_LENGTH} is {header_length!r}, but the body is {len(raw)} bytes; it must be "
+            "the length of the JSON header at the start of the body"
+        )
     length = int(header_length)
     try:
         return json.loads(raw[:length]), raw[length:]
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise bad_request("InvalidJSON", f"the first {length} bytes ({HEADER_LENGTH}) are not a JSON "
-                                         f"header: {error}") from None
+        raise bad_request(
+            "InvalidJSON", f"the first {length} bytes ({HEADER_LENGTH}) are not a JSON header: {error}"
+        ) from None
 
 
 def take(tail: bytes, size: Any, name: str) -> bytes:
@@ -37,23 +41,26 @@ def take(tail: bytes, size: Any, name: str) -> bytes:
     if type(size) is not int or size < 0:
         raise invalid(f"input '{name}' declares binary_data_size {size!r}; it must be a number of bytes")
     if size > len(tail):
-        raise invalid(f"input '{name}' declares binary_data_size {size}, but the body holds only {len(tail)} "
-                      "bytes of binary data")
+        raise invalid(
+            f"input '{name}' declares binary_data_size {size}, but the body holds only {len(tail)} bytes of binary data"
+        )
     return tail[:size]
 
 
 def bytes_elements(data: bytes, name: str) -> list[bytes]:
     """The elements of a BYTES tensor sent in binary: each prefixed with its length."""
-    elements, offset = [], 0
+    elements: list[bytes] = []
+    offset = 0
     while offset < len(data):
         if offset + _LENGTH.size > len(data):
             raise invalid(f"input '{name}' ends inside an element's 4-byte length prefix")
         (size,) = _LENGTH.unpack_from(data, offset)
         offset += _LENGTH.size
         if offset + size > len(data):
-            raise invalid(f"input '{name}' element {len(elements)} declares {size} bytes, "
-                          f"but only {len(data) - offset} are left")
-        elements.append(data[offset:offset + size])
+            raise invalid(
+                f"input '{name}' element {len(elements)} declares {size} bytes, but only {len(data) - offset} are left"
+            )
+        elements.append(data[offset : offset + size])
         offset += size
     return elements
 
@@ -68,8 +75,7 @@ def join_answer(header: dict[str, Any], tensors: Sequence[bytes] = ()) -> tuple[
     encoded = json.dumps(header, separators=(",", ":")).encode()
     if not tensors:
         return encoded, {"Content-Type": "application/json"}
-    return encoded + b"".join(tensors), {HEADER_LENGTH: str(len(encoded)),
-                                         "Content-Type": "application/octet-stream"}
+    return encoded + b"".join(tensors), {HEADER_LENGTH: str(len(encoded)), "Content-Type": "application/octet-stream"}
 
 
 def invalid(message: str) -> RequestError:

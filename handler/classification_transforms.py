@@ -9,6 +9,8 @@ an explanation's heatmap lies in the photo).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
@@ -25,13 +27,15 @@ class ClassificationPreset:
     def __init__(self, config: PreprocessConfig) -> None:
         self.config = config
         self.interpolation = InterpolationMode(config.interpolation)
-        self._pil = v2.Compose([
-            v2.Resize(config.resize_size, interpolation=self.interpolation, antialias=True),
-            v2.CenterCrop(config.crop_size),
-            v2.PILToTensor(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(config.mean), std=list(config.std)),
-        ])
+        self._pil: Callable[[Image.Image], torch.Tensor] = v2.Compose(
+            [
+                v2.Resize(config.resize_size, interpolation=self.interpolation, antialias=True),
+                v2.CenterCrop(config.crop_size),
+                v2.PILToTensor(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean=list(config.mean), std=list(config.std)),
+            ]
+        )
         self._scales: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
@@ -58,17 +62,24 @@ class ClassificationPreset:
         width, height = size
         short, long = sorted(size)
         resized_short, resized_long = self.config.resize_size, int(self.config.resize_size * long / short)
-        resized_width, resized_height = ((resized_short, resized_long) if width <= height
-                                         else (resized_long, resized_short))
+        resized_width, resized_height = (
+            (resized_short, resized_long) if width <= height else (resized_long, resized_short)
+        )
         crop = self.config.crop_size
-        left, top = int(round((resized_width - crop) / 2.0)), int(round((resized_height - crop) / 2.0))
+        left, top = round((resized_width - crop) / 2.0), round((resized_height - crop) / 2.0)
         x_scale, y_scale = width / resized_width, height / resized_height
-        return (round(left * x_scale, 2), round(top * y_scale, 2),
-                round((left + crop) * x_scale, 2), round((top + crop) * y_scale, 2))
+        return (
+            round(left * x_scale, 2),
+            round(top * y_scale, 2),
+            round((left + crop) * x_scale, 2),
+            round((top + crop) * y_scale, 2),
+        )
 
     def _scale(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std in 0-255 pixel units on `device`, made once per device."""
         if device not in self._scales:
-            self._scales[device] = (torch.tensor(self.config.mean, device=device).view(3, 1, 1) * 255,
-                                    torch.tensor(self.config.std, device=device).view(3, 1, 1) * 255)
+            self._scales[device] = (
+                torch.tensor(self.config.mean, device=device).view(3, 1, 1) * 255,
+                torch.tensor(self.config.std, device=device).view(3, 1, 1) * 255,
+            )
         return self._scales[device]

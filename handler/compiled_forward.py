@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -32,12 +32,18 @@ def inference_dtype(device: torch.device) -> torch.dtype:
 
 def for_inference(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """The model in eval mode on `device`, in its inference precision (or `dtype`), channels_last."""
-    return model.eval().to(device, dtype or inference_dtype(device), memory_format=torch.channels_last)
+    # Module.to takes a memory format with a device and dtype; torch's overloads list it only alone.
+    prepared: torch.nn.Module = model.eval().to(  # type: ignore[call-overload]
+        device, dtype or inference_dtype(device), memory_format=torch.channels_last
+    )
+    return prepared
 
 
 def load_package(path: str, device: torch.device) -> Forward:
     """An AOTInductor package's forward, on `device` (its GPU index where it has one)."""
-    return torch._inductor.aoti_load_package(path, device_index=-1 if device.index is None else device.index)
+    # torch's stubs type device.index as int; it is None for a device named without one ("cpu").
+    index = -1 if device.index is None else device.index  # type: ignore[redundant-expr]
+    return torch._inductor.aoti_load_package(path, device_index=index)
 
 
 def native_target(device: torch.device) -> str:
@@ -66,8 +72,9 @@ class CompiledForward:
         return torch.cat([self.runner(chunk) for chunk in batch.split(self.max_batch)])
 
 
-def select_forward(packages: Mapping[str, CompiledForwardConfig], device: torch.device, model_dir: str,
-                   eager: Forward) -> Forward:
+def select_forward(
+    packages: Mapping[str, CompiledForwardConfig], device: torch.device, model_dir: str, eager: Forward
+) -> Forward:
     """The archive's package for this device if its target matches this device, else `eager`."""
     compiled = packages.get(device.type)
     if compiled is None:
@@ -75,12 +82,21 @@ def select_forward(packages: Mapping[str, CompiledForwardConfig], device: torch.
         return eager
     here = native_target(device)
     if here != compiled.target:
-        logger.warning("The archive's %s forward was compiled for %s and this device is %s: using the eager "
-                       "model. Rebuild the archive on this machine, with this torch, to compile it.", device.type, compiled.target, here)
+        logger.warning(
+            "The archive's %s forward was compiled for %s and this device is %s: using the eager "
+            "model. Rebuild the archive on this machine, with this torch, to compile it.",
+            device.type,
+            compiled.target,
+            here,
+        )
         return eager
     try:
         return CompiledForward(compiled, device, model_dir)
     except RuntimeError as error:  # e.g. a driver or torch unlike the build machine's
-        logger.warning("The archive's %s forward could not be loaded (%s): using the eager model. Rebuild the "
-                       "archive with this machine's torch and drivers to compile it.", device.type, error)
+        logger.warning(
+            "The archive's %s forward could not be loaded (%s): using the eager model. Rebuild the "
+            "archive with this machine's torch and drivers to compile it.",
+            device.type,
+            error,
+        )
         return eager

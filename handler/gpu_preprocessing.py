@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Union
 
 import torch
 import torchvision
@@ -26,15 +25,16 @@ from request_errors import RequestError
 
 logger = logging.getLogger(__name__)
 
-Opened = Union[tuple[bytes, Image.Image], RequestError]
-Prepared = Union[torch.Tensor, RequestError]
+Opened = tuple[bytes, Image.Image] | RequestError  # an image's bytes and checked header, or why not
+Prepared = torch.Tensor | RequestError  # an image's pixels or the model's input, or why not
 
 
 class GpuPreprocessor:
     """Decodes and transforms a batch's images on the GPU; the pool decodes what Pillow must."""
 
-    def __init__(self, preset: ClassificationPreset, device: torch.device, dtype: torch.dtype,
-                 pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, preset: ClassificationPreset, device: torch.device, dtype: torch.dtype, pool: ThreadPoolExecutor
+    ) -> None:
         self.preset = preset
         self.device = device
         self.dtype = dtype
@@ -42,14 +42,19 @@ class GpuPreprocessor:
 
     def __call__(self, opened: list[Opened]) -> list[Prepared]:
         """Decode (nvJPEG for plain JPEGs, Pillow for the rest) and transform on the device."""
-        decoded: list[torch.Tensor | RequestError] = list(opened)  # errors stay where they are
-        jpegs = [i for i, item in enumerate(opened) if not isinstance(item, RequestError) and is_plain_jpeg(item[1])]
-        for index, image in zip(jpegs, self._decode_jpegs([opened[i][0] for i in jpegs])):
-            decoded[index] = image
-        others = [i for i, item in enumerate(decoded) if isinstance(item, tuple) or item is None]
-        for index, image in zip(others, self.pool.map(self._decode_on_cpu, [opened[i] for i in others])):
-            decoded[index] = image
-        return [item if isinstance(item, RequestError) else self.preset.tensor(item, self.dtype) for item in decoded]
+        files = {index: item for index, item in enumerate(opened) if not isinstance(item, RequestError)}
+        jpegs = [index for index, (_, image) in files.items() if is_plain_jpeg(image)]
+        # By position: each file's pixels on the device, or why they could not be decoded.
+        decoded: dict[int, Prepared] = {
+            index: pixels
+            for index, pixels in zip(jpegs, self._decode_jpegs([files[index][0] for index in jpegs]), strict=True)
+            if pixels is not None  # None: left to Pillow
+        }
+        others = [index for index in files if index not in decoded]
+        decoded.update(zip(others, self.pool.map(self._decode_on_cpu, [files[index] for index in others]), strict=True))
+        # Errors stay where they are, whether from opening or from decoding.
+        prepared = [item if isinstance(item, RequestError) else decoded[index] for index, item in enumerate(opened)]
+        return [item if isinstance(item, RequestError) else self.preset.tensor(item, self.dtype) for item in prepared]
 
     def _decode_jpegs(self, payloads: list[bytes]) -> list[torch.Tensor | None]:
         """One nvJPEG call for the batch; None marks an image left to Pillow."""
@@ -62,9 +67,9 @@ class GpuPreprocessor:
             logger.info("Batched JPEG decode failed (%s); decoding each image with Pillow", error)
             return [None] * len(payloads)
 
-    def _decode_on_cpu(self, item: Opened | None) -> torch.Tensor | RequestError:
+    def _decode_on_cpu(self, file: tuple[bytes, Image.Image]) -> Prepared:
         try:
-            image = load_rgb(item[1])
+            image = load_rgb(file[1])
         except RequestError as error:
             return error
         tensor = F.pil_to_tensor(image)

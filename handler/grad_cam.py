@@ -11,7 +11,7 @@ nothing below that layer needs a gradient. It runs on the eager model in fp32, o
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -33,7 +33,7 @@ class GradCam:
         self.method = method(model, explained_layer(model))
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module) -> "GradCam | None":
+    def for_model(cls, model: torch.nn.Module) -> GradCam | None:
         """None, with a warning, where captum cannot be imported (a serving image without it):
         the worker still classifies, and explanation requests are told why they cannot be answered."""
         try:
@@ -46,8 +46,12 @@ class GradCam:
     def __call__(self, images: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
         """One map per image (preprocessed, [N, 3, H, W]) for the class beside it, on the CPU as
         [N, h, w]. Each map is scaled so that its peak is 1; a map with no positive evidence is 0."""
-        maps = torch.cat([self._attribute(images[start:start + ROWS_PER_PASS], classes[start:start + ROWS_PER_PASS])
-                          for start in range(0, len(images), ROWS_PER_PASS)])
+        maps = torch.cat(
+            [
+                self._attribute(images[start : start + ROWS_PER_PASS], classes[start : start + ROWS_PER_PASS])
+                for start in range(0, len(images), ROWS_PER_PASS)
+            ]
+        )
         peaks = maps.amax(dim=(1, 2), keepdim=True)
         return maps / peaks.clamp_min(torch.finfo(maps.dtype).tiny)
 
@@ -55,5 +59,5 @@ class GradCam:
         """Gradients on, even inside a caller's `inference_mode`: the images are copied out of it."""
         with torch.inference_mode(False), torch.enable_grad():
             images = images.to(self.device, torch.float32).clone(memory_format=torch.channels_last)
-            maps = self.method.attribute(images, target=list(classes), relu_attributions=True)
+            maps: torch.Tensor = self.method.attribute(images, target=list(classes), relu_attributions=True)
         return maps.detach().squeeze(1).float().cpu()

@@ -6,8 +6,10 @@ travels inside the archive, so a .mar is self-describing and the handler hard-co
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
+
 
 @dataclass(frozen=True)
 class PreprocessConfig:
@@ -51,7 +53,7 @@ class HandlerConfig:
     compiled_forward: Mapping[str, CompiledForwardConfig] = field(default_factory=dict)  # by device kind
 
     @classmethod
-    def from_yaml(cls, section: Mapping[str, Any] | None) -> "HandlerConfig":
+    def from_yaml(cls, section: Mapping[str, Any] | None) -> HandlerConfig:
         """Validate the section up front: a malformed archive should fail at load, not per request."""
         if not section:
             raise ValueError("model-config.yaml has no 'handler:' section; rebuild the archive")
@@ -70,8 +72,10 @@ class HandlerConfig:
                 topk=int(section.get("topk", 5)),
                 random_weights=bool(section.get("random_weights", False)),
                 limits=InputLimits(**section.get("limits", {})),
-                compiled_forward={device: CompiledForwardConfig(**package)
-                                  for device, package in (section.get("compiled_forward") or {}).items()},
+                compiled_forward={
+                    device: CompiledForwardConfig(**package)
+                    for device, package in (section.get("compiled_forward") or {}).items()
+                },
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"invalid 'handler:' section in model-config.yaml: {error!r}") from error

@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ts.metrics.metric_cache_errors import MetricsCacheKeyError
 from ts.metrics.metric_type_enum import MetricTypes
@@ -62,8 +63,9 @@ REQUESTS = "handler_requests_total"
 IMAGES = "handler_images_total"
 FORWARD_BATCHES = "handler_forward_batches_total"
 WORKER_STARTS = "handler_worker_starts_total"
-DECLARED = [f"{histogram.name}_{part}" for histogram in (STAGE_SECONDS, BATCH_IMAGES)
-            for part in ("bucket", "sum", "count")] + [REQUESTS, IMAGES, FORWARD_BATCHES, WORKER_STARTS]
+DECLARED = [
+    f"{histogram.name}_{part}" for histogram in (STAGE_SECONDS, BATCH_IMAGES) for part in ("bucket", "sum", "count")
+] + [REQUESTS, IMAGES, FORWARD_BATCHES, WORKER_STARTS]
 
 
 class HandlerMetrics:
@@ -73,8 +75,11 @@ class HandlerMetrics:
     def __init__(self, cache: Any, model: ServedModel, forward: str, device: str) -> None:
         missing = [name for name in DECLARED if not _declared(cache, name)]
         if missing:
-            logger.warning("The server's metrics_config does not declare %s: the handler's metrics are off. "
-                           "Serve with config/metrics.yaml (metrics_config) to have them", ", ".join(missing))
+            logger.warning(
+                "The server's metrics_config does not declare %s: the handler's metrics are off. "
+                "Serve with config/metrics.yaml (metrics_config) to have them",
+                ", ".join(missing),
+            )
         self.cache = None if missing else cache
         self.model = [model.name, model.version]
         self.forward = [forward, device]

@@ -43,8 +43,7 @@ def load_rgb(image: Image.Image) -> Image.Image:
     except MemoryError:
         raise
     except Exception as error:  # Pillow parses hostile bytes; any failure there is the input's
-        raise bad_request(
-            "CorruptImage", f"the {image.format} image is truncated or corrupt: {error}") from None
+        raise bad_request("CorruptImage", f"the {image.format} image is truncated or corrupt: {error}") from None
 
 
 def upright_size(image: Image.Image) -> tuple[int, int]:
@@ -55,8 +54,12 @@ def upright_size(image: Image.Image) -> tuple[int, int]:
 
 def is_plain_jpeg(image: Image.Image) -> bool:
     """A baseline YCbCr or grayscale JPEG shown as stored: what a GPU JPEG decoder handles alike."""
-    return (image.format == "JPEG" and image.mode in ("RGB", "L") and not image.info.get("progressive")
-            and image.getexif().get(ORIENTATION_TAG, 1) == 1)
+    return (
+        image.format == "JPEG"
+        and image.mode in ("RGB", "L")
+        and not image.info.get("progressive")
+        and image.getexif().get(ORIENTATION_TAG, 1) == 1
+    )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -93,8 +96,10 @@ def _open(data: bytes) -> Image.Image:
     other_format = _identify(data)
     if other_format:
         raise RequestError(
-            415, "UnsupportedFormat",
-            f"{other_format} images are not served; send one of {', '.join(SUPPORTED_FORMATS)}")
+            415,
+            "UnsupportedFormat",
+            f"{other_format} images are not served; send one of {', '.join(SUPPORTED_FORMATS)}",
+        )
     raise bad_request("InvalidImage", f"the {len(data)} bytes sent are not an image Pillow can read")
 
 
@@ -113,12 +118,15 @@ def _check_size(image: Image.Image, limits: InputLimits) -> None:
         raise bad_request("InvalidImage", f"the image declares an empty size {width}x{height}")
     if width * height > limits.max_image_pixels:
         raise RequestError(
-            413, "ImageTooLarge",
+            413,
+            "ImageTooLarge",
             f"the image is {width}x{height} = {width * height:,} pixels; the limit is "
-            f"{limits.max_image_pixels:,}. Downscale it before sending")
+            f"{limits.max_image_pixels:,}. Downscale it before sending",
+        )
     aspect = max(width, height) / min(width, height)
     if aspect > limits.max_aspect_ratio:
         raise bad_request(
             "ExtremeAspectRatio",
             f"the image is {width}x{height} (aspect ratio {aspect:.0f}:1); the limit is "
-            f"{limits.max_aspect_ratio:g}:1. Crop it to the region to classify")
+            f"{limits.max_aspect_ratio:g}:1. Crop it to the region to classify",
+        )

@@ -10,7 +10,8 @@ Errors are KServe's `{"error": "..."}`, naming the instance that failed.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from request_errors import RequestError, bad_request
 from wire_format import Explanation, Reply, Scores, WireRequest, from_base64
@@ -29,8 +30,10 @@ class KServeV1Request(WireRequest):
 
     def images(self) -> list[bytes]:
         if not isinstance(self.body, Mapping) or "instances" not in self.body:
-            raise bad_request("InvalidJSON", f"a KServe v1 request must be JSON {SHAPE}, and an Open "
-                                             'Inference Protocol request {"inputs": [...]}')
+            raise bad_request(
+                "InvalidJSON",
+                f'a KServe v1 request must be JSON {SHAPE}, and an Open Inference Protocol request {{"inputs": [...]}}',
+            )
         instances = self.body["instances"]
         if not isinstance(instances, list) or not instances:
             raise bad_request("InvalidJSON", f"'instances' must be a non-empty list: {SHAPE}")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
-    from torchvision.models import WeightsEnum
+    from torchvision.models import ResNet, WeightsEnum
 
 NAME = "resnet50"  # the served model's name: routes, archives, metrics
 CLASSES = 1000  # ImageNet's
@@ -26,11 +26,12 @@ def weight_sets() -> type[WeightsEnum]:
     return ResNet50_Weights
 
 
-def architecture(num_classes: int = CLASSES) -> torch.nn.Module:
+def architecture(num_classes: int = CLASSES) -> ResNet:
     """The network with freshly initialised weights; an archive's own are loaded into it."""
     from torchvision.models import resnet50
 
-    return resnet50(weights=None, num_classes=num_classes)
+    model: ResNet = resnet50(weights=None, num_classes=num_classes)  # its registry's decorators hide the type
+    return model
 
 
 def explained_layer(model: torch.nn.Module) -> torch.nn.Module:

@@ -17,13 +17,14 @@ So over gRPC a refused request is answered as an output named `error` holding ou
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from model_signature import ERROR, EXPLANATION, IMAGE, NUMPY_TYPES, PROBABILITIES, RANKED, TensorSpec
 from binary_data import HEADER_LENGTH, bytes_elements, invalid, join_answer, serialize_bytes, split_request, take
+from model_signature import ERROR, EXPLANATION, IMAGE, NUMPY_TYPES, PROBABILITIES, RANKED, TensorSpec
 from request_errors import RequestError, bad_request
 from wire_format import Explanation, Reply, Scores, ServedModel, WireRequest, from_base64, header, sent_over_http
 
@@ -65,9 +66,15 @@ class OpenInferenceRequest(WireRequest):
 
     def explain(self, scores: Scores, explanation: Explanation) -> Reply:
         values = (explanation.classes.numpy(), explanation.heatmaps.numpy(), np.asarray(explanation.crop_boxes))
-        return self._reply([_output_tensor(scores, self.output),
-                            *(_numeric(spec, array, self.output.binary_by_default)
-                              for spec, array in zip(EXPLANATION, values))])
+        return self._reply(
+            [
+                _output_tensor(scores, self.output),
+                *(
+                    _numeric(spec, array, self.output.binary_by_default)
+                    for spec, array in zip(EXPLANATION, values, strict=True)
+                ),
+            ]
+        )
 
     def refuse(self, error: RequestError, element: int | None = None) -> Reply:
         where = "" if element is None else f"input '{INPUT}' element {element}: "
@@ -92,15 +99,20 @@ class OpenInferenceRequest(WireRequest):
         try:
             return json.loads(raw), b""
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-            raise bad_request("InvalidJSON", f"the body is not valid JSON ({error}); to send binary data, "
-                                             f"set {HEADER_LENGTH} to the JSON header's length") from None
+            raise bad_request(
+                "InvalidJSON",
+                f"the body is not valid JSON ({error}); to send binary data, "
+                f"set {HEADER_LENGTH} to the JSON header's length",
+            ) from None
 
     def _reply(self, outputs: list[tuple[dict[str, Any], bytes | None]]) -> Reply:
         """The answer: each output in JSON with its data, or with its size and its bytes after the
         JSON. TorchServe's gRPC frontend needs an `id`, even an empty one."""
         identity = {"id": self.id or ""} if self.over_grpc or self.id is not None else {}
-        tensors = [tensor if data is None else {**tensor, "parameters": {"binary_data_size": len(data)}}
-                   for tensor, data in outputs]
+        tensors = [
+            tensor if data is None else {**tensor, "parameters": {"binary_data_size": len(data)}}
+            for tensor, data in outputs
+        ]
         answer = {**identity, "model_name": self.model.name, "model_version": self.model.version, "outputs": tensors}
         return Reply(*join_answer(answer, [data for _, data in outputs if data is not None]))
 
@@ -110,8 +122,9 @@ def _image_elements(inputs: Any, tail: bytes) -> list[bytes]:
         raise _invalid_input(f"'inputs' must hold exactly one tensor: this model takes {TAKES}")
     tensor = inputs[0]
     if tensor.get("name") != INPUT or tensor.get("datatype") != IMAGE.datatype:
-        raise _invalid_input(f"got input {tensor.get('name')!r} of type {tensor.get('datatype')!r}; "
-                             f"this model takes {TAKES}")
+        raise _invalid_input(
+            f"got input {tensor.get('name')!r} of type {tensor.get('datatype')!r}; this model takes {TAKES}"
+        )
     count = _element_count(tensor.get("shape"))
     size = _parameters(tensor, f"input '{INPUT}'").get("binary_data_size")
     if size is not None:
@@ -119,8 +132,10 @@ def _image_elements(inputs: Any, tail: bytes) -> list[bytes]:
         if len(tail) != size:
             raise invalid(f"the body holds {len(tail)} bytes of binary data, but the inputs declare {size}")
     elif "data" in tensor:
-        elements = [from_base64(text, f"input '{INPUT}' element {index}")
-                    for index, text in enumerate(_elements(tensor["data"]))]
+        elements = [
+            from_base64(text, f"input '{INPUT}' element {index}")
+            for index, text in enumerate(_elements(tensor["data"]))
+        ]
     else:
         raise _invalid_input(f"input '{INPUT}' has neither 'data' nor parameters.binary_data_size")
     if len(elements) != count:
@@ -130,9 +145,14 @@ def _image_elements(inputs: Any, tail: bytes) -> list[bytes]:
 
 def _element_count(shape: Any) -> int:
     """[N], or [N, 1] as some clients send a column of strings."""
-    if (isinstance(shape, list) and shape and all(type(d) is int and d > 0 for d in shape)
-            and (len(shape) == 1 or shape[1:] == [1])):
-        return shape[0]
+    if (
+        isinstance(shape, list)
+        and shape
+        and all(type(d) is int and d > 0 for d in shape)
+        and (len(shape) == 1 or shape[1:] == [1])
+    ):
+        count: int = shape[0]  # an int: every dimension was checked above
+        return count
     raise _invalid_input(f"input '{INPUT}' has shape {shape!r}; it must be [N] with N >= 1")
 
 
@@ -148,7 +168,7 @@ def _requested_output(document: Mapping[str, Any], classes: int) -> RequestedOut
     binary_default = _flag(_parameters(document, "the request"), "binary_data_output", False)
     outputs = document.get("outputs", [])
     if not isinstance(outputs, list) or len(outputs) > 1:
-        raise _invalid_output(f"'outputs' must be a list of at most one output, {{\"name\": \"{PROBABILITIES.name}\"}}")
+        raise _invalid_output(f'\'outputs\' must be a list of at most one output, {{"name": "{PROBABILITIES.name}"}}')
     if not outputs:
         return RequestedOutput(binary=binary_default, binary_by_default=binary_default)
     output = outputs[0]
@@ -159,8 +179,9 @@ def _requested_output(document: Mapping[str, Any], classes: int) -> RequestedOut
     k = parameters.get("classification")
     if k is not None and not (type(k) is int and 1 <= k <= classes):
         raise _invalid_output(f"classification must be a number of classes from 1 to {classes}, got {k!r}")
-    return RequestedOutput(classification=k, binary=_flag(parameters, "binary_data", binary_default),
-                           binary_by_default=binary_default)
+    return RequestedOutput(
+        classification=k, binary=_flag(parameters, "binary_data", binary_default), binary_by_default=binary_default
+    )
 
 
 def _parameters(owner: Mapping[str, Any], what: str) -> Mapping[str, Any]:

@@ -13,7 +13,8 @@ handler which route a request came in on.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from binary_data import HEADER_LENGTH
 from kserve_v1 import KServeV1Request
@@ -29,8 +30,7 @@ def read_request(request: Mapping[str, Any], headers: Mapping[str, Any], model: 
     body = request.get(RAW_BODY_FIELD)
     if isinstance(body, RAW) and header(headers, HEADER_LENGTH) is not None:
         return OpenInferenceRequest(body, headers, model)
-    on_kserve_route = (RAW_BODY_FIELD in request and sent_over_http(headers)
-                       and header(headers, ROUTE_HEADER) is None)
+    on_kserve_route = RAW_BODY_FIELD in request and sent_over_http(headers) and header(headers, ROUTE_HEADER) is None
     document = body
     if on_kserve_route and isinstance(body, RAW):
         document = _json_or_none(body)  # KServe's clients may send JSON without a content type

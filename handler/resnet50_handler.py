@@ -17,9 +17,10 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
@@ -49,27 +50,39 @@ class ResNet50Handler(BaseHandler):
 
     def initialize(self, context: Any) -> None:
         self.config = HandlerConfig.from_yaml(context.model_yaml_config.get("handler"))
-        self.model_id = ServedModel(context.manifest["model"]["modelName"],
-                                    context.manifest["model"]["modelVersion"], len(self.config.categories))
+        self.model_id = ServedModel(
+            context.manifest["model"]["modelName"],
+            context.manifest["model"]["modelVersion"],
+            len(self.config.categories),
+        )
         self.device = self._select_device(context.system_properties.get("gpu_id"))
         self.dtype = inference_dtype(self.device)
         model = self._load_model(context)
         self.grad_cam = GradCam.for_model(model)  # explanations: the eager model in fp32, kept; None without captum
-        self.forward = select_forward(self.config.compiled_forward, self.device,
-                                      context.system_properties["model_dir"], self._eager(model))
+        self.forward = select_forward(
+            self.config.compiled_forward, self.device, context.system_properties["model_dir"], self._eager(model)
+        )
         self.preset = ClassificationPreset(self.config.preprocess)
         # Decoding and resizing release the GIL, so a batch is preprocessed on all our threads.
         self.preprocessing_pool = ThreadPoolExecutor(max_workers=torch.get_num_threads())
-        self.gpu_preprocessor = GpuPreprocessor(self.preset, self.device, self.dtype,
-                                                self.preprocessing_pool) if self.device.type == "cuda" else None
+        self.gpu_preprocessor = (
+            GpuPreprocessor(self.preset, self.device, self.dtype, self.preprocessing_pool)
+            if self.device.type == "cuda"
+            else None
+        )
         forward = "compiled" if isinstance(self.forward, CompiledForward) else "eager"
         # "cuda0", not "cuda:0": TorchServe's metric lines use ":" between a dimension's name and value.
         self.metrics = HandlerMetrics(context.metrics, self.model_id, forward, str(self.device).replace(":", ""))
         self.initialized = True
         if self.config.random_weights:
             logger.warning("This archive holds SEEDED RANDOM weights: its labels are meaningless")
-        logger.info("ResNet50 (%s) ready on %s with %d intra-op threads, %s forward",
-                    self.config.weights, self.device, torch.get_num_threads(), forward)
+        logger.info(
+            "ResNet50 (%s) ready on %s with %d intra-op threads, %s forward",
+            self.config.weights,
+            self.device,
+            torch.get_num_threads(),
+            forward,
+        )
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         """One batch through the stages, each timed; one answer per request, in its protocol."""
@@ -119,7 +132,7 @@ class ResNet50Handler(BaseHandler):
         batch = torch.stack([image for job in jobs for image in job.images])
         probabilities = self.inference(batch)
         self.metrics.forward_pass(len(batch))
-        for job, scores in zip(jobs, self.postprocess(probabilities, [len(job.images) for job in jobs])):
+        for job, scores in zip(jobs, self.postprocess(probabilities, [len(job.images) for job in jobs]), strict=True):
             job.scores = scores
 
     def _explain(self, jobs: list[Job]) -> None:
@@ -128,12 +141,20 @@ class ResNet50Handler(BaseHandler):
         GPU's memory), a 500 for those requests, never for the predictions batched with them."""
         try:
             classes = [self._classes_per_image(job) for job in jobs]
-            rows = torch.cat([torch.stack(job.images).repeat_interleave(wanted.shape[1], dim=0)
-                              for job, wanted in zip(jobs, classes)])
+            rows = torch.cat(
+                [
+                    torch.stack(job.images).repeat_interleave(wanted.shape[1], dim=0)
+                    for job, wanted in zip(jobs, classes, strict=True)
+                ]
+            )
+            assert self.grad_cam is not None, "without captum, explanation requests are refused (_explained_classes)"
             maps = self.grad_cam(rows, torch.cat([wanted.flatten() for wanted in classes]).tolist())
-            for job, wanted, share in zip(jobs, classes, maps.split([wanted.numel() for wanted in classes])):
-                job.explanation = Explanation(wanted, share.view(*wanted.shape, *share.shape[1:]),
-                                              [self._crop_box(file) for file in job.files])
+            for job, wanted, share in zip(
+                jobs, classes, maps.split([wanted.numel() for wanted in classes]), strict=True
+            ):
+                job.explanation = Explanation(
+                    wanted, share.view(*wanted.shape, *share.shape[1:]), [self._crop_box(file) for file in job.files]
+                )
         except Exception as error:
             logger.exception("Explaining %d requests failed", len(jobs))
             for job in jobs:
@@ -150,8 +171,11 @@ class ResNet50Handler(BaseHandler):
         else:
             assert job.scores is not None, "a request without an error was classified"
             self.metrics.answered(job.request.protocol, job.transport, OK, len(job.images))
-            reply = (job.request.answer(job.scores) if job.explanation is None
-                     else job.request.explain(job.scores, job.explanation))
+            reply = (
+                job.request.answer(job.scores)
+                if job.explanation is None
+                else job.request.explain(job.scores, job.explanation)
+            )
         for name, value in reply.headers.items():
             context.set_response_header(job.index, name, value)
         return reply.body
@@ -177,8 +201,10 @@ class ResNet50Handler(BaseHandler):
 
     def postprocess(self, probabilities: torch.Tensor, counts: list[int]) -> list[Scores]:
         """Each request's share of the batch's probabilities; its protocol writes the top-k."""
-        return [Scores(share, self.config.categories, self.config.topk)
-                for share in probabilities.float().cpu().split(counts)]
+        return [
+            Scores(share, self.config.categories, self.config.topk)
+            for share in probabilities.float().cpu().split(counts)
+        ]
 
     # What the stages need.
 
@@ -186,29 +212,44 @@ class ResNet50Handler(BaseHandler):
         files = _guarded("could not read this request", request.images)
         limit = self.config.limits.max_images_per_request
         if len(files) > limit:
-            raise RequestError(413, "TooManyImages", f"the request holds {len(files)} images; the limit "
-                               f"is {limit} per request. Split it into several requests")
+            raise RequestError(
+                413,
+                "TooManyImages",
+                f"the request holds {len(files)} images; the limit "
+                f"is {limit} per request. Split it into several requests",
+            )
         return files
 
     def _explained_classes(self, request: WireRequest, images: int) -> tuple[int, ...]:
         """The classes a request on an explanation route names (() for the top class), within the
         limits: a pass per image and class must fit in the response timeout."""
         if self.grad_cam is None:
-            raise RequestError(501, "ExplanationsUnavailable", "this worker cannot explain: captum is not "
-                               "installed in its Python (requirements.txt pins it); predictions are unaffected")
+            raise RequestError(
+                501,
+                "ExplanationsUnavailable",
+                "this worker cannot explain: captum is not "
+                "installed in its Python (requirements.txt pins it); predictions are unaffected",
+            )
         limits = self.config.limits
-        classes = _guarded("could not read this request's classes", lambda: explained_classes(
-            request.named_classes(), self.model_id.classes, limits.max_explained_classes))
+        classes = _guarded(
+            "could not read this request's classes",
+            lambda: explained_classes(request.named_classes(), self.model_id.classes, limits.max_explained_classes),
+        )
         heatmaps = images * max(1, len(classes))
         if heatmaps > limits.max_heatmaps_per_request:
-            raise RequestError(413, "TooManyHeatmaps", f"the request asks for {heatmaps} heatmaps ({images} "
-                               f"images x {max(1, len(classes))} classes); the limit is "
-                               f"{limits.max_heatmaps_per_request} per request. Send fewer images or classes")
+            raise RequestError(
+                413,
+                "TooManyHeatmaps",
+                f"the request asks for {heatmaps} heatmaps ({images} "
+                f"images x {max(1, len(classes))} classes); the limit is "
+                f"{limits.max_heatmaps_per_request} per request. Send fewer images or classes",
+            )
         return classes
 
     def _classes_per_image(self, job: Job) -> torch.Tensor:
         """[images, classes]: the classes the request names for every image, else each one's top class."""
-        assert job.scores is not None and job.explained is not None, "only classified explanation requests"
+        assert job.scores is not None, "only classified requests"
+        assert job.explained is not None, "only requests on an explanation route"
         if job.explained:
             return torch.tensor([job.explained] * len(job.images))
         return job.scores.probabilities.argmax(dim=1, keepdim=True)
@@ -244,8 +285,7 @@ class ResNet50Handler(BaseHandler):
 
     def _load_model(self, context: Any) -> torch.nn.Module:
         """weights_only=True: an archive's weights are data, never code that runs on load."""
-        weights_path = os.path.join(context.system_properties["model_dir"],
-                                    context.manifest["model"]["serializedFile"])
+        weights_path = os.path.join(context.system_properties["model_dir"], context.manifest["model"]["serializedFile"])
         model = architecture(num_classes=len(self.config.categories))
         model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
         return for_inference(model, self.device, torch.float32)
@@ -267,5 +307,6 @@ def _guarded(what: str, read: Callable[[], T]) -> T:
 
 
 def _internal_error(what: str, error: Exception) -> RequestError:
-    return RequestError(500, "InternalError", f"the handler {what} ({error!r}); this is a bug: please report it "
-                        "with the request")
+    return RequestError(
+        500, "InternalError", f"the handler {what} ({error!r}); this is a bug: please report it with the request"
+    )

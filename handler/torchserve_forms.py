@@ -15,7 +15,8 @@ passes no query parameters to a handler, so a raw body explains its top class.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from request_errors import RequestError, bad_request
 from wire_format import Explanation, Reply, Scores, WireRequest, from_base64, header
@@ -71,8 +72,10 @@ def image_bytes(request: Mapping[str, Any], headers: Mapping[str, Any]) -> bytes
     if isinstance(payload, (bytes, bytearray)):
         return bytes(payload)
     raise bad_request(
-        "InvalidImage", f"'{field}' holds text, not an image file; send the file's bytes "
-        f"(-F '{IMAGE_FIELD}=@image.jpg' or -T image.jpg)")
+        "InvalidImage",
+        f"'{field}' holds text, not an image file; send the file's bytes "
+        f"(-F '{IMAGE_FIELD}=@image.jpg' or -T image.jpg)",
+    )
 
 
 def _missing_field(request: Mapping[str, Any], headers: Mapping[str, Any]) -> RequestError:
@@ -81,12 +84,16 @@ def _missing_field(request: Mapping[str, Any], headers: Mapping[str, Any]) -> Re
         # curl --data-binary sends this type unless told otherwise, and TorchServe parses such a
         # body as form fields, which mangles binary data.
         return bad_request(
-            "UnsupportedContentType", "the body was sent as application/x-www-form-urlencoded "
-            "(curl --data-binary's default); add -H 'Content-Type: image/jpeg' or use -T image.jpg")
+            "UnsupportedContentType",
+            "the body was sent as application/x-www-form-urlencoded "
+            "(curl --data-binary's default); add -H 'Content-Type: image/jpeg' or use -T image.jpg",
+        )
     sent = ", ".join(sorted(request)) or "none"
     return bad_request(
-        "MissingField", f"no '{IMAGE_FIELD}' field in the form (fields sent: {sent}); "
-        f"send the image as -F '{IMAGE_FIELD}=@image.jpg' or as the raw request body")
+        "MissingField",
+        f"no '{IMAGE_FIELD}' field in the form (fields sent: {sent}); "
+        f"send the image as -F '{IMAGE_FIELD}=@image.jpg' or as the raw request body",
+    )
 
 
 def _field_content_type(headers: Mapping[str, Any], field: str) -> str:
@@ -95,7 +102,7 @@ def _field_content_type(headers: Mapping[str, Any], field: str) -> str:
 
 
 def _is_json(content_type: str) -> bool:
-    return content_type.split(";")[0].strip().lower() == "application/json"
+    return content_type.split(";", maxsplit=1)[0].strip().lower() == "application/json"
 
 
 def _parse_json(raw: bytes) -> Any:
@@ -107,6 +114,5 @@ def _parse_json(raw: bytes) -> Any:
 
 def _base64_field(document: Any) -> bytes:
     if not isinstance(document, Mapping) or not isinstance(document.get(IMAGE_FIELD), str):
-        raise bad_request(
-            "InvalidJSON", f'a JSON body must be {{"{IMAGE_FIELD}": "<base64 image>"}}')
+        raise bad_request("InvalidJSON", f'a JSON body must be {{"{IMAGE_FIELD}": "<base64 image>"}}')
     return from_base64(document[IMAGE_FIELD], f"'{IMAGE_FIELD}'")

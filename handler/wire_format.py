@@ -12,8 +12,9 @@ import base64
 import binascii
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -40,14 +41,15 @@ class Scores:
     def top(self, k: int | None = None) -> list[list[tuple[float, int, str]]]:
         """Per image, the k best classes as (probability, index, label), highest first."""
         best = torch.topk(self.probabilities, k=k or self.topk, dim=1)
-        return [[(p, i, self.categories[i]) for p, i in zip(values.tolist(), indices.tolist())]
-                for values, indices in zip(best.values, best.indices)]
+        return [
+            [(p, i, self.categories[i]) for p, i in zip(values.tolist(), indices.tolist(), strict=True)]
+            for values, indices in zip(best.values, best.indices, strict=True)
+        ]
 
     def predictions(self) -> list[list[dict[str, Any]]]:
         """Our top-k format: an ordered list with class indices. A dict keyed by label would lose
         classes whose names repeat (ImageNet's original synset names do)."""
-        return [[{"label": label, "index": index, "probability": p} for p, index, label in row]
-                for row in self.top()]
+        return [[{"label": label, "index": index, "probability": p} for p, index, label in row] for row in self.top()]
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,24 @@ class Explanation:
 
     def per_image(self, scores: Scores) -> list[dict[str, Any]]:
         """Our JSON form: per image, the top-k, the crop's box, and each class's heatmap (rows top to bottom)."""
-        return [{"predictions": predictions, "crop_box": list(box),
-                 "heatmaps": [{"index": index, "label": scores.categories[index],
-                               "probability": probabilities[index].item(), "heatmap": heatmap.tolist()}
-                              for index, heatmap in zip(classes.tolist(), heatmaps)]}
-                for predictions, box, classes, heatmaps, probabilities
-                in zip(scores.predictions(), self.crop_boxes, self.classes, self.heatmaps, scores.probabilities)]
+        return [
+            {
+                "predictions": predictions,
+                "crop_box": list(box),
+                "heatmaps": [
+                    {
+                        "index": index,
+                        "label": scores.categories[index],
+                        "probability": probabilities[index].item(),
+                        "heatmap": heatmap.tolist(),
+                    }
+                    for index, heatmap in zip(classes.tolist(), heatmaps, strict=True)
+                ],
+            }
+            for predictions, box, classes, heatmaps, probabilities in zip(
+                scores.predictions(), self.crop_boxes, self.classes, self.heatmaps, scores.probabilities, strict=True
+            )
+        ]
 
 
 @dataclass(frozen=True)
@@ -130,7 +144,9 @@ def explained_classes(named: Any, classes: int, limit: int) -> tuple[int, ...]:
     if isinstance(named, (bytes, bytearray)):
         named = named.decode("utf-8", errors="replace")
     if isinstance(named, str):
-        named = [int(text) if re.fullmatch(r"[0-9]{1,9}", text) else text for text in re.split(r"[\s,]+", named.strip())]
+        named = [
+            int(text) if re.fullmatch(r"[0-9]{1,9}", text) else text for text in re.split(r"[\s,]+", named.strip())
+        ]
     elif not isinstance(named, list):
         named = [named]
     wanted = f"'classes' must be 1 to {limit} distinct class indices from 0 to {classes - 1}"
@@ -142,15 +158,19 @@ def explained_classes(named: Any, classes: int, limit: int) -> tuple[int, ...]:
     return tuple(named)
 
 
+_SHOWN_VALUES = 8  # the most values of a client's list an error message quotes
+_BRIEF_LENGTH = 40  # the most characters of one value an error message quotes
+
+
 def _shown(values: list[Any]) -> str:
-    text = ", ".join(map(_brief, values[:8]))
-    return text + ", ..." if len(values) > 8 else text
+    text = ", ".join(map(_brief, values[:_SHOWN_VALUES]))
+    return text + ", ..." if len(values) > _SHOWN_VALUES else text
 
 
 def _brief(value: Any) -> str:
     """A client's value as an error message shows it: never more than a line."""
     text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return text if len(text) <= _BRIEF_LENGTH else text[: _BRIEF_LENGTH - len("...")] + "..."
 
 
 def sent_over_http(headers: Mapping[str, Any]) -> bool:

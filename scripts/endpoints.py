@@ -10,9 +10,9 @@ side need two temp dirs).
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from scripts.paths import MODEL_STORE, RUN_DIR, SERVED_VERSIONS
 
@@ -27,8 +27,8 @@ class ServerError(RuntimeError):
 def read_properties(path: Path) -> dict[str, str]:
     """A Java .properties file as TorchServe reads it: `key=value` lines, the last one wins."""
     properties = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
         if line and not line.startswith("#") and "=" in line:
             key, value = line.split("=", 1)
             properties[key.strip()] = value.strip()
@@ -49,7 +49,7 @@ class Ports:
     grpc_management: int = 7071
 
     @classmethod
-    def free(cls) -> "Ports":
+    def free(cls) -> Ports:
         """Five ports the OS says are free now (for tests and side-by-side servers)."""
         sockets = [socket.socket() for _ in range(5)]
         try:
@@ -95,21 +95,36 @@ class Server:
 
     def listeners(self) -> dict[str, object]:
         """The config.properties lines that put this instance's listeners on its ports."""
-        return {"inference_address": self.inference_url, "management_address": self.management_url,
-                "metrics_address": f"http://{HOST}:{self.ports.metrics}",
-                "grpc_inference_port": self.ports.grpc_inference, "grpc_management_port": self.ports.grpc_management}
+        return {
+            "inference_address": self.inference_url,
+            "management_address": self.management_url,
+            "metrics_address": f"http://{HOST}:{self.ports.metrics}",
+            "grpc_inference_port": self.ports.grpc_inference,
+            "grpc_management_port": self.ports.grpc_management,
+        }
 
     def max_request_size(self) -> int:
         return int(read_properties(self.config_file).get("max_request_size", DEFAULT_MAX_REQUEST_SIZE))
 
     @classmethod
-    def from_run_dir(cls, run_dir: Path = RUN_DIR) -> "Server":
+    def from_run_dir(cls, run_dir: Path = RUN_DIR) -> Server:
         """The instance a `make serve` started, found from the config it wrote into its run dir."""
         config_file = run_dir / "config.properties"
         if not config_file.is_file():
             raise ServerError(f"no server config in {run_dir}: start the server with `make serve`")
         properties = read_properties(config_file)
-        port = lambda key: int(properties[key].rsplit(":", 1)[-1])  # noqa: E731
-        return cls(run_dir=run_dir, model_store=Path(properties["model_store"]), ports=Ports(
-            port("inference_address"), port("management_address"), port("metrics_address"),
-            port("grpc_inference_port"), port("grpc_management_port")))
+
+        def port(key: str) -> int:
+            return int(properties[key].rsplit(":", 1)[-1])
+
+        return cls(
+            run_dir=run_dir,
+            model_store=Path(properties["model_store"]),
+            ports=Ports(
+                port("inference_address"),
+                port("management_address"),
+                port("metrics_address"),
+                port("grpc_inference_port"),
+                port("grpc_management_port"),
+            ),
+        )

@@ -13,8 +13,9 @@ Every way this project starts TorchServe uses the one snapshot written here:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -33,8 +34,12 @@ def version_settings(recipe_version: str) -> dict[str, Any]:
     return {**shared, **own, "handler": handler}
 
 
-def model_snapshot(versions: Sequence[str] = SERVED_VERSIONS, default: str = DEFAULT_VERSION,
-                   workers: int | None = None, recipes: Mapping[str, str] | None = None) -> dict[str, Any]:
+def model_snapshot(
+    versions: Sequence[str] = SERVED_VERSIONS,
+    default: str = DEFAULT_VERSION,
+    workers: int | None = None,
+    recipes: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """TorchServe's start-up snapshot of `versions`, `default` the default.
 
     `workers` per version, or the model config's own minWorkers/maxWorkers; `recipes` maps a
@@ -46,9 +51,12 @@ def model_snapshot(versions: Sequence[str] = SERVED_VERSIONS, default: str = DEF
     for version in versions:
         settings = version_settings((recipes or {}).get(version, version))
         entries[version] = {
-            "defaultVersion": version == default, "marName": archive_name(version),
-            "minWorkers": workers or int(settings["minWorkers"]), "maxWorkers": workers or int(settings["maxWorkers"]),
-            **{key: int(settings[key]) for key in SNAPSHOT_SETTINGS}}
+            "defaultVersion": version == default,
+            "marName": archive_name(version),
+            "minWorkers": workers or int(settings["minWorkers"]),
+            "maxWorkers": workers or int(settings["maxWorkers"]),
+            **{key: int(settings[key]) for key in SNAPSHOT_SETTINGS},
+        }
     return {"name": "startup.cfg", "modelCount": len(entries), "models": {MODEL_NAME: entries} if entries else {}}
 
 
@@ -59,8 +67,9 @@ def snapshot_line(snapshot: dict[str, Any]) -> str:
 
 def _load_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; each version needs its own file there "
-                                f"(or build with --like VERSION)")
+        raise FileNotFoundError(
+            f"{path} does not exist; each version needs its own file there (or build with --like VERSION)"
+        )
     return yaml.safe_load(path.read_text()) or {}
 
 

@@ -27,11 +27,14 @@ class Machine:
     gpu_memory_gib: tuple[float, ...]  # one entry per visible GPU
 
     @classmethod
-    def detect(cls) -> "Machine":
+    def detect(cls) -> Machine:
         import torch
 
-        memory = tuple(torch.cuda.get_device_properties(i).total_memory / 2**30
-                       for i in range(torch.cuda.device_count())) if torch.cuda.is_available() else ()
+        memory = (
+            tuple(torch.cuda.get_device_properties(i).total_memory / 2**30 for i in range(torch.cuda.device_count()))
+            if torch.cuda.is_available()
+            else ()
+        )
         return cls(cores=len(os.sched_getaffinity(0)), gpu_memory_gib=memory)
 
 
@@ -47,8 +50,9 @@ class WorkerPlan:
         return f"{self.workers_per_version} worker(s) per version on {device}, {threads} CPU thread(s) each"
 
 
-def plan_workers(machine: Machine, workers: int | None = None, num_gpus: int | None = None,
-                 threads_per_worker: int | None = None) -> WorkerPlan:
+def plan_workers(
+    machine: Machine, workers: int | None = None, num_gpus: int | None = None, threads_per_worker: int | None = None
+) -> WorkerPlan:
     """Apply the rule above to `machine`; any argument given overrides its part of the rule."""
     gpus = len(machine.gpu_memory_gib) if num_gpus is None else min(num_gpus, len(machine.gpu_memory_gib))
     if workers is None:

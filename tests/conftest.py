@@ -63,11 +63,63 @@ def canary_archive(model_store: Path) -> str:
     return build_archives.build("2.1", RANDOM, model_store, recipe_version="2.0").name
 
 
-def load_version(model_store: Path, version: str, tmp_path_factory: pytest.TempPathFactory) -> InProcessModel:
-    """A version's archive loaded in-process as a worker loads it; `.version` says which."""
-    loaded = InProcessModel(model_store / archive_name(version), tmp_path_factory.mktemp(f"model-{version}"))
-    loaded.version = version
-    return loaded
+class InProcessModels:
+    """Each version's archive loaded in-process at most once a session (a load takes seconds),
+    shared by every test that asks for it. So a test that changes a loaded handler (its config,
+    its forward...) must undo the change, as monkeypatch does; `changed()` says what was not undone."""
+
+    def __init__(self, model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._model_store = model_store
+        self._tmp_path_factory = tmp_path_factory
+        # Each loaded model, with its handler's attributes as loaded.
+        self._loaded: dict[str, tuple[InProcessModel, dict[str, Any]]] = {}
+
+    def __getitem__(self, version: str) -> InProcessModel:
+        if version not in self._loaded:
+            model = InProcessModel(self._model_store / archive_name(version),
+                                   self._tmp_path_factory.mktemp(f"model-{version}"))
+            self._loaded[version] = model, dict(vars(model.handler))
+        return self._loaded[version][0]
+
+    def changed(self) -> list[str]:
+        """The handler attributes that are no longer the objects they were when loaded."""
+        missing = object()
+        return [f"{version}: handler.{name}" for version, (model, as_loaded) in sorted(self._loaded.items())
+                for name in sorted(as_loaded.keys() | vars(model.handler).keys())
+                if vars(model.handler).get(name, missing) is not as_loaded.get(name, missing)]
+
+    def close(self) -> None:
+        for model, _ in self._loaded.values():
+            model.close()
+
+
+@pytest.fixture(scope="session")
+def in_process_models(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessModels]:
+    """The session's in-process models, each loaded when first asked for and closed at the end."""
+    models = InProcessModels(model_store, tmp_path_factory)
+    try:
+        yield models
+    finally:
+        models.close()
+
+
+@pytest.fixture(scope="session")
+def model(in_process_models: InProcessModels) -> InProcessModel:
+    """2.0 (the default version) in-process, one for the whole session: a test that changes its
+    handler undoes the change (monkeypatch), or the test fails at teardown."""
+    return in_process_models["2.0"]
+
+
+@pytest.fixture(autouse=True)
+def in_process_models_left_as_loaded(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that changed a shared in-process handler and did not undo it: the change would
+    leak into every later test. Autouse fixtures are set up first, so this runs after monkeypatch
+    has undone its changes."""
+    models = request.getfixturevalue("in_process_models") if "in_process_models" in request.fixturenames else None
+    yield
+    if models is not None:
+        changed = models.changed()
+        assert not changed, f"{request.node.nodeid} left these changed (undo them, e.g. with monkeypatch): {changed}"
 
 
 def served_versions(server: Server) -> set[str]:
@@ -82,12 +134,16 @@ def refused(call: Callable[..., Any], *args: Any) -> ApiError:
     return error.value
 
 
+def inference_auth(server: Server) -> dict[str, str]:
+    """The header the inference API wants (token auth is on): the inference token, as a bearer token."""
+    return {"Authorization": f"Bearer {RestClient.for_server(server).tokens.inference}"}
+
+
 def post_inference(server: Server, path: str = f"predictions/{MODEL_NAME}", headers: dict[str, str] | None = None,
                    timeout: float = 60.0, **kwargs: Any) -> requests.Response:
     """A raw POST to the inference API with the inference token, as curl sends it."""
-    token = {"Authorization": f"Bearer {RestClient.for_server(server).tokens.inference}"}
-    return requests.post(f"{server.inference_url}/{path}", headers={**token, **(headers or {})}, timeout=timeout,
-                         **kwargs)
+    return requests.post(f"{server.inference_url}/{path}", headers={**inference_auth(server), **(headers or {})},
+                         timeout=timeout, **kwargs)
 
 
 def restore(server: Server) -> None:

@@ -5,7 +5,6 @@ against a real server is tests/test_bad_input_served.py."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import yaml
@@ -18,16 +17,11 @@ from bad_requests import BAD_REQUESTS, JPEG
 from handler_config import HandlerConfig, InputLimits
 from images import b64, encode, photo_bytes, png_declaring, sample_photo
 from scripts.harness.in_process import InProcessModel, Request
-from scripts.paths import MODEL_CONFIG_DIR, archive_name
+from scripts.paths import MODEL_CONFIG_DIR
 
 # Pillow refuses to open images over twice its MAX_IMAGE_PIXELS (about 179 MP) by itself; our
 # own limit (40 MP by default) must hold below that.
 PILLOW_REFUSES_ABOVE = 2 * Image.MAX_IMAGE_PIXELS
-
-
-@pytest.fixture(scope="module")
-def model(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> InProcessModel:
-    return InProcessModel(model_store / archive_name("2.0"), tmp_path_factory.mktemp("model"))
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))

@@ -15,14 +15,8 @@ from handler_config import CompiledForwardConfig
 from model_identity import architecture
 from scripts.harness.in_process import InProcessModel
 from scripts.packaging.compile_forward import missing_compiler
-from scripts.paths import archive_name
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def served(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> InProcessModel:
-    return InProcessModel(model_store / archive_name("2.0"), tmp_path_factory.mktemp("compiled"))
 
 
 def eager_model() -> torch.nn.Module:
@@ -30,18 +24,18 @@ def eager_model() -> torch.nn.Module:
 
 
 @pytest.mark.skipif(missing_compiler() is not None, reason="no C++ compiler: archives are built eager-only")
-def test_the_archive_carries_a_forward_compiled_for_this_cpu(served: InProcessModel) -> None:
-    handler = served.handler
+def test_the_archive_carries_a_forward_compiled_for_this_cpu(model: InProcessModel) -> None:
+    handler = model.handler
     package = handler.config.compiled_forward["cpu"]
     assert package.target == native_target(CPU)
     assert package.max_batch == 8  # the archive's batchSize: every batch TorchServe can form
     assert isinstance(handler.forward, CompiledForward)
 
 
-def test_batches_beyond_the_compiled_size_run_through_the_package_in_chunks(served: InProcessModel) -> None:
+def test_batches_beyond_the_compiled_size_run_through_the_package_in_chunks(model: InProcessModel) -> None:
     """Requests of several images make batches larger than batchSize; they stay compiled."""
-    handler = served.handler
-    compiled = CompiledForward(handler.config.compiled_forward["cpu"], CPU, served.model_dir)
+    handler = model.handler
+    compiled = CompiledForward(handler.config.compiled_forward["cpu"], CPU, model.model_dir)
     runner, seen = compiled.runner, []
     compiled.runner = lambda batch: seen.append(batch.shape[0]) or runner(batch)
     batch = torch.randn(19, 3, 224, 224).contiguous(memory_format=torch.channels_last)

@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from torchvision.transforms import v2
 import oip
 from answers import HEATMAP_TOLERANCE, VERSION_WEIGHTS, grad_cam_by_hand, heatmaps, reference_model, same_answer
 from classification_transforms import ClassificationPreset
-from conftest import load_version
+from conftest import InProcessModels
 from grad_cam import GradCam
 from handler_config import PreprocessConfig
 from images import b64, encode, exif_rotated_jpeg, jpeg_with_orientation, noise_image, photo_bytes, sample_photo
@@ -30,8 +29,9 @@ PHOTO = photo_bytes((640, 480))
 
 
 @pytest.fixture(scope="module", params=sorted(VERSION_WEIGHTS))
-def model(request: pytest.FixtureRequest, model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> InProcessModel:
-    return load_version(model_store, request.param, tmp_path_factory)
+def model(request: pytest.FixtureRequest, in_process_models: InProcessModels) -> InProcessModel:
+    """Each version in turn, from the session's in-process models."""
+    return in_process_models[request.param]
 
 
 def explain(model: InProcessModel, *requests: Request) -> list[Response]:

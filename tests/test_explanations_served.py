@@ -21,7 +21,7 @@ from PIL import Image
 
 from answers import HEATMAP_TOLERANCE, VERSION_WEIGHTS, grad_cam_by_hand, heatmaps, reference_model, same_answer
 from classification_transforms import ClassificationPreset
-from conftest import post_inference
+from conftest import inference_auth, post_inference
 from handler_config import PreprocessConfig
 from images import b64, photo_bytes
 from scripts.client.prometheus_scrape import increase, scrape
@@ -74,11 +74,10 @@ def test_explanations_of_a_version_explain_the_classes_a_form_names(server: Serv
 def test_kserve_v1_explain_with_kserves_client(server: Server, references: dict[str, Any]) -> None:
     async def call() -> dict[str, Any]:
         client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v1", timeout=120))
-        token = RestClient.for_server(server).tokens.inference
         try:
             return await client.explain(server.inference_url, MODEL_NAME,
                                         {"instances": [b64(PHOTO), {"b64": b64(OTHER)}], "classes": [3]},
-                                        headers={"Authorization": f"Bearer {token}"})
+                                        headers=inference_auth(server))
         finally:
             await client.close()
 

@@ -78,11 +78,13 @@ def test_switching_versions_under_load(server: Server, canary_archive: str) -> N
     """Register 2.1, make it the default and unregister 1.0 while two clients call the default
     and two call 1.0 by name. The default's clients lose nothing. 1.0's get 200 before the
     unregister and 404 after it; a request in flight when 1.0's worker stops is never answered
-    by TorchServe 0.12 (pytorch/serve#1101): at most one per client, ending in its own timeout."""
+    by TorchServe 0.12 (pytorch/serve#1101): at most one per client, ending in its own timeout.
+    Every client waits as long as the server's responseTimeout: on a busy machine, registering
+    2.1 can hold 1.0's answers up for many seconds, and a slow answer is not a lost one."""
     image, stop_at, outcomes = photo_bytes((320, 240)), threading.Event(), []
-    named_timeout = 10.0  # short, so that a request TorchServe never answers ends within the test
+    timeout = 60.0
     clients = [threading.Thread(target=keep_asking, args=(server, version, image, timeout, stop_at, outcomes))
-               for version, timeout in (("", 60.0), ("", 60.0), ("1.0", named_timeout), ("1.0", named_timeout))]
+               for version in ("", "", "1.0", "1.0")]
     try:
         for thread in clients:
             thread.start()
@@ -114,7 +116,7 @@ def test_switching_versions_under_load(server: Server, canary_archive: str) -> N
     assert after == 404 and {o.status for o in after_it} <= {404}
     assert len(lost) <= 2, "more than the one request in flight per client was lost"
     for o in lost:  # never answered, or answered 500 "Worker died." when the race goes the other way
-        assert (o.status == 0 and o.answered - o.sent >= named_timeout - 1) or o.status == 500, o
+        assert (o.status == 0 and o.answered - o.sent >= timeout - 1) or o.status == 500, o
 
 
 def test_a_full_queue_is_answered_fast_not_timed_out(server: Server) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -30,7 +30,6 @@ from model_identity import architecture, weight_sets
 from images import encode, exif_rotated_jpeg, noise_image, photo_bytes, sample_photo
 from request_errors import RequestError
 from scripts.harness.in_process import InProcessModel, Request
-from scripts.paths import archive_name
 
 WEIGHTS = weight_sets().IMAGENET1K_V2
 PRESET = WEIGHTS.transforms()
@@ -42,13 +41,9 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def preprocessor() -> GpuPreprocessor:
-    return GpuPreprocessor(ClassificationPreset(CONFIG), CPU, torch.float32, ThreadPoolExecutor(max_workers=2))
-
-
-@pytest.fixture
-def served(model_store: Path, tmp_path: Path) -> InProcessModel:
-    return InProcessModel(model_store / archive_name("2.0"), tmp_path)
+def preprocessor() -> Iterator[GpuPreprocessor]:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield GpuPreprocessor(ClassificationPreset(CONFIG), CPU, torch.float32, pool)
 
 
 def opened(data: bytes) -> tuple[bytes, Image.Image]:
@@ -59,13 +54,20 @@ def cpu_path(data: bytes) -> torch.Tensor:
     return PRESET(decode_rgb(data, InputLimits()))
 
 
-def as_on_a_gpu(served: InProcessModel, dtype: torch.dtype) -> None:
-    """Configure the handler as initialize() does when TorchServe gives it a GPU, with the CPU
-    standing in for the GPU: the eager model in `dtype`, channels_last, and the GPU preprocessor."""
-    handler = served.handler
-    handler.dtype = dtype
-    handler.forward = handler._eager(handler._load_model(served.service.context))
-    handler.gpu_preprocessor = GpuPreprocessor(handler.preset, CPU, dtype, handler.preprocessing_pool)
+@pytest.fixture
+def as_on_a_gpu(model: InProcessModel, monkeypatch: pytest.MonkeyPatch) -> Callable[[torch.dtype], None]:
+    """Configures the session's model as initialize() does when TorchServe gives it a GPU, with the
+    CPU standing in for the GPU: the eager model in `dtype`, channels_last, and the GPU preprocessor.
+    Through monkeypatch, so the model is as loaded again after the test."""
+    handler = model.handler
+
+    def configure(dtype: torch.dtype) -> None:
+        monkeypatch.setattr(handler, "dtype", dtype)
+        monkeypatch.setattr(handler, "forward", handler._eager(handler._load_model(model.service.context)))
+        monkeypatch.setattr(handler, "gpu_preprocessor",
+                            GpuPreprocessor(handler.preset, CPU, dtype, handler.preprocessing_pool))
+
+    return configure
 
 
 @pytest.mark.parametrize("size", [(640, 480), (333, 500), (1632, 1224), (97, 61)])
@@ -127,18 +129,19 @@ DISTINCT_IMAGES = {
 }
 
 
-def test_the_handlers_gpu_branch_answers_as_torchvision_does(served: InProcessModel) -> None:
+def test_the_handlers_gpu_branch_answers_as_torchvision_does(model: InProcessModel,
+                                                             as_on_a_gpu: Callable[[torch.dtype], None]) -> None:
     """Batched decode and the preset on the device, forward, top-k: the same top-5 as
     torchvision's own model on the same decoded pixels, and different images tell apart."""
     payloads = [make() for make in DISTINCT_IMAGES.values()]
-    as_on_a_gpu(served, torch.float32)
-    responses = served.infer([Request.raw(payloads[0]), Request.raw(b"junk"), *map(Request.raw, payloads[1:])])
+    as_on_a_gpu(torch.float32)
+    responses = model.infer([Request.raw(payloads[0]), Request.raw(b"junk"), *map(Request.raw, payloads[1:])])
     assert [r.status for r in responses] == [200, 400, 200, 200, 200]
     answers = [responses[0], *responses[2:]]
     pixels = [decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
               if data[:2] == b"\xff\xd8" else v2.functional.pil_to_tensor(decode_rgb(data, InputLimits()))
               for data in payloads]
-    expected = direct_probabilities(served, torch.stack([float_preset(image) for image in pixels]))
+    expected = direct_probabilities(model, torch.stack([float_preset(image) for image in pixels]))
     for answer, probabilities in zip(answers, expected):
         top = torch.topk(probabilities, k=5)
         assert [p["index"] for p in answer.body] == top.indices.tolist()
@@ -146,15 +149,16 @@ def test_the_handlers_gpu_branch_answers_as_torchvision_does(served: InProcessMo
     assert len({answer.body[0]["index"] for answer in answers}) == len(answers)
 
 
-def test_the_handlers_fp16_path_agrees_with_fp32(served: InProcessModel) -> None:
+def test_the_handlers_fp16_path_agrees_with_fp32(model: InProcessModel,
+                                                 as_on_a_gpu: Callable[[torch.dtype], None]) -> None:
     """fp16 weights and inputs, channels_last, through the handler's GPU branch: the same top-1
     and close probabilities, on images with different answers."""
     requests = [Request.raw(make()) for make in DISTINCT_IMAGES.values()]
-    as_on_a_gpu(served, torch.float32)
-    full = served.infer(requests)
-    as_on_a_gpu(served, torch.float16)
-    assert next(served.handler.forward.parameters()).dtype == torch.float16
-    half = served.infer(requests)
+    as_on_a_gpu(torch.float32)
+    full = model.infer(requests)
+    as_on_a_gpu(torch.float16)
+    assert next(model.handler.forward.parameters()).dtype == torch.float16
+    half = model.infer(requests)
     for fp32, fp16 in zip(full, half):
         assert fp16.status == fp32.status == 200
         assert fp16.body[0]["index"] == fp32.body[0]["index"]
@@ -168,20 +172,21 @@ def test_the_model_for_inference_on_a_gpu_is_fp16_and_channels_last() -> None:
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_the_handlers_gpu_branch_explains_in_fp32(served: InProcessModel) -> None:
+def test_the_handlers_gpu_branch_explains_in_fp32(model: InProcessModel,
+                                                  as_on_a_gpu: Callable[[torch.dtype], None]) -> None:
     """fp16 preprocessing and forward, as on a GPU: Grad-CAM still runs in fp32 on the eager
     weights, on the fp16 images upcast: Grad-CAM by hand on those images gives the same maps."""
     payloads = [make() for make in DISTINCT_IMAGES.values()]
-    as_on_a_gpu(served, torch.float16)
-    answers = served.infer([Request.form(data=data, classes=b"1,2").explaining() for data in payloads])
-    assert next(served.handler.grad_cam.method.forward_func.parameters()).dtype == torch.float32
+    as_on_a_gpu(torch.float16)
+    answers = model.infer([Request.form(data=data, classes=b"1,2").explaining() for data in payloads])
+    assert next(model.handler.grad_cam.method.forward_func.parameters()).dtype == torch.float32
     pixels = [decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
               if data[:2] == b"\xff\xd8" else v2.functional.pil_to_tensor(decode_rgb(data, InputLimits()))
               for data in payloads]
     for answer, image in zip(answers, pixels):
         assert answer.status == 200
         fp16_image = float_preset(image).half().float()
-        expected = grad_cam_by_hand(reference_model(served), fp16_image.expand(2, -1, -1, -1), [1, 2])
+        expected = grad_cam_by_hand(reference_model(model), fp16_image.expand(2, -1, -1, -1), [1, 2])
         served_maps = torch.tensor([entry["heatmap"] for entry in answer.body["heatmaps"]])
         # The handler's preset rounds to fp16 from its own float arithmetic, this one from
         # torchvision's: a few inputs land on the other side of an fp16 step (measured: 0.003).

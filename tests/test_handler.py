@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,13 +12,15 @@ from torchvision.models import WeightsEnum
 from handler_config import HandlerConfig
 from image_decoding import decode_rgb
 from answers import VERSION_WEIGHTS, direct_probabilities, same_answer
-from conftest import load_version
+from conftest import InProcessModels
 from images import b64, encode, photo_bytes, sample_photo
 from scripts.harness.in_process import InProcessModel, Request
 
+
 @pytest.fixture(scope="module", params=sorted(VERSION_WEIGHTS))
-def model(request: pytest.FixtureRequest, model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> InProcessModel:
-    return load_version(model_store, request.param, tmp_path_factory)
+def model(request: pytest.FixtureRequest, in_process_models: InProcessModels) -> InProcessModel:
+    """Each version in turn, from the session's in-process models."""
+    return in_process_models[request.param]
 
 
 def reference_weights(model: InProcessModel) -> WeightsEnum:

@@ -6,7 +6,6 @@ other formats, where the handler adds nothing to Pillow's decoding, against that
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,15 +17,9 @@ from model_identity import weight_sets
 from images import (encode, exif_rotated_jpeg, jpeg_with_orientation, noise_image, photo_bytes, sample_photo,
                     sixteen_bit_png)
 from scripts.harness.in_process import InProcessModel, Request
-from scripts.paths import archive_name
 
 PRESET = weight_sets().IMAGENET1K_V2.transforms()
 WHITE = 255
-
-
-@pytest.fixture(scope="module")
-def model(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> InProcessModel:
-    return InProcessModel(model_store / archive_name("2.0"), tmp_path_factory.mktemp("model"))
 
 
 def handler_pixels(model: InProcessModel, data: bytes) -> np.ndarray:

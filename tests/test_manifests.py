@@ -13,214 +13,49 @@ Without kubectl on PATH the rendering tests skip and say what went unchecked.
 
 from __future__ import annotations
 
-import functools
-import json
 import re
-import shutil
-import subprocess
-import types
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
 
-import kserve
-import kserve.models
-import kubernetes.client.models
 import kubernetes_validate
 import pydantic
 import pytest
-import yaml
 
-from scripts.harness.private_hooks import kserve_api_client
-from scripts.model_config import version_settings
-from scripts.packaging.kserve_bundle import Pod
-from scripts.paths import DEFAULT_VERSION, ROOT
-from scripts.worker_plan import WorkerPlan
+from manifests import (
+    DEPLOY_DIR,
+    GPU,
+    KUBECTL,
+    KServeModels,
+    batch_size,
+    containers,
+    differences,
+    documents,
+    is_kubernetes_api,
+    kustomizations,
+    name_of,
+    of_kind,
+    pod_specs,
+    relative,
+    rendered,
+    serving_containers,
+    walk,
+    yaml_files,
+)
 
-DEPLOY_DIR = ROOT / "deploy"
 # The Kubernetes API the manifests are validated against: of the schema sets kubernetes-validate
 # 1.37 ships (1.25 to 1.37), the one matching the kubectl client these manifests are rendered
 # with (v1.32). Manifests valid for 1.32 stay valid on later releases unless an API they use is
 # removed, which bumping this constant would show.
 KUBERNETES_VERSION = "1.32.0"
-KUBECTL = shutil.which("kubectl")
 # Listeners that must stay inside the pod: TorchServe's management (REST 8081, gRPC 7071) and
 # metrics (8082, scraped from the pods by annotation), and the KServe bundle's loopback-only
 # inference and management (8085, 8086).
 INTERNAL_PORTS = frozenset({8081, 7071, 8082, 8085, 8086})
 SECRET_LIKE_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
-GPU = "nvidia.com/gpu"
-# The image KServe's TorchServe runtime (kserve-torchserve) runs; runtimeVersion is its tag.
-KSERVE_RUNTIME_IMAGE = "pytorch/torchserve-kfs"
-SERVING_KINDS = ("InferenceService", "Deployment")
-# The Deployment's container that runs TorchServe (deploy/kubernetes/base/deployment.yaml).
-TORCHSERVE_CONTAINER = "torchserve"
 
 needs_kubectl = pytest.mark.skipif(
     KUBECTL is None,
     reason="kubectl is not on PATH: the kustomizations under deploy/ were not rendered, so their schema "
            "validation, KServe round trip and semantic checks did not run (YAML parsing and the secret scan did)")
-
-
-def relative(path: Path) -> str:
-    """A test id that reads like the path a person would open."""
-    return str(path.relative_to(ROOT))
-
-
-def yaml_files() -> list[Path]:
-    """Every YAML file under deploy/: resources, patches and kustomizations alike."""
-    return sorted(path for path in DEPLOY_DIR.rglob("*") if path.suffix in (".yaml", ".yml"))
-
-
-def kustomizations() -> list[Path]:
-    """Every directory kustomize can build: each base and each overlay."""
-    return sorted(path.parent for path in DEPLOY_DIR.rglob("kustomization.yaml"))
-
-
-def documents(path: Path) -> list[Any]:
-    """The YAML documents of a file, empty ones left out."""
-    return [document for document in yaml.safe_load_all(path.read_text()) if document is not None]
-
-
-@functools.cache
-def rendered(directory: Path) -> tuple[dict[str, Any], ...]:
-    """What `kubectl kustomize` makes of `directory`: the objects the cluster would receive.
-    Cached, so each directory renders once however many tests read it."""
-    result = subprocess.run([KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, timeout=60,
-                            check=False)
-    if result.returncode:
-        pytest.fail(f"kubectl kustomize {relative(directory)} failed:\n{result.stderr}")
-    return tuple(document for document in yaml.safe_load_all(result.stdout) if document is not None)
-
-
-def of_kind(objects: tuple[dict[str, Any], ...], *kinds: str) -> list[dict[str, Any]]:
-    return [obj for obj in objects if obj.get("kind") in kinds]
-
-
-def name_of(obj: dict[str, Any]) -> str:
-    return f"{obj['kind']}/{obj['metadata']['name']}"
-
-
-def is_kubernetes_api(obj: dict[str, Any]) -> bool:
-    """A built-in API group (core, apps, policy, *.k8s.io...), which kubernetes-validate has schemas for."""
-    group = obj["apiVersion"].rpartition("/")[0]
-    return group == "" or "." not in group or group.endswith(".k8s.io")
-
-
-def walk(node: Any) -> Iterator[dict[str, Any]]:
-    """Every mapping in a YAML document, depth first."""
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from walk(value)
-
-
-@dataclass(frozen=True)
-class Serving:
-    """The container that runs TorchServe, wherever the manifest puts it: an InferenceService's
-    predictor model (KServe merges it into its runtime's container) or a Deployment's container."""
-
-    where: str
-    image: str
-    resources: dict[str, Any]
-    env: dict[str, str]
-
-    def cpus(self) -> int:
-        """Whole CPUs requested: the worker rule counts cores."""
-        cpu = str(self.resources.get("requests", {}).get("cpu"))
-        assert cpu.isdigit(), f"{self.where}: CPU request {cpu!r} is not a whole number of CPUs"
-        return int(cpu)
-
-    def gpus(self) -> int:
-        return int(self.resources.get("limits", {}).get(GPU, 0))
-
-    def plan(self) -> WorkerPlan:
-        """The worker plan the bundle for this pod is built with (`make kserve-bundle POD_CPUS POD_GPUS`)."""
-        return Pod(self.cpus(), self.gpus()).plan()
-
-
-def containers(pod_spec: dict[str, Any], init: bool = False) -> list[dict[str, Any]]:
-    return pod_spec.get("containers", []) + (pod_spec.get("initContainers", []) if init else [])
-
-
-def serving_containers(objects: tuple[dict[str, Any], ...]) -> list[Serving]:
-    """The TorchServe container of every InferenceService and Deployment rendered."""
-    found = []
-    for obj in of_kind(objects, *SERVING_KINDS):
-        if obj["kind"] == "InferenceService":
-            model = obj["spec"]["predictor"]["model"]
-            where, image, spec = f"{name_of(obj)} predictor", f"{KSERVE_RUNTIME_IMAGE}:{model['runtimeVersion']}", model
-        else:
-            (spec,) = [container for container in containers(obj["spec"]["template"]["spec"])
-                       if container["name"] == TORCHSERVE_CONTAINER]
-            where, image = f"{name_of(obj)} container {TORCHSERVE_CONTAINER}", spec["image"]
-        env = {variable["name"]: variable["value"] for variable in spec.get("env", []) if "value" in variable}
-        found.append(Serving(where, image, spec.get("resources", {}), env))
-    return found
-
-
-def pod_specs(objects: tuple[dict[str, Any], ...]) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
-    """(where, pod-level securityContext, containers) for every pod a manifest describes; an
-    InferenceService's predictor is a pod spec whose serving container is its model."""
-    pods = []
-    for obj in of_kind(objects, *SERVING_KINDS):
-        if obj["kind"] == "InferenceService":
-            predictor = obj["spec"]["predictor"]
-            pods.append((name_of(obj), predictor.get("securityContext", {}), [predictor["model"]]))
-        else:
-            spec = obj["spec"]["template"]["spec"]
-            pods.append((name_of(obj), spec.get("securityContext", {}), containers(spec, init=True)))
-    return pods
-
-
-def batch_size() -> int:
-    """TorchServe's batchSize for the default version, which KServe's routes reach."""
-    return int(version_settings(DEFAULT_VERSION)["batchSize"])
-
-
-class KServeModels(kserve_api_client()):
-    """kserve's own ApiClient deserializer, able to build the Kubernetes types its models name.
-
-    kserve 0.21 looks every type name up in kserve.models, so V1ObjectMeta, V1ResourceRequirements,
-    V1EnvVar... fail there. Those are built by the kubernetes client's models instead, whose
-    validation refuses unknown fields: a Kubernetes field misspelled, or at the wrong level (a
-    container field in the predictor's pod securityContext), fails. A misspelled KServe field is
-    dropped by kserve's deserializer and shows up as lost in the round trip."""
-
-    def deserialize_value(self, data: Any, klass: Any) -> Any:
-        if (isinstance(klass, str) and data is not None and not hasattr(kserve.models, klass)
-                and hasattr(kubernetes.client.models, klass)):
-            return getattr(kubernetes.client.models, klass).model_validate(data)
-        return super().deserialize_value(data, klass)
-
-    def round_trip(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """obj -> V1beta1InferenceService -> dict, as kserve's client would send it."""
-        model = self.deserialize(types.SimpleNamespace(data=json.dumps(obj)), "V1beta1InferenceService")
-        assert isinstance(model, kserve.V1beta1InferenceService)
-        return self.sanitize_for_serialization(model)
-
-
-def differences(original: Any, returned: Any, path: str = "") -> list[str]:
-    """Where two JSON values differ, by path: what a round trip lost, added or changed."""
-    if isinstance(original, dict) and isinstance(returned, dict):
-        found = []
-        for key in sorted(original.keys() | returned.keys()):
-            if key not in returned:
-                found.append(f"{path}.{key}: lost")
-            elif key not in original:
-                found.append(f"{path}.{key}: added {returned[key]!r}")
-            else:
-                found += differences(original[key], returned[key], f"{path}.{key}")
-        return found
-    if isinstance(original, list) and isinstance(returned, list) and len(original) == len(returned):
-        return [line for index, (before, after) in enumerate(zip(original, returned))
-                for line in differences(before, after, f"{path}[{index}]")]
-    if original == returned and type(original) is type(returned):
-        return []
-    return [f"{path}: {original!r} became {returned!r}"]
 
 
 # --- Every file ----------------------------------------------------------------------------------

@@ -52,8 +52,7 @@ def archive(model_store: Path) -> Path:
 
 def test_a_worker_counts_its_start_and_each_batch_by_protocol_outcome_and_stage(
         archive: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO):
-        model = InProcessModel(archive, tmp_path)
+    with caplog.at_level(logging.INFO), InProcessModel(archive, tmp_path) as model:
         assert total(printed(caplog), "handler_worker_starts_total", ModelName="resnet50", ModelVersion="2.0") == 1
         caplog.clear()
         answers = model.infer([
@@ -94,8 +93,8 @@ def test_a_worker_counts_its_start_and_each_batch_by_protocol_outcome_and_stage(
 def test_without_our_metrics_config_the_handler_serves_and_says_its_metrics_are_off(
         archive: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """TorchServe's own metrics config declares none of ours: a server started with it still serves."""
-    with caplog.at_level(logging.INFO):
-        model = InProcessModel(archive, tmp_path, metrics_config=TORCHSERVE_DEFAULT_METRICS)
+    with (caplog.at_level(logging.INFO),
+          InProcessModel(archive, tmp_path, metrics_config=TORCHSERVE_DEFAULT_METRICS) as model):
         [answer] = model.infer([Request.raw(PHOTO)])
     assert answer.status == 200
     assert "the handler's metrics are off. Serve with config/metrics.yaml" in caplog.text

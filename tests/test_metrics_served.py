@@ -12,7 +12,7 @@ import pytest
 import tritonclient.http as triton
 
 import oip
-from conftest import post_inference
+from conftest import inference_auth, post_inference
 from images import b64, photo_bytes
 from scripts.client.grpc_client import GrpcClient
 from scripts.client.prometheus_scrape import Scrape, increase, scrape
@@ -54,7 +54,7 @@ def traffic(server: Server) -> Counter[Key]:
         call("2.0", "kserve_v1", "http", posted(f"v1/models/{MODEL_NAME}:predict", json={"instances": [b64(NOT_AN_IMAGE)]}))
         call("2.0", "open_inference", "http",
              lambda: triton_client.infer(MODEL_NAME, [oip.image_input([PHOTO, PHOTO])],
-                                         headers={"Authorization": f"Bearer {rest.tokens.inference}"}))
+                                         headers=inference_auth(server)))
         for image in (PHOTO, NOT_AN_IMAGE):
             call("2.0", "torchserve", "grpc", lambda: grpc.predict(MODEL_NAME, image))
         call("1.0", "open_inference", "grpc", lambda: grpc.infer(MODEL_NAME, [PHOTO], "1.0"))

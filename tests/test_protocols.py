@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,6 @@ from handler_config import InputLimits
 from kserve_v1 import KServeV1Request
 from images import b64, encode, noise_image, photo_bytes
 from scripts.harness.in_process import InProcessModel, Request, Response
-from scripts.paths import archive_name
 
 PHOTO, NOISE = photo_bytes((500, 400)), encode(noise_image((320, 240)))
 NOT_AN_IMAGE = b"%PDF-1.4 definitely not a photo"
@@ -51,11 +49,6 @@ def error_message(response: Response) -> str:
 
 def error_of(response: Response) -> tuple[int, str]:
     return response.status, error_message(response).split(":")[0]
-
-
-@pytest.fixture(scope="module")
-def model(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> InProcessModel:
-    return InProcessModel(model_store / archive_name("2.0"), tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

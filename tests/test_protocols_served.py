@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 import oip
 from answers import indices, same_answer, top5
-from conftest import post_inference, refused
+from conftest import inference_auth, post_inference, refused
 from images import b64, encode, noise_image, photo_bytes
 from scripts.client.grpc_client import GrpcClient
 from scripts.client.rest_api import ApiError, RestClient
@@ -43,7 +43,7 @@ def rest_answers(server: Server) -> dict[str, dict[bytes, list[dict[str, Any]]]]
 
 @pytest.fixture
 def auth(server: Server) -> dict[str, str]:
-    return {"Authorization": f"Bearer {RestClient.for_server(server).tokens.inference}"}
+    return inference_auth(server)
 
 
 @pytest.fixture(scope="module")

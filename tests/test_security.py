@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import os
 import shutil
@@ -22,7 +21,7 @@ import torch
 from google.protobuf import empty_pb2
 
 from conftest import TEST_PLAN, refused, served_versions
-from images import photo_bytes
+from images import b64, photo_bytes
 from scripts.client.grpc_client import GrpcClient
 from scripts.client.rest_api import RestClient, Tokens
 from scripts.client.torchserve_grpc import inference_pb2, management_pb2, open_inference_grpc_pb2
@@ -74,7 +73,7 @@ def test_the_inference_token_does_not_open_management(server: Server, clients: C
 
 def test_a_rest_request_with_no_authorization_header_is_refused(server: Server) -> None:
     """On every inference route (TorchServe's, KServe v1, the Open Inference Protocol) and management."""
-    image = base64.b64encode(photo_bytes()).decode()
+    image = b64(photo_bytes())
     inference = {f"predictions/{MODEL_NAME}": {"data": photo_bytes(), "headers": {"Content-Type": "image/jpeg"}},
                  f"v1/models/{MODEL_NAME}:predict": {"json": {"instances": [image]}},
                  f"v2/models/{MODEL_NAME}/infer": {"json": {"inputs": [{"name": "image", "datatype": "BYTES",

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 import requests
 
 from answers import same_answer
-from conftest import post_inference
-from images import photo_bytes
+from conftest import inference_auth, post_inference
+from images import b64, photo_bytes
 from scripts.client.rest_api import ApiError, RestClient
 from scripts.endpoints import Server
 from scripts.paths import MODEL_NAME
@@ -21,15 +19,14 @@ def test_ping_reports_healthy(client: RestClient) -> None:
 
 @pytest.mark.parametrize("path", [f"predictions/{MODEL_NAME}", f"predictions/{MODEL_NAME}/1.0",
                                   f"predictions/{MODEL_NAME}/2.0"])
-def test_every_payload_form_is_classified_alike(server: Server, client: RestClient, path: str) -> None:
+def test_every_payload_form_is_classified_alike(server: Server, path: str) -> None:
     image = photo_bytes((500, 400))
-    token = client.tokens.inference
     answers = [
         post_inference(server, path, {"Content-Type": "image/jpeg"}, data=image),
         requests.put(f"{server.inference_url}/{path}", data=image, timeout=60,
-                     headers={"Authorization": f"Bearer {token}"}),  # curl -T
+                     headers=inference_auth(server)),  # curl -T
         post_inference(server, path, files={"data": ("photo.jpg", image, "image/jpeg")}),
-        post_inference(server, path, json={"data": base64.b64encode(image).decode()}),
+        post_inference(server, path, json={"data": b64(image)}),
     ]
     assert [answer.status_code for answer in answers] == [200] * 4
     first = answers[0].json()

@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from scripts.client.heatmap_overlay import write_overlay
 from scripts.client.rest_api import ApiError, RestClient
@@ -27,9 +28,11 @@ from scripts.endpoints import Server, ServerError
 from scripts.paths import MODEL_NAME, RUN_DIR
 
 
-def predict_files(client: Any, model: str, files: list[Path], version: str | None,
-                  concurrency: int) -> list[dict[str, Any]]:
+def predict_files(
+    client: Any, model: str, files: list[Path], version: str | None, concurrency: int
+) -> list[dict[str, Any]]:
     """Classify each file, `concurrency` at a time; a failure is recorded, not raised."""
+
     def one(path: Path) -> dict[str, Any]:
         try:
             return {"file": str(path), "predictions": client.predict(model, path.read_bytes(), version)}
@@ -42,8 +45,9 @@ def predict_files(client: Any, model: str, files: list[Path], version: str | Non
         return list(pool.map(one, files))
 
 
-def explain_file(client: RestClient, model: str, photo: Path, out: Path, version: str | None,
-                 classes: list[int]) -> dict[str, Any]:
+def explain_file(
+    client: RestClient, model: str, photo: Path, out: Path, version: str | None, classes: list[int]
+) -> dict[str, Any]:
     """Explain one photo (REST: TorchServe's gRPC API has no explanation call) and draw the overlay."""
     data = photo.read_bytes()
     explanation = client.explain(model, data, version, classes)
@@ -71,8 +75,9 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m scripts.client", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--grpc", action="store_true", help="use the gRPC APIs instead of REST")
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR, help="the server's run folder (default: run/)")
     parser.add_argument("--model", default=MODEL_NAME)
@@ -146,4 +151,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(output if isinstance(output, str) else json.dumps(output, indent=2))
     return 0 if ok else 1
-

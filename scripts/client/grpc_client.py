@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2
@@ -21,26 +22,47 @@ from scripts.client.rest_api import QUEUE_FULL_MESSAGE, ApiError, Tokens, explai
 from scripts.endpoints import HOST, Server
 
 grpc_stubs.ensure()
-from scripts.client.torchserve_grpc import (inference_pb2, inference_pb2_grpc, management_pb2,  # noqa: E402
-                                     management_pb2_grpc, open_inference_grpc_pb2, open_inference_grpc_pb2_grpc)
+from scripts.client.torchserve_grpc import (  # noqa: E402
+    inference_pb2,
+    inference_pb2_grpc,
+    management_pb2,
+    management_pb2_grpc,
+    open_inference_grpc_pb2,
+    open_inference_grpc_pb2_grpc,
+)
 
 # The HTTP status each gRPC code stands for (as in grpc-gateway's mapping).
 HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400, grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409, grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 
 
 class GrpcClient:
-    def __init__(self, inference_target: str, management_target: str, tokens: Tokens,
-                 max_message_bytes: int, timeout: float = 120.0, model_store: Path | None = None) -> None:
-        options = [("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.max_receive_message_length", max_message_bytes)]
+    def __init__(
+        self,
+        inference_target: str,
+        management_target: str,
+        tokens: Tokens,
+        max_message_bytes: int,
+        timeout: float = 120.0,
+        model_store: Path | None = None,
+    ) -> None:
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
         self._inference_channel = grpc.insecure_channel(inference_target, options=options)
         self._management_channel = grpc.insecure_channel(management_target, options=options)
         self.inference = inference_pb2_grpc.InferenceAPIsServiceStub(self._inference_channel)
@@ -53,10 +75,16 @@ class GrpcClient:
         self.model_store = model_store
 
     @classmethod
-    def for_server(cls, server: Server, timeout: float = 120.0) -> "GrpcClient":
+    def for_server(cls, server: Server, timeout: float = 120.0) -> GrpcClient:
         """A client of that instance: its tokens, and message limits at its max_request_size."""
-        return cls(f"{HOST}:{server.ports.grpc_inference}", f"{HOST}:{server.ports.grpc_management}",
-                   Tokens.from_key_file(server.key_file), server.max_request_size(), timeout, server.model_store)
+        return cls(
+            f"{HOST}:{server.ports.grpc_inference}",
+            f"{HOST}:{server.ports.grpc_management}",
+            Tokens.from_key_file(server.key_file),
+            server.max_request_size(),
+            timeout,
+            server.model_store,
+        )
 
     def close(self) -> None:
         self._inference_channel.close()
@@ -66,10 +94,10 @@ class GrpcClient:
     def ping(self) -> dict[str, Any]:
         return json.loads(self._call(self.inference.Ping, empty_pb2.Empty(), self.tokens.inference).health)
 
-    def predict(self, model: str, image: bytes, version: str | None = None,
-                content_type: str = "application/octet-stream") -> Any:
-        request = inference_pb2.PredictionsRequest(model_name=model, model_version=version or "",
-                                                   input={"data": image})
+    def predict(
+        self, model: str, image: bytes, version: str | None = None, content_type: str = "application/octet-stream"
+    ) -> Any:
+        request = inference_pb2.PredictionsRequest(model_name=model, model_version=version or "", input={"data": image})
         answer = json.loads(self._call(self.inference.Predictions, request, self.tokens.inference).prediction)
         # TorchServe's gRPC layer drops the per-request status the handler set, so a rejected
         # request arrives as OK with the handler's error body; restore the error here.
@@ -78,14 +106,19 @@ class GrpcClient:
         return answer
 
     # Open Inference Protocol
-    def infer(self, model: str, images: list[bytes], version: str | None = None,
-              request_id: str = "") -> list[list[float]]:
+    def infer(
+        self, model: str, images: list[bytes], version: str | None = None, request_id: str = ""
+    ) -> list[list[float]]:
         """ModelInfer: each image's class probabilities (input 'image', output 'probabilities')."""
         tensor = open_inference_grpc_pb2.ModelInferRequest.InferInputTensor(
-            name="image", datatype="BYTES", shape=[len(images)],
-            contents=open_inference_grpc_pb2.InferTensorContents(bytes_contents=images))
-        request = open_inference_grpc_pb2.ModelInferRequest(model_name=model, model_version=version or "",
-                                                            id=request_id, inputs=[tensor])
+            name="image",
+            datatype="BYTES",
+            shape=[len(images)],
+            contents=open_inference_grpc_pb2.InferTensorContents(bytes_contents=images),
+        )
+        request = open_inference_grpc_pb2.ModelInferRequest(
+            model_name=model, model_version=version or "", id=request_id, inputs=[tensor]
+        )
         answer = self._call(self.open_inference.ModelInfer, request, self.tokens.inference)
         outputs = {output.name: output for output in answer.outputs}
         if ERROR.name in outputs:
@@ -94,7 +127,7 @@ class GrpcClient:
             raise ApiError(int(error["code"]), f"{error['type']}: {error['message']}")
         probabilities = outputs["probabilities"]
         values, classes = list(probabilities.contents.fp32_contents), probabilities.shape[-1]
-        return [values[row:row + classes] for row in range(0, len(values), classes)]
+        return [values[row : row + classes] for row in range(0, len(values), classes)]
 
     def model_ready(self, model: str, version: str | None = None) -> bool:
         request = open_inference_grpc_pb2.ModelReadyRequest(name=model, version=version or "")
@@ -105,13 +138,18 @@ class GrpcClient:
         return self._manage("ListModels", management_pb2.ListModelsRequest(limit=100))
 
     def describe(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
-        return self._manage("DescribeModel", management_pb2.DescribeModelRequest(
-            model_name=model, model_version=version or ""))
+        return self._manage(
+            "DescribeModel", management_pb2.DescribeModelRequest(model_name=model, model_version=version or "")
+        )
 
     def register(self, archive: str, initial_workers: int, synchronous: bool = True) -> dict[str, Any]:
         try:
-            return self._manage("RegisterModel", management_pb2.RegisterModelRequest(
-                url=archive, initial_workers=initial_workers, synchronous=synchronous))
+            return self._manage(
+                "RegisterModel",
+                management_pb2.RegisterModelRequest(
+                    url=archive, initial_workers=initial_workers, synchronous=synchronous
+                ),
+            )
         except ApiError as error:
             raise self._explained(error, lambda: self._why_register_failed(archive)) from None
 
@@ -119,14 +157,22 @@ class GrpcClient:
         return self._manage("SetDefault", management_pb2.SetDefaultRequest(model_name=model, model_version=version))
 
     def scale(self, model: str, version: str, min_workers: int, max_workers: int) -> dict[str, Any]:
-        return self._manage("ScaleWorker", management_pb2.ScaleWorkerRequest(
-            model_name=model, model_version=version, min_worker=min_workers, max_worker=max_workers,
-            synchronous=True))
+        return self._manage(
+            "ScaleWorker",
+            management_pb2.ScaleWorkerRequest(
+                model_name=model,
+                model_version=version,
+                min_worker=min_workers,
+                max_worker=max_workers,
+                synchronous=True,
+            ),
+        )
 
     def unregister(self, model: str, version: str) -> dict[str, Any]:
         try:
-            return self._manage("UnregisterModel", management_pb2.UnregisterModelRequest(
-                model_name=model, model_version=version))
+            return self._manage(
+                "UnregisterModel", management_pb2.UnregisterModelRequest(model_name=model, model_version=version)
+            )
         except ApiError as error:
             raise self._explained(error, lambda: self._why_unregister_failed(model, version)) from None
 

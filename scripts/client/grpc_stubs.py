@@ -32,14 +32,23 @@ def generate() -> Path:
         (Path(proto_root) / PACKAGE).mkdir(parents=True)
         for name in PROTOS:
             (Path(proto_root) / PACKAGE / name).write_bytes(jar.read(f"proto/{name}"))
-        includes = [proto_root, str(Path(status_pb2.__file__).parents[2]),
-                    str(Path(grpc_tools.__file__).parent / "_proto")]
-        arguments = ["grpc_tools.protoc", *(f"-I{path}" for path in includes),
-                     f"--python_out={ROOT}", f"--grpc_python_out={ROOT}",
-                     *(f"{PACKAGE}/{name}" for name in PROTOS)]
+        includes = [
+            proto_root,
+            str(Path(status_pb2.__file__).parents[2]),
+            str(Path(grpc_tools.__file__).parent / "_proto"),
+        ]
+        arguments = [
+            "grpc_tools.protoc",
+            *(f"-I{path}" for path in includes),
+            f"--python_out={ROOT}",
+            f"--grpc_python_out={ROOT}",
+            *(f"{PACKAGE}/{name}" for name in PROTOS),
+        ]
         if protoc.main(arguments) != 0:
             raise RuntimeError(f"protoc failed on the protos from {JAR}")
-    (output / "__init__.py").write_text('"""Generated from TorchServe\'s model-server.jar by scripts/client/grpc_stubs.py."""\n')
+    (output / "__init__.py").write_text(
+        '"""Generated from TorchServe\'s model-server.jar by scripts/client/grpc_stubs.py."""\n'
+    )
     return output
 
 

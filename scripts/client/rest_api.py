@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import requests
 
 from scripts.endpoints import Server
-
 
 # TorchServe 0.12 answers a full job queue with a message about missing workers.
 QUEUE_FULL_MESSAGE = "has no worker to serve inference request"
@@ -46,7 +47,7 @@ class Tokens:
     management: str
 
     @classmethod
-    def from_key_file(cls, path: Path) -> "Tokens":
+    def from_key_file(cls, path: Path) -> Tokens:
         """TorchServe writes key_file.json into its working directory at start."""
         try:
             keys = json.loads(path.read_text())
@@ -66,7 +67,7 @@ class RestClient:
         self.session = requests.Session()
 
     @classmethod
-    def for_server(cls, server: Server, timeout: float = 120.0) -> "RestClient":
+    def for_server(cls, server: Server, timeout: float = 120.0) -> RestClient:
         """A client of that instance, with the tokens it wrote to its key file."""
         return cls(server.inference_url, server.management_url, Tokens.from_key_file(server.key_file), timeout)
 
@@ -74,18 +75,29 @@ class RestClient:
     def ping(self) -> dict[str, Any]:
         return self._call("GET", f"{self.inference_url}/ping", self.tokens.inference)
 
-    def predict(self, model: str, image: bytes, version: str | None = None,
-                content_type: str = "application/octet-stream") -> Any:
+    def predict(
+        self, model: str, image: bytes, version: str | None = None, content_type: str = "application/octet-stream"
+    ) -> Any:
         path = f"{model}/{version}" if version else model
-        return self._call("POST", f"{self.inference_url}/predictions/{path}", self.tokens.inference,
-                          data=image, headers={"Content-Type": content_type})
+        return self._call(
+            "POST",
+            f"{self.inference_url}/predictions/{path}",
+            self.tokens.inference,
+            data=image,
+            headers={"Content-Type": content_type},
+        )
 
     def explain(self, model: str, image: bytes, version: str | None = None, classes: Sequence[int] = ()) -> Any:
         """The top-k and a Grad-CAM heatmap for each of `classes` (none: the top class), as a form."""
         path = f"{model}/{version}" if version else model
         fields = {"classes": ",".join(map(str, classes))} if classes else {}
-        return self._call("POST", f"{self.inference_url}/explanations/{path}", self.tokens.inference,
-                          files={"data": image}, data=fields)
+        return self._call(
+            "POST",
+            f"{self.inference_url}/explanations/{path}",
+            self.tokens.inference,
+            files={"data": image},
+            data=fields,
+        )
 
     # Management API
     def list_models(self) -> dict[str, Any]:
@@ -101,13 +113,13 @@ class RestClient:
         return self._call("POST", f"{self.management_url}/models", self.tokens.management, params=params)
 
     def set_default(self, model: str, version: str) -> dict[str, Any]:
-        return self._call("PUT", f"{self.management_url}/models/{model}/{version}/set-default",
-                          self.tokens.management)
+        return self._call("PUT", f"{self.management_url}/models/{model}/{version}/set-default", self.tokens.management)
 
     def scale(self, model: str, version: str, min_workers: int, max_workers: int) -> dict[str, Any]:
         params = {"min_worker": min_workers, "max_worker": max_workers, "synchronous": "true"}
-        return self._call("PUT", f"{self.management_url}/models/{model}/{version}", self.tokens.management,
-                          params=params)
+        return self._call(
+            "PUT", f"{self.management_url}/models/{model}/{version}", self.tokens.management, params=params
+        )
 
     def unregister(self, model: str, version: str) -> dict[str, Any]:
         """TorchServe 0.12 sometimes answers 500 ConcurrentModificationException when a version is
@@ -119,9 +131,11 @@ class RestClient:
             try:
                 return self._call("DELETE", url, self.tokens.management)
             except ApiError as error:
-                if retries and error.status == 404:
-                    return {"status": f'Model "{model}" version {version} unregistered (TorchServe reported a '
-                                      f"{CONCURRENT_MODIFICATION} first)"}
+                if retries and error.status == HTTPStatus.NOT_FOUND:
+                    return {
+                        "status": f'Model "{model}" version {version} unregistered (TorchServe reported a '
+                        f"{CONCURRENT_MODIFICATION} first)"
+                    }
                 if CONCURRENT_MODIFICATION not in error.message or retries == UNREGISTER_RETRIES:
                     raise
             retries += 1
@@ -136,7 +150,7 @@ class RestClient:
         except requests.Timeout:
             raise ApiError(0, f"TorchServe did not answer {method} {url} within {self.timeout:g} s") from None
         body = _json_or_text(response)
-        if response.status_code >= 400:
+        if response.status_code >= HTTPStatus.BAD_REQUEST:
             if isinstance(body, dict) and "message" in body:
                 body = f"{body['type']}: {body['message']}" if body.get("type") else body["message"]
             raise ApiError(response.status_code, explain(str(body)))

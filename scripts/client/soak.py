@@ -4,7 +4,8 @@
 
 Reports unexpected answers (a good image not answered 200, a bad one not answered its 4xx),
 worker restarts (worker ids or pids that changed), and each worker's memory ten times over the
-run, with its growth after warm-up (the first quarter) and over the second half. It only talks to the server on loopback and stops by itself.
+run, with its growth after warm-up (the first quarter) and over the second half. It only talks
+to the server on loopback and stops by itself.
 """
 
 from __future__ import annotations
@@ -36,13 +37,19 @@ def _encode(image: Image.Image, format: str) -> bytes:
 
 def request_mix() -> list[tuple[str, bytes, int]]:
     """(name, body, expected status): real-size photos and the bad inputs clients really send."""
-    with Image.open(sample_photo()) as photo:
-        photo = photo.convert("RGB")
-        good = [(f"jpeg {w}x{h}", _encode(photo.resize((w, h)), "JPEG"), 200)
-                for w, h in ((640, 480), (1024, 768), (1600, 1200))]
+    with Image.open(sample_photo()) as opened:
+        photo = opened.convert("RGB")
+        good = [
+            (f"jpeg {w}x{h}", _encode(photo.resize((w, h)), "JPEG"), 200)
+            for w, h in ((640, 480), (1024, 768), (1600, 1200))
+        ]
         jpeg = good[0][1]
-        bad = [("empty", b"", 400), ("not an image", b"hello, world", 400),
-               ("truncated", jpeg[: len(jpeg) // 3], 400), ("unsupported", _encode(photo, "PPM")[:200_000], 415)]
+        bad = [
+            ("empty", b"", 400),
+            ("not an image", b"hello, world", 400),
+            ("truncated", jpeg[: len(jpeg) // 3], 400),
+            ("unsupported", _encode(photo, "PPM")[:200_000], 415),
+        ]
     return good * 4 + bad  # about one request in four is bad
 
 
@@ -50,7 +57,7 @@ def request_mix() -> list[tuple[str, bytes, int]]:
 class SoakReport:
     seconds: float
     requests: int = 0
-    statuses: Counter = field(default_factory=Counter)
+    statuses: Counter[int] = field(default_factory=Counter)
     unexpected: list[str] = field(default_factory=list)
     workers_before: dict[str, int] = field(default_factory=dict)
     workers_after: dict[str, int] = field(default_factory=dict)
@@ -68,23 +75,30 @@ class SoakReport:
         return max((end.get(worker, 0.0) - mib for worker, mib in start.items()), default=0.0)
 
     def summary(self) -> str:
-        series = "\n".join(f"  {t:5.0f} s: " + ", ".join(f"{w} {m:.0f}" for w, m in sorted(usage.items()))
-                           for t, usage in self.memory_mib)
-        return "\n".join([
-            f"duration: {self.seconds:.0f} s, requests: {self.requests} ({self.requests / self.seconds:.1f}/s)",
-            f"statuses: {dict(sorted(self.statuses.items()))}",
-            f"unexpected answers: {len(self.unexpected)}" + "".join(f"\n  {u}" for u in self.unexpected[:10]),
-            f"worker restarts: {self.worker_restarts}",
-            f"worker memory (MiB):\n{series}",
-            f"growth after warm-up (25%): {self.memory_growth_mib(0.25):.0f} MiB; "
-            f"over the second half: {self.memory_growth_mib(0.5):.0f} MiB",
-        ])
+        series = "\n".join(
+            f"  {t:5.0f} s: " + ", ".join(f"{w} {m:.0f}" for w, m in sorted(usage.items()))
+            for t, usage in self.memory_mib
+        )
+        return "\n".join(
+            [
+                f"duration: {self.seconds:.0f} s, requests: {self.requests} ({self.requests / self.seconds:.1f}/s)",
+                f"statuses: {dict(sorted(self.statuses.items()))}",
+                f"unexpected answers: {len(self.unexpected)}" + "".join(f"\n  {u}" for u in self.unexpected[:10]),
+                f"worker restarts: {self.worker_restarts}",
+                f"worker memory (MiB):\n{series}",
+                f"growth after warm-up (25%): {self.memory_growth_mib(0.25):.0f} MiB; "
+                f"over the second half: {self.memory_growth_mib(0.5):.0f} MiB",
+            ]
+        )
 
 
 def workers(server: Server) -> dict[str, int]:
     """Worker id -> pid, for every version of the model."""
-    return {f"{entry['modelVersion']}/{worker['id']}": worker["pid"]
-            for entry in RestClient.for_server(server).describe(MODEL_NAME, "all") for worker in entry["workers"]}
+    return {
+        f"{entry['modelVersion']}/{worker['id']}": worker["pid"]
+        for entry in RestClient.for_server(server).describe(MODEL_NAME, "all")
+        for worker in entry["workers"]
+    }
 
 
 def memory_mib(pids: dict[str, int]) -> dict[str, float]:
@@ -111,8 +125,12 @@ def soak(server: Server, seconds: float, concurrency: int) -> SoakReport:
             while time.monotonic() < deadline:
                 name, body, expected = rng.choice(mix)
                 try:
-                    status = session.post(url, data=body, timeout=60, headers={
-                        "Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}).status_code
+                    status = session.post(
+                        url,
+                        data=body,
+                        timeout=60,
+                        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"},
+                    ).status_code
                 except requests.RequestException as error:
                     status, name = 0, f"{name}: {type(error).__name__}"
                 with lock:

@@ -13,6 +13,7 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
@@ -42,21 +43,23 @@ class Request:
     headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def raw(cls, body: bytes, content_type: str = "image/jpeg") -> "Request":
+    def raw(cls, body: bytes, content_type: str = "image/jpeg") -> Request:
         """A body POSTed to /predictions."""
         return cls((("body", content_type, body),), (("Content-Type", content_type), *PREDICTIONS_ROUTE))
 
     @classmethod
-    def form(cls, **fields: bytes) -> "Request":
-        return cls(tuple((name, "application/octet-stream", value) for name, value in fields.items()),
-                   (("Content-Type", "multipart/form-data; boundary=x"), *PREDICTIONS_ROUTE))
+    def form(cls, **fields: bytes) -> Request:
+        return cls(
+            tuple((name, "application/octet-stream", value) for name, value in fields.items()),
+            (("Content-Type", "multipart/form-data; boundary=x"), *PREDICTIONS_ROUTE),
+        )
 
     @classmethod
-    def json(cls, document: Any) -> "Request":
+    def json(cls, document: Any) -> Request:
         return cls.raw(_json_bytes(document), "application/json")
 
     @classmethod
-    def kserve(cls, body: Any, content_type: str | None = "application/json", **headers: str) -> "Request":
+    def kserve(cls, body: Any, content_type: str | None = "application/json", **headers: str) -> Request:
         """A body POSTed to a KServe route: /v1/models/{m}:predict or /v2/models/{m}/infer. Extra
         headers are given with underscores for dashes (Inference_Header_Content_Length=...);
         content_type None sends none, as tritonclient does."""
@@ -66,11 +69,11 @@ class Request:
         return cls((("body", content_type or "", raw),), (*HTTP_HEADERS, *declared, *sent))
 
     @classmethod
-    def grpc(cls, document: Any) -> "Request":
+    def grpc(cls, document: Any) -> Request:
         """What TorchServe's OIP gRPC frontend forwards for ModelInfer: JSON, and no headers."""
         return cls((("body", "application/json", _json_bytes(document)),))
 
-    def explaining(self) -> "Request":
+    def explaining(self) -> Request:
         """The same request on an explanation route (/explanations, :explain, /explain)."""
         return Request(self.parameters, (*self.headers, (EXPLAIN_HEADER, "True")))
 
@@ -87,18 +90,38 @@ class Response:
 
 
 class InProcessModel:
-    def __init__(self, archive: Path, extract_to: Path, batch_size: int = 8, gpu_id: int | None = None,
-                 metrics_config: Path = METRICS_CONFIG) -> None:
+    """An archive loaded as a worker loads it. Close it when done (or use it as a context manager):
+    TorchServe calls no handler hook when a worker stops, so the handler's threads outlive the
+    model unless close() finalizes it."""
+
+    def __init__(
+        self,
+        archive: Path,
+        extract_to: Path,
+        batch_size: int = 8,
+        gpu_id: int | None = None,
+        metrics_config: Path = METRICS_CONFIG,
+    ) -> None:
         with zipfile.ZipFile(archive) as mar:
             mar.extractall(extract_to)
         self.model_dir = extract_to
         self.service = TsModelLoader().load(
-            "resnet50", str(extract_to), handler="resnet50_handler", gpu_id=gpu_id, batch_size=batch_size,
-            metrics_cache=metrics_cache(metrics_config))
+            "resnet50",
+            str(extract_to),
+            handler="resnet50_handler",
+            gpu_id=gpu_id,
+            batch_size=batch_size,
+            metrics_cache=metrics_cache(metrics_config),
+        )
 
     @property
     def handler(self) -> Any:
         return handler_of(self.service)
+
+    @property
+    def version(self) -> str:
+        """The model version the archive's manifest gives."""
+        return str(self.service.context.manifest["model"]["modelVersion"])
 
     def infer(self, requests: list[Request]) -> list[Response]:
         batch = [_wire_request(f"request-{i}", request) for i, request in enumerate(requests)]
@@ -109,8 +132,22 @@ class InProcessModel:
         context.metrics.request_ids = ids
         outputs = entry_point(self.service)(inputs, context)
         assert len(outputs) == len(requests), "one response per request"
-        return [Response(context.get_response_status(i)[0] or 200, output, context.get_response_headers(i))
-                for i, output in enumerate(outputs)]
+        return [
+            Response(context.get_response_status(i)[0] or 200, output, context.get_response_headers(i))
+            for i, output in enumerate(outputs)
+        ]
+
+    def close(self) -> None:
+        """Finalize the handler (it stops its preprocessing threads); closing twice is harmless."""
+        self.handler.finalize()
+
+    def __enter__(self) -> InProcessModel:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
 
 
 def metrics_cache(config: Path) -> MetricsCacheYamlImpl:

@@ -14,8 +14,10 @@ import functools
 import io
 import re
 import struct
+from collections.abc import Callable
 from importlib import metadata
-from typing import Any, Callable
+from types import MethodType
+from typing import Any
 
 from scripts.paths import ROOT
 
@@ -26,7 +28,10 @@ class PrivateHookError(RuntimeError):
 
 def pinned_version(distribution: str) -> str:
     """The version a requirements*.txt file pins `distribution` to (`name==version`)."""
-    canonical = lambda name: re.sub(r"[-_.]+", "-", name.split("[")[0].strip()).lower()  # noqa: E731
+
+    def canonical(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name.split("[", maxsplit=1)[0].strip()).lower()
+
     for path in sorted(ROOT.glob("requirements*.txt")):
         for line in path.read_text().splitlines():
             name, _, version = line.split("#", 1)[0].partition("==")
@@ -47,10 +52,12 @@ def require_pinned(distribution: str) -> None:
         raise PrivateHookError(
             f"{distribution} {installed} is installed, but the private {distribution} APIs in {__file__} were "
             f"checked against {checked}, the version requirements*.txt pins: install {checked}, or check every "
-            f"hook on {installed} (tests/test_private_hooks.py) and then change the pin")
+            f"hook on {installed} (tests/test_private_hooks.py) and then change the pin"
+        )
 
 
 # TorchServe
+
 
 def decode_parameter(name: str, content_type: str, value: bytes) -> dict[str, Any]:
     """One request parameter as a worker gets it: framed as the frontend sends it (each part
@@ -59,7 +66,8 @@ def decode_parameter(name: str, content_type: str, value: bytes) -> dict[str, An
     from ts.protocol import otf_message_handler
 
     frame = b"".join(struct.pack("!i", len(part)) + part for part in (name.encode(), content_type.encode(), value))
-    return otf_message_handler._retrieve_input_data(_Connection(frame))
+    decoded: dict[str, Any] = otf_message_handler._retrieve_input_data(_Connection(frame))
+    return decoded
 
 
 class _Connection:
@@ -75,15 +83,19 @@ class _Connection:
 def entry_point(service: Any) -> Callable[[list[dict[str, Any]], Any], list[Any]]:
     """The handle(data, context) a ts.service.Service calls with each batch."""
     require_pinned("torchserve")
-    return service._entry_point
+    handle: Callable[[list[dict[str, Any]], Any], list[Any]] = service._entry_point
+    return handle
 
 
 def handler_of(service: Any) -> Any:
     """The handler instance a ts.service.Service wraps: the one its entry point is bound to."""
-    return entry_point(service).__self__
+    handle = entry_point(service)
+    assert isinstance(handle, MethodType), "a handler class's entry point is its bound handle()"
+    return handle.__self__
 
 
 # KServe
+
 
 @functools.cache
 def kserve_api_client() -> type:
@@ -93,7 +105,8 @@ def kserve_api_client() -> type:
     import kserve
 
     class ApiClient(kserve.ApiClient):
-        def _ApiClient__deserialize(self, data: Any, klass: Any) -> Any:  # name-mangled __deserialize
+        # kserve's private __deserialize, under its mangled name: the name is the override.
+        def _ApiClient__deserialize(self, data: Any, klass: Any) -> Any:  # noqa: N802
             return self.deserialize_value(data, klass)
 
         def deserialize_value(self, data: Any, klass: Any) -> Any:

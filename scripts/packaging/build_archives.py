@@ -32,9 +32,14 @@ from scripts.paths import BUILD_DIR, HANDLER_DIR, MODEL_NAME, MODEL_STORE, SERVE
 HANDLER_ENTRY = HANDLER_DIR / "resnet50_handler.py"
 
 
-def build(version: str, weights_source: str, model_store: Path = MODEL_STORE,
-          recipe_version: str | None = None, with_compiled_forward: bool = True,
-          settings: dict[str, int] | None = None) -> Path:
+def build(
+    version: str,
+    weights_source: str,
+    model_store: Path = MODEL_STORE,
+    recipe_version: str | None = None,
+    with_compiled_forward: bool = True,
+    settings: dict[str, int] | None = None,
+) -> Path:
     """Build one version's archive unless an identical one is already in the store.
 
     With `with_compiled_forward`, the archive also carries the forward pass compiled for this
@@ -102,19 +107,29 @@ def _fingerprint(config: dict[str, Any], weights: Path, build: str) -> str:
     return digest.hexdigest()
 
 
-def _run_archiver(version: str, weights: Path, config_file: Path, export_path: Path,
-                  extra_files: list[Path]) -> None:
+def _run_archiver(version: str, weights: Path, config_file: Path, export_path: Path, extra_files: list[Path]) -> None:
     command = [
-        sys.executable, "-m", "model_archiver.model_packaging",
-        "--model-name", MODEL_NAME,
-        "--version", version,
-        "--serialized-file", str(weights),
-        "--handler", str(HANDLER_ENTRY),
-        "--extra-files", ",".join(str(path) for path in extra_files),
-        "--config-file", str(config_file),
-        "--export-path", str(export_path),
+        sys.executable,
+        "-m",
+        "model_archiver.model_packaging",
+        "--model-name",
+        MODEL_NAME,
+        "--version",
+        version,
+        "--serialized-file",
+        str(weights),
+        "--handler",
+        str(HANDLER_ENTRY),
+        "--extra-files",
+        ",".join(str(path) for path in extra_files),
+        "--config-file",
+        str(config_file),
+        "--export-path",
+        str(export_path),
     ]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=False
+    )  # checked below, its output in the error
     if result.returncode != 0:
         raise RuntimeError(f"torch-model-archiver failed for {version}:\n{result.stderr or result.stdout}")
 
@@ -129,22 +144,41 @@ def _setting(text: str) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("versions", nargs="*", default=list(SERVED_VERSIONS))
-    parser.add_argument("--weights", default=os.environ.get("WEIGHTS") or OFFICIAL,
-                        help="official (default), random, or a folder holding torchvision's files")
+    parser.add_argument(
+        "--weights",
+        default=os.environ.get("WEIGHTS") or OFFICIAL,
+        help="official (default), random, or a folder holding torchvision's files",
+    )
     parser.add_argument("--like", help="build with the recipe (config file) of this version")
     parser.add_argument("--model-store", type=Path, default=MODEL_STORE)
-    parser.add_argument("--no-compile", action="store_true",
-                        help="skip compiling the forward pass (faster build, slower inference)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=NUMBER", type=_setting,
-                        help="override a model-config.yaml setting, e.g. --set batchSize=16")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip compiling the forward pass (faster build, slower inference)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=NUMBER",
+        type=_setting,
+        help="override a model-config.yaml setting, e.g. --set batchSize=16",
+    )
     args = parser.parse_args(argv)
     if args.weights == RANDOM:
-        print("WARNING: building with SEEDED RANDOM weights: every label these archives return is "
-              "meaningless. Use WEIGHTS=official for real predictions.", file=sys.stderr)
+        print(
+            "WARNING: building with SEEDED RANDOM weights: every label these archives return is "
+            "meaningless. Use WEIGHTS=official for real predictions.",
+            file=sys.stderr,
+        )
     try:
         for version in args.versions:
-            archive = build(version, args.weights, args.model_store, args.like,
-                            with_compiled_forward=not args.no_compile, settings=dict(args.set))
+            archive = build(
+                version,
+                args.weights,
+                args.model_store,
+                args.like,
+                with_compiled_forward=not args.no_compile,
+                settings=dict(args.set),
+            )
             print(f"{archive}  ({MODEL_NAME} {version}, weights: {args.weights})")
     except (WeightsError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)

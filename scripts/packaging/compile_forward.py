@@ -28,7 +28,13 @@ from handler.model_identity import architecture
 from scripts.paths import HANDLER_DIR, MODEL_NAME
 
 sys.path.insert(0, str(HANDLER_DIR))  # the handler's own precision, layout and targets
-from compiled_forward import for_inference, inference_dtype, load_package, native_target  # noqa: E402,F401
+# `name as name`: re-exported for benchmarks/compute.py, which reaches the handler's forward through here.
+from compiled_forward import (
+    for_inference as for_inference,
+    inference_dtype as inference_dtype,
+    load_package as load_package,
+    native_target,
+)
 
 PACKAGE_NAMES = {device: f"{MODEL_NAME}_{device}.pt2" for device in ("cpu", "cuda")}
 
@@ -68,9 +74,11 @@ def compile_forwards(weights: Path, max_batch: int, output_dir: Path) -> list[Co
     machines that only run CUDA) is reported and leaves GPUs on the eager forward."""
     compiler = missing_compiler()
     if compiler:
-        print(f"note: no C++ compiler ({compiler}) found, so the archive uses the eager forward "
-              f"(up to ~10% slower on CPU in the recorded runs). Install g++ and rebuild to compile it.",
-              file=sys.stderr)
+        print(
+            f"note: no C++ compiler ({compiler}) found, so the archive uses the eager forward "
+            f"(up to ~10% slower on CPU in the recorded runs). Install g++ and rebuild to compile it.",
+            file=sys.stderr,
+        )
         return []
     cpu, *gpus = build_devices()
     packages = [compile_forward(weights, max_batch, output_dir, cpu)]
@@ -78,9 +86,12 @@ def compile_forwards(weights: Path, max_batch: int, output_dir: Path) -> list[Co
         try:
             packages.append(compile_forward(weights, max_batch, output_dir, gpu))
         except Exception as error:  # the CPU package and the eager GPU path still serve
-            print(f"WARNING: compiling the GPU forward failed, so on GPUs this archive runs the eager "
-                  f"fp16 forward: {type(error).__name__}: {error}\nAOTInductor needs g++ and the CUDA headers "
-                  f"(CUDA_HOME); fix that and rebuild, or build with --no-compile.", file=sys.stderr)
+            print(
+                f"WARNING: compiling the GPU forward failed, so on GPUs this archive runs the eager "
+                f"fp16 forward: {type(error).__name__}: {error}\nAOTInductor needs g++ and the CUDA headers "
+                f"(CUDA_HOME); fix that and rebuild, or build with --no-compile.",
+                file=sys.stderr,
+            )
     return packages
 
 
@@ -96,6 +107,5 @@ def compile_forward(weights: Path, max_batch: int, output_dir: Path, device: tor
     with torch.inference_mode():
         program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
     package = output_dir / PACKAGE_NAMES[device.type]
-    torch._inductor.aoti_compile_and_package(program, package_path=str(package),
-                                             inductor_configs={"freezing": True})
+    torch._inductor.aoti_compile_and_package(program, package_path=str(package), inductor_configs={"freezing": True})
     return CompiledPackage(device=device.type, package=package, target=native_target(device), max_batch=max_batch)

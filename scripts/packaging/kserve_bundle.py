@@ -22,9 +22,9 @@ import argparse
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from scripts.model_config import model_snapshot, snapshot_line
 from scripts.packaging import build_archives
@@ -50,8 +50,13 @@ class Pod:
         return plan_workers(Machine(cores=self.cpus, gpu_memory_gib=memory))
 
 
-def write_bundle(archives: Mapping[str, Path], pod: Pod, out: Path, default: str = DEFAULT_VERSION,
-                 recipes: Mapping[str, str] | None = None) -> Path:
+def write_bundle(
+    archives: Mapping[str, Path],
+    pod: Pod,
+    out: Path,
+    default: str = DEFAULT_VERSION,
+    recipes: Mapping[str, str] | None = None,
+) -> Path:
     """Lay out the bundle in `out`: the archives by version, and the configs that serve them.
 
     `recipes` maps a version built like another (2.1 like 2.0) to the version whose settings it has."""
@@ -62,10 +67,12 @@ def write_bundle(archives: Mapping[str, Path], pod: Pod, out: Path, default: str
     (out / "config").mkdir()
     for version, archive in archives.items():
         shutil.copyfile(archive, out / "model-store" / archive_name(version))
-    footer = [f"# Written by scripts/packaging/kserve_bundle.py for a pod of {pod.cpus} CPUs and {pod.gpus} GPUs: "
-              f"{plan.describe()}",
-              f"number_of_gpu={plan.number_of_gpu}",
-              snapshot_line(snapshot)]
+    footer = [
+        f"# Written by scripts/packaging/kserve_bundle.py for a pod of {pod.cpus} CPUs and {pod.gpus} GPUs: "
+        f"{plan.describe()}",
+        f"number_of_gpu={plan.number_of_gpu}",
+        snapshot_line(snapshot),
+    ]
     kserve = KSERVE_CONFIG.read_text() + "\n"
     ending = "\n".join(footer) + "\n"
     shutil.copyfile(CONFIG_DIR / "metrics.yaml", out / "config" / "metrics.yaml")
@@ -76,13 +83,20 @@ def write_bundle(archives: Mapping[str, Path], pod: Pod, out: Path, default: str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", default=os.environ.get("WEIGHTS") or OFFICIAL,
-                        help=f"{OFFICIAL} (default), {RANDOM}, or a folder holding torchvision's files")
+    parser.add_argument(
+        "--weights",
+        default=os.environ.get("WEIGHTS") or OFFICIAL,
+        help=f"{OFFICIAL} (default), {RANDOM}, or a folder holding torchvision's files",
+    )
     parser.add_argument("--pod-cpus", type=int, default=4, help="CPUs each replica gets (default 4)")
     parser.add_argument("--pod-gpus", type=int, default=0, help="GPUs each replica gets (default 0)")
-    parser.add_argument("--versions", nargs="+", default=list(SERVED_VERSIONS),
-                        help=f"versions to serve, each with its config/models/resnet50/VERSION.yaml "
-                             f"(default: {' '.join(SERVED_VERSIONS)})")
+    parser.add_argument(
+        "--versions",
+        nargs="+",
+        default=list(SERVED_VERSIONS),
+        help=f"versions to serve, each with its config/models/resnet50/VERSION.yaml "
+        f"(default: {' '.join(SERVED_VERSIONS)})",
+    )
     parser.add_argument("--default", default=DEFAULT_VERSION, help=f"the default version (default {DEFAULT_VERSION})")
     parser.add_argument("--out", type=Path, default=BUNDLE_DIR)
     args = parser.parse_args(argv)

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from torchvision.models import ResNet
 from torchvision.transforms import v2
 
 from handler.model_identity import architecture, weight_sets
-
 from scripts.paths import sample_photo
 
 CALIBRATION_IMAGES = 48
@@ -32,11 +32,11 @@ CROP = 224
 # narrow enough that the top-5 are not one class at 100% and four at 0%.
 LOGIT_SPREAD = 2.0
 FIRST_FILTER_BLUR_SIGMA = 1.5  # pixels, over conv1's 7x7 kernels
+GREY_CROPS = 0.3  # the share of the photo's crops made grey
 
 _PRESET = weight_sets().DEFAULT.transforms()
 _NORMALIZE = v2.Normalize(mean=_PRESET.mean, std=_PRESET.std)
-_PHOTO_CROP = v2.Compose([v2.RandomResizedCrop(CROP, scale=(0.05, 1.0), antialias=True),
-                          v2.RandomHorizontalFlip()])
+_PHOTO_CROP = v2.Compose([v2.RandomResizedCrop(CROP, scale=(0.05, 1.0), antialias=True), v2.RandomHorizontalFlip()])
 
 
 def random_state_dict(seed: int) -> dict[str, torch.Tensor]:
@@ -44,7 +44,7 @@ def random_state_dict(seed: int) -> dict[str, torch.Tensor]:
     caller's random generator is left as it was."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = architecture()
+        model: ResNet = architecture()
         images = _NORMALIZE(calibration_images(CALIBRATION_IMAGES))
         _smooth_first_filters(model)
         _reestimate_batch_norms(model, images)
@@ -68,8 +68,8 @@ def calibration_images(count: int) -> torch.Tensor:
 
 
 def _photo_crop(photo: torch.Tensor) -> torch.Tensor:
-    crop = _PHOTO_CROP(photo)[torch.randperm(3)]
-    return crop.mean(0, keepdim=True).expand(3, -1, -1) if torch.rand(1) < 0.3 else crop
+    crop: torch.Tensor = _PHOTO_CROP(photo)[torch.randperm(3)]
+    return crop.mean(0, keepdim=True).expand(3, -1, -1) if torch.rand(1) < GREY_CROPS else crop
 
 
 def _smooth_field() -> torch.Tensor:
@@ -81,12 +81,13 @@ def _flat_colour() -> torch.Tensor:
     return torch.rand(3, 1, 1) * 0.5 + torch.rand(3, CROP, CROP) * torch.rand(1) * 0.5
 
 
-def _smooth_first_filters(model: torch.nn.Module) -> None:
+def _smooth_first_filters(model: ResNet) -> None:
     """Low-pass conv1's random kernels, keeping their overall scale."""
     with torch.no_grad():
         kernels = model.conv1.weight
-        smooth = v2.functional.gaussian_blur(kernels, kernel_size=list(kernels.shape[-2:]),
-                                             sigma=[FIRST_FILTER_BLUR_SIGMA] * 2)
+        smooth = v2.functional.gaussian_blur(
+            kernels, kernel_size=list(kernels.shape[-2:]), sigma=[FIRST_FILTER_BLUR_SIGMA] * 2
+        )
         kernels.copy_(smooth * (kernels.norm() / smooth.norm()))
 
 
@@ -102,7 +103,7 @@ def _reestimate_batch_norms(model: torch.nn.Module, images: torch.Tensor) -> Non
     model.eval()
 
 
-def _centre_classifier(model: torch.nn.Module, images: torch.Tensor) -> None:
+def _centre_classifier(model: ResNet, images: torch.Tensor) -> None:
     """Fold the pooled features' mean and spread into the last layer, so logits follow how an
     image differs from the others rather than what all images share."""
     pooled: list[torch.Tensor] = []

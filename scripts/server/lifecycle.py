@@ -34,9 +34,14 @@ def running_pid(server: Server) -> int | None:
 
 def environment(server: Server, plan: WorkerPlan | None = None) -> dict[str, str]:
     """TorchServe's environment: this instance's temp and log dirs, Java, and the plan's threads."""
-    env = dict(os.environ, TMPDIR=str(server.run_dir / "tmp"), TEMP=str(server.run_dir / "tmp"),
-               JAVA_HOME=str(java_home()), LOG_LOCATION=str(server.log_dir),
-               METRICS_LOCATION=str(server.log_dir))
+    env = dict(
+        os.environ,
+        TMPDIR=str(server.run_dir / "tmp"),
+        TEMP=str(server.run_dir / "tmp"),
+        JAVA_HOME=str(java_home()),
+        LOG_LOCATION=str(server.log_dir),
+        METRICS_LOCATION=str(server.log_dir),
+    )
     if plan is not None and plan.threads_per_worker:
         # Workers inherit the frontend's environment; torch reads this for its intra-op threads.
         env["OMP_NUM_THREADS"] = str(plan.threads_per_worker)
@@ -56,8 +61,13 @@ def write_config(server: Server, plan: WorkerPlan) -> Path:
     base = (CONFIG_DIR / "config.properties").read_text()
     snapshot = snapshot_line(model_snapshot(server.versions, DEFAULT_VERSION, plan.workers_per_version))
     server.run_dir.mkdir(parents=True, exist_ok=True)
-    server.config_file.write_text(base + "\n# Set by scripts/server/lifecycle.py for this instance\n"
-                                  + properties_text(overrides) + snapshot + "\n")
+    server.config_file.write_text(
+        base
+        + "\n# Set by scripts/server/lifecycle.py for this instance\n"
+        + properties_text(overrides)
+        + snapshot
+        + "\n"
+    )
     return server.config_file
 
 
@@ -65,8 +75,10 @@ def start(server: Server, plan: WorkerPlan, timeout: float = 120.0) -> None:
     """Start TorchServe in the background and return once every worker of every version it
     loads is READY."""
     if (pid := running_pid(server)) is not None:
-        raise ServerError(f"a TorchServe instance is already running from {server.run_dir} "
-                          f"(pid {pid}); stop it first with `make stop`")
+        raise ServerError(
+            f"a TorchServe instance is already running from {server.run_dir} "
+            f"(pid {pid}); stop it first with `make stop`"
+        )
     config = write_config(server, plan)
     _require_token_authorization(config)
     launch(server, config, environment(server, plan), "--ncs", "--log-config", str(CONFIG_DIR / "log4j2.xml"))
@@ -83,11 +95,19 @@ def launch(server: Server, config: Path, environment: dict[str, str], *options: 
     for folder in (server.run_dir / "tmp", server.log_dir):
         folder.mkdir(parents=True, exist_ok=True)
     server.key_file.unlink(missing_ok=True)
-    command = [*TORCHSERVE, "--start", *options,
-               "--ts-config", str(config.resolve()), "--model-store", str(server.model_store.resolve())]
+    command = [
+        *TORCHSERVE,
+        "--start",
+        *options,
+        "--ts-config",
+        str(config.resolve()),
+        "--model-store",
+        str(server.model_store.resolve()),
+    ]
     with open(server.log_dir / "console.log", "ab") as console:  # not a pipe: the server keeps it open
-        launched = subprocess.run(command, cwd=server.run_dir, env=environment, stdout=console,
-                                  stderr=subprocess.STDOUT)
+        launched = subprocess.run(
+            command, cwd=server.run_dir, env=environment, stdout=console, stderr=subprocess.STDOUT, check=False
+        )
     if launched.returncode != 0:
         raise ServerError(f"torchserve --start failed; see {server.log_dir / 'console.log'}")
 
@@ -96,8 +116,10 @@ def _require_token_authorization(config: Path) -> None:
     """Our clients authenticate with the keys TorchServe writes at start; with authorization off
     it writes none, and the start would only time out waiting for them."""
     if read_properties(config).get("disable_token_authorization", "false").lower() == "true":
-        raise ServerError(f"{config} sets disable_token_authorization=true; this project serves with token "
-                          f"authorization on (docs/security.md). Set it to false in config/config.properties")
+        raise ServerError(
+            f"{config} sets disable_token_authorization=true; this project serves with token "
+            f"authorization on (docs/security.md). Set it to false in config/config.properties"
+        )
 
 
 def wait_until_ready(server: Server, workers_per_version: int, timeout: float) -> None:
@@ -113,16 +135,20 @@ def wait_until_ready(server: Server, workers_per_version: int, timeout: float) -
             except ApiError:
                 pass  # not listening yet, or the versions not loaded yet
         time.sleep(0.5)
-    raise ServerError(f"TorchServe did not serve {MODEL_NAME} {', '.join(server.versions)} with "
-                      f"{workers_per_version} READY worker(s) each within {timeout:g} s:\n{log_excerpt(server)}")
+    raise ServerError(
+        f"TorchServe did not serve {MODEL_NAME} {', '.join(server.versions)} with "
+        f"{workers_per_version} READY worker(s) each within {timeout:g} s:\n{log_excerpt(server)}"
+    )
 
 
 def _workers_ready(client: RestClient, versions: tuple[str, ...], workers: int) -> bool:
     client.ping()
     if not versions:
         return True
-    statuses = {entry["modelVersion"]: [worker["status"] for worker in entry["workers"]]
-                for entry in client.describe(MODEL_NAME, "all")}
+    statuses = {
+        entry["modelVersion"]: [worker["status"] for worker in entry["workers"]]
+        for entry in client.describe(MODEL_NAME, "all")
+    }
     return all(statuses.get(version) == ["READY"] * workers for version in versions)
 
 
@@ -132,8 +158,14 @@ def stop(server: Server, timeout: float = 60.0) -> bool:
     if pid is None:
         return False
     processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    subprocess.run([*TORCHSERVE, "--stop", "--foreground"],
-                   cwd=server.run_dir, env=environment(server), capture_output=True, timeout=timeout + 10)
+    subprocess.run(
+        [*TORCHSERVE, "--stop", "--foreground"],
+        cwd=server.run_dir,
+        env=environment(server),
+        capture_output=True,
+        timeout=timeout + 10,
+        check=False,
+    )
     _, alive = psutil.wait_procs(processes, timeout=timeout)
     for process in alive:  # workers that outlived their frontend
         process.kill()

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from scripts.client.rest_api import ApiError, RestClient
 from scripts.endpoints import Ports, Server, ServerError
@@ -19,7 +20,7 @@ from scripts.server.lifecycle import log_excerpt, start, stop
 from scripts.worker_plan import Machine, WorkerPlan, plan_from_environment
 
 
-def format_predictions(predictions: list[dict]) -> str:
+def format_predictions(predictions: list[dict[str, Any]]) -> str:
     rows = [f"  {p['probability']:7.2%}  {p['label']}  (class {p['index']})" for p in predictions]
     return "\n".join(rows)
 
@@ -49,19 +50,26 @@ def serve(weights: str, server: Server, plan: WorkerPlan) -> int:
         return 1
     if weights == RANDOM:
         print("\n!!! SEEDED RANDOM WEIGHTS: these labels are meaningless. Use WEIGHTS=official. !!!")
-    print(f"\n{MODEL_NAME} {DEFAULT_VERSION} (default; also serving {', '.join(SERVED_VERSIONS)}) "
-          f"on {photo.name}:\n{format_predictions(predictions)}\n")
+    print(
+        f"\n{MODEL_NAME} {DEFAULT_VERSION} (default; also serving {', '.join(SERVED_VERSIONS)}) "
+        f"on {photo.name}:\n{format_predictions(predictions)}\n"
+    )
     print(f"Try it yourself:\n  {curl_command(server, photo)}")
-    print(f"See where it looked (Grad-CAM over the photo):\n  .venv/bin/python -m scripts.client explain {photo} "
-          "--out heat.png\n")
+    print(
+        f"See where it looked (Grad-CAM over the photo):\n  .venv/bin/python -m scripts.client explain {photo} "
+        "--out heat.png\n"
+    )
     print(f"Logs: {server.log_dir}   Metrics: {server.metrics_url}\nStop: make stop")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--weights", default=os.environ.get("WEIGHTS") or OFFICIAL,
-                        help="official (default), random, or a folder holding torchvision's files")
+    parser.add_argument(
+        "--weights",
+        default=os.environ.get("WEIGHTS") or OFFICIAL,
+        help="official (default), random, or a folder holding torchvision's files",
+    )
     args = parser.parse_args(argv)
     server = Server(run_dir=RUN_DIR, model_store=MODEL_STORE, ports=Ports())
     try:
