@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 
 export VENV PYTHON
 
-.PHONY: setup archives serve stop lint format test bench soak kserve-bundle clean
+.PHONY: setup archives serve stop lint format test test-busy bench soak kserve-bundle clean
 
 setup: $(VENV)/.setup-done
 
@@ -37,8 +37,7 @@ stop: setup
 	$(PY) -m scripts.server.stop
 
 # Lint, format check and type check (pyproject.toml configures each), over these folders.
-# tests/ joins them here once it is formatted.
-LINTED := handler scripts benchmarks
+LINTED := handler scripts benchmarks tests
 lint: setup
 	$(PY) -m ruff check $(LINTED)
 	$(PY) -m ruff format --check $(LINTED)
@@ -51,6 +50,12 @@ format: setup
 
 test: lint
 	$(PY) -m pytest
+
+# The tests that drive a real server, with every core kept busy beside them (docs/testing.md):
+# timing assumptions must hold on a loaded machine. RUNS in a row, stopping at the first failure.
+RUNS ?= 3
+test-busy: setup
+	$(PY) -m scripts.harness.busy_machine --runs $(RUNS)
 
 # Benchmark-only extras: locust (load).
 $(VENV)/.bench-done: requirements-bench.txt | setup

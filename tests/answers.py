@@ -20,13 +20,13 @@ import torch
 import torchvision
 
 from model_identity import architecture, weight_sets
-
 from scripts.harness.in_process import InProcessModel
 
 
 def same_answer(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> bool:
-    return ([p["index"] for p in first] == [p["index"] for p in second]
-            and [p["probability"] for p in first] == pytest.approx([p["probability"] for p in second], abs=1e-4))
+    return [p["index"] for p in first] == [p["index"] for p in second] and [
+        p["probability"] for p in first
+    ] == pytest.approx([p["probability"] for p in second], abs=1e-4)
 
 
 def indices(answer: list[dict[str, Any]]) -> list[int]:
@@ -36,13 +36,14 @@ def indices(answer: list[dict[str, Any]]) -> list[int]:
 
 def top5(probabilities: Any) -> list[int]:
     """The five most probable classes of one row of probabilities, highest first."""
-    return np.argsort(np.asarray(probabilities))[::-1][:5].tolist()
+    top: list[int] = np.argsort(np.asarray(probabilities))[::-1][:5].tolist()
+    return top
 
 
 # Grad-CAM maps (each scaled to a peak of 1) agree to this fraction of their peak; measured: 1e-4.
 HEATMAP_TOLERANCE = 1e-3
 # The torchvision weights each served version is built from (their preprocessing and class names).
-VERSION_WEIGHTS = {"1.0": weight_sets().IMAGENET1K_V1, "2.0": weight_sets().IMAGENET1K_V2}
+VERSION_WEIGHTS = {"1.0": weight_sets()["IMAGENET1K_V1"], "2.0": weight_sets()["IMAGENET1K_V2"]}
 
 
 def heatmaps(answer: dict[str, Any]) -> torch.Tensor:
@@ -76,8 +77,9 @@ def grad_cam_by_hand(model: torchvision.models.ResNet, batch: torch.Tensor, clas
     """Grad-CAM as its paper defines it, without captum: layer4's activations A, the gradient of
     each row's class logit with respect to A, each channel weighted by its gradient's spatial mean,
     summed, ReLU; then scaled to a peak of 1 as the handler scales it."""
-    stem = torch.nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
-                               model.layer1, model.layer2, model.layer3, model.layer4)
+    stem = torch.nn.Sequential(
+        model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2, model.layer3, model.layer4
+    )
     with torch.no_grad():
         activations = stem(batch)
     activations.requires_grad_()

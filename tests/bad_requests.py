@@ -23,7 +23,7 @@ class Sent:
     form: dict[str, bytes] = field(default_factory=dict)
 
     @classmethod
-    def json(cls, document: Any) -> "Sent":
+    def json(cls, document: Any) -> Sent:
         return cls(document if isinstance(document, bytes) else json.dumps(document).encode(), "application/json")
 
     def in_process(self) -> Request:
@@ -45,8 +45,7 @@ BAD_REQUESTS: dict[str, tuple[Sent, int, str]] = {
     "unsupported format": (Sent(encode(sample_photo(), "PPM")), 415, "UnsupportedFormat"),
     "over our pixel limit (48 MP)": (Sent(png_declaring(8000, 6000), "image/png"), 413, "ImageTooLarge"),
     "over Pillow's own limit (2.5 GP)": (Sent(png_declaring(50_000, 50_000), "image/png"), 413, "ImageTooLarge"),
-    "extreme aspect ratio": (Sent(encode(Image.new("RGB", (2000, 40)), "PNG"), "image/png"), 400,
-                             "ExtremeAspectRatio"),
+    "extreme aspect ratio": (Sent(encode(Image.new("RGB", (2000, 40)), "PNG"), "image/png"), 400, "ExtremeAspectRatio"),
     "invalid base64": (Sent.json({"data": "not*base64!"}), 400, "InvalidBase64"),
     "invalid JSON": (Sent.json(b'{"data": '), 400, "InvalidJSON"),
     "JSON without data": (Sent.json({"image": "abc"}), 400, "InvalidJSON"),

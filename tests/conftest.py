@@ -7,8 +7,9 @@ flat; the tests do the same with handler/.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -76,17 +77,21 @@ class InProcessModels:
 
     def __getitem__(self, version: str) -> InProcessModel:
         if version not in self._loaded:
-            model = InProcessModel(self._model_store / archive_name(version),
-                                   self._tmp_path_factory.mktemp(f"model-{version}"))
+            model = InProcessModel(
+                self._model_store / archive_name(version), self._tmp_path_factory.mktemp(f"model-{version}")
+            )
             self._loaded[version] = model, dict(vars(model.handler))
         return self._loaded[version][0]
 
     def changed(self) -> list[str]:
         """The handler attributes that are no longer the objects they were when loaded."""
         missing = object()
-        return [f"{version}: handler.{name}" for version, (model, as_loaded) in sorted(self._loaded.items())
-                for name in sorted(as_loaded.keys() | vars(model.handler).keys())
-                if vars(model.handler).get(name, missing) is not as_loaded.get(name, missing)]
+        return [
+            f"{version}: handler.{name}"
+            for version, (model, as_loaded) in sorted(self._loaded.items())
+            for name in sorted(as_loaded.keys() | vars(model.handler).keys())
+            if vars(model.handler).get(name, missing) is not as_loaded.get(name, missing)
+        ]
 
     def close(self) -> None:
         for model, _ in self._loaded.values():
@@ -139,11 +144,20 @@ def inference_auth(server: Server) -> dict[str, str]:
     return {"Authorization": f"Bearer {RestClient.for_server(server).tokens.inference}"}
 
 
-def post_inference(server: Server, path: str = f"predictions/{MODEL_NAME}", headers: dict[str, str] | None = None,
-                   timeout: float = 60.0, **kwargs: Any) -> requests.Response:
+def post_inference(
+    server: Server,
+    path: str = f"predictions/{MODEL_NAME}",
+    headers: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    **kwargs: Any,
+) -> requests.Response:
     """A raw POST to the inference API with the inference token, as curl sends it."""
-    return requests.post(f"{server.inference_url}/{path}", headers={**inference_auth(server), **(headers or {})},
-                         timeout=timeout, **kwargs)
+    return requests.post(
+        f"{server.inference_url}/{path}",
+        headers={**inference_auth(server), **(headers or {})},
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 def restore(server: Server) -> None:

@@ -45,7 +45,7 @@ def png_declaring(width: int, height: int) -> bytes:
     chunk = b"IHDR" + header
     patched = struct.pack(">I", len(header)) + chunk + struct.pack(">I", zlib.crc32(chunk))
     start = raw.index(b"IHDR") - 4
-    return raw[:start] + patched + raw[start + 4 + len(chunk) + 4:]
+    return raw[:start] + patched + raw[start + 4 + len(chunk) + 4 :]
 
 
 def jpeg_with_orientation(image: Image.Image, orientation: int) -> bytes:

@@ -9,9 +9,10 @@ import json
 import shutil
 import subprocess
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, cast
 
 import kserve
 import kserve.models
@@ -59,8 +60,10 @@ def documents(path: Path) -> list[Any]:
 def rendered(directory: Path) -> tuple[dict[str, Any], ...]:
     """What `kubectl kustomize` makes of `directory`: the objects the cluster would receive.
     Cached, so each directory renders once however many tests read it."""
-    result = subprocess.run([KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, timeout=60,
-                            check=False)
+    # cast: the tests that render are skipped when kubectl is not installed (KUBECTL None).
+    result = subprocess.run(
+        [cast(str, KUBECTL), "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=False
+    )
     if result.returncode:
         pytest.fail(f"kubectl kustomize {relative(directory)} failed:\n{result.stderr}")
     return tuple(document for document in yaml.safe_load_all(result.stdout) if document is not None)
@@ -116,7 +119,8 @@ class Serving:
 
 
 def containers(pod_spec: dict[str, Any], init: bool = False) -> list[dict[str, Any]]:
-    return pod_spec.get("containers", []) + (pod_spec.get("initContainers", []) if init else [])
+    found: list[dict[str, Any]] = pod_spec.get("containers", []) + (pod_spec.get("initContainers", []) if init else [])
+    return found
 
 
 def serving_containers(objects: tuple[dict[str, Any], ...]) -> list[Serving]:
@@ -127,8 +131,11 @@ def serving_containers(objects: tuple[dict[str, Any], ...]) -> list[Serving]:
             model = obj["spec"]["predictor"]["model"]
             where, image, spec = f"{name_of(obj)} predictor", f"{KSERVE_RUNTIME_IMAGE}:{model['runtimeVersion']}", model
         else:
-            (spec,) = [container for container in containers(obj["spec"]["template"]["spec"])
-                       if container["name"] == TORCHSERVE_CONTAINER]
+            (spec,) = [
+                container
+                for container in containers(obj["spec"]["template"]["spec"])
+                if container["name"] == TORCHSERVE_CONTAINER
+            ]
             where, image = f"{name_of(obj)} container {TORCHSERVE_CONTAINER}", spec["image"]
         env = {variable["name"]: variable["value"] for variable in spec.get("env", []) if "value" in variable}
         found.append(Serving(where, image, spec.get("resources", {}), env))
@@ -154,7 +161,9 @@ def batch_size() -> int:
     return int(version_settings(DEFAULT_VERSION)["batchSize"])
 
 
-class KServeModels(kserve_api_client()):
+# mypy takes no base class from a call; kserve_api_client() makes this one at run time (and
+# kserve, which it subclasses, ships no types, so the base would be Any in any case).
+class KServeModels(kserve_api_client()):  # type: ignore[misc]
     """kserve's own ApiClient deserializer, able to build the Kubernetes types its models name.
 
     kserve 0.21 looks every type name up in kserve.models, so V1ObjectMeta, V1ResourceRequirements,
@@ -164,8 +173,12 @@ class KServeModels(kserve_api_client()):
     dropped by kserve's deserializer and shows up as lost in the round trip."""
 
     def deserialize_value(self, data: Any, klass: Any) -> Any:
-        if (isinstance(klass, str) and data is not None and not hasattr(kserve.models, klass)
-                and hasattr(kubernetes.client.models, klass)):
+        if (
+            isinstance(klass, str)
+            and data is not None
+            and not hasattr(kserve.models, klass)
+            and hasattr(kubernetes.client.models, klass)
+        ):
             return getattr(kubernetes.client.models, klass).model_validate(data)
         return super().deserialize_value(data, klass)
 
@@ -173,7 +186,8 @@ class KServeModels(kserve_api_client()):
         """obj -> V1beta1InferenceService -> dict, as kserve's client would send it."""
         model = self.deserialize(types.SimpleNamespace(data=json.dumps(obj)), "V1beta1InferenceService")
         assert isinstance(model, kserve.V1beta1InferenceService)
-        return self.sanitize_for_serialization(model)
+        serialized: dict[str, Any] = self.sanitize_for_serialization(model)
+        return serialized
 
 
 def differences(original: Any, returned: Any, path: str = "") -> list[str]:
@@ -189,8 +203,11 @@ def differences(original: Any, returned: Any, path: str = "") -> list[str]:
                 found += differences(original[key], returned[key], f"{path}.{key}")
         return found
     if isinstance(original, list) and isinstance(returned, list) and len(original) == len(returned):
-        return [line for index, (before, after) in enumerate(zip(original, returned))
-                for line in differences(before, after, f"{path}[{index}]")]
+        return [
+            line
+            for index, (before, after) in enumerate(zip(original, returned, strict=True))
+            for line in differences(before, after, f"{path}[{index}]")
+        ]
     if original == returned and type(original) is type(returned):
         return []
     return [f"{path}: {original!r} became {returned!r}"]

@@ -5,11 +5,11 @@ against a real server is tests/test_bad_input_served.py."""
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from answers import same_answer
@@ -21,7 +21,8 @@ from scripts.paths import MODEL_CONFIG_DIR
 
 # Pillow refuses to open images over twice its MAX_IMAGE_PIXELS (about 179 MP) by itself; our
 # own limit (40 MP by default) must hold below that.
-PILLOW_REFUSES_ABOVE = 2 * Image.MAX_IMAGE_PIXELS
+# (cast: Pillow types it int | None, None meaning "no limit"; nothing here sets it.)
+PILLOW_REFUSES_ABOVE = 2 * cast(int, Image.MAX_IMAGE_PIXELS)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
@@ -45,7 +46,7 @@ def test_bad_requests_fail_alone_in_a_full_batch(model: InProcessModel) -> None:
 def test_the_test_bombs_straddle_our_limit_and_pillows(model: InProcessModel) -> None:
     """The 48 MP case must be one that only our check refuses."""
     configured = model.handler.config.limits.max_image_pixels
-    assert configured < 8000 * 6000 < PILLOW_REFUSES_ABOVE < 50_000 ** 2
+    assert configured < 8000 * 6000 < PILLOW_REFUSES_ABOVE < 50_000**2
 
 
 def test_the_archive_carries_the_configured_limits(model: InProcessModel) -> None:
@@ -55,8 +56,10 @@ def test_the_archive_carries_the_configured_limits(model: InProcessModel) -> Non
 
 def test_limits_other_than_the_defaults_are_read_from_the_archive_config(model: InProcessModel) -> None:
     """The shipped limits equal the defaults, so the test above alone would pass if they were ignored."""
-    section = {**model.service.context.model_yaml_config["handler"],
-               "limits": {"max_image_pixels": 1234, "max_aspect_ratio": 3.0}}
+    section = {
+        **model.service.context.model_yaml_config["handler"],
+        "limits": {"max_image_pixels": 1234, "max_aspect_ratio": 3.0},
+    }
     assert HandlerConfig.from_yaml(section).limits == InputLimits(max_image_pixels=1234, max_aspect_ratio=3.0)
 
 
@@ -66,23 +69,25 @@ def test_the_pixel_limit_is_inclusive_and_checked_before_decoding(model: InProce
     limit = model.handler.config.limits.max_image_pixels
     width = 8000
     assert limit % width == 0, "pick a width that divides the configured limit"
-    at_limit, over_limit = model.infer([Request.raw(png_declaring(width, limit // width)),
-                                        Request.raw(png_declaring(width, limit // width + 1))])
+    at_limit, over_limit = model.infer(
+        [Request.raw(png_declaring(width, limit // width)), Request.raw(png_declaring(width, limit // width + 1))]
+    )
     assert (at_limit.status, at_limit.body["type"]) == (400, "CorruptImage")
     assert (over_limit.status, over_limit.body["type"]) == (413, "ImageTooLarge")
     assert f"the limit is {limit:,}" in over_limit.body["message"]
 
 
-@pytest.mark.parametrize("limit, status", [(640 * 480 - 1, 413), (640 * 480, 200)])
-def test_the_handler_applies_the_limit_it_is_configured_with(model: InProcessModel, monkeypatch: pytest.MonkeyPatch,
-                                                             limit: int, status: int) -> None:
+@pytest.mark.parametrize(("limit", "status"), [(640 * 480 - 1, 413), (640 * 480, 200)])
+def test_the_handler_applies_the_limit_it_is_configured_with(
+    model: InProcessModel, monkeypatch: pytest.MonkeyPatch, limit: int, status: int
+) -> None:
     lowered = dataclasses.replace(model.handler.config, limits=InputLimits(max_image_pixels=limit))
     monkeypatch.setattr(model.handler, "config", lowered)
     [response] = model.infer([Request.raw(photo_bytes((640, 480)))])
     assert response.status == status
 
 
-@pytest.mark.parametrize("ratio, status", [(20, 200), (21, 400)])
+@pytest.mark.parametrize(("ratio", "status"), [(20, 200), (21, 400)])
 def test_the_aspect_ratio_limit(model: InProcessModel, ratio: int, status: int) -> None:
     [response] = model.infer([Request.raw(encode(sample_photo().resize((40 * ratio, 40)), "PNG"))])
     assert response.status == status
@@ -95,17 +100,26 @@ def mutated(data: bytes, edits: list[tuple[int, int]]) -> bytes:
     return bytes(buffer)
 
 
-SEEDS = [photo_bytes((64, 48)), encode(sample_photo().resize((64, 48)), "PNG"),
-         encode(sample_photo().resize((64, 48)), "GIF"), encode(sample_photo().resize((64, 48)), "WEBP")]
+SEEDS = [
+    photo_bytes((64, 48)),
+    encode(sample_photo().resize((64, 48)), "PNG"),
+    encode(sample_photo().resize((64, 48)), "GIF"),
+    encode(sample_photo().resize((64, 48)), "WEBP"),
+]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.one_of(
-    st.binary(max_size=2048),
-    st.builds(mutated, st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)),
-                                                        min_size=1, max_size=12)),
-    st.builds(lambda seed, cut: seed[:cut], st.sampled_from(SEEDS), st.integers(0, 4000)),
-))
+@given(
+    st.one_of(
+        st.binary(max_size=2048),
+        st.builds(
+            mutated,
+            st.sampled_from(SEEDS),
+            st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=12),
+        ),
+        st.builds(lambda seed, cut: seed[:cut], st.sampled_from(SEEDS), st.integers(0, 4000)),
+    )
+)
 def test_fuzzed_bytes_never_escape_the_error_path(model: InProcessModel, data: bytes) -> None:
     """Random and mutated image bytes: a classification or a 4xx JSON answer, never an exception."""
     [response] = model.infer([Request.raw(data)])

@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-
 from PIL import Image
 
 from answers import same_answer
@@ -37,8 +36,11 @@ def test_bad_requests_fail_alone_under_concurrency(server: Server) -> None:
     """Every bad kind sent at once between as many good ones, so that TorchServe (batchSize 8)
     batches them together: each gets its own answer."""
     cases = sorted(BAD_REQUESTS)
-    sends = [kwargs for case in cases for kwargs in ({"data": JPEG, "headers": {"Content-Type": "image/jpeg"}},
-                                                      BAD_REQUESTS[case][0].http())]
+    sends = [
+        kwargs
+        for case in cases
+        for kwargs in ({"data": JPEG, "headers": {"Content-Type": "image/jpeg"}}, BAD_REQUESTS[case][0].http())
+    ]
     with ThreadPoolExecutor(max_workers=len(sends)) as pool:
         answers = list(pool.map(lambda kwargs: post_inference(server, **kwargs), sends))
     assert [error_of(answer) for answer in answers[1::2]] == [BAD_REQUESTS[case][1:] for case in cases]
@@ -47,12 +49,19 @@ def test_bad_requests_fail_alone_under_concurrency(server: Server) -> None:
 
 
 def test_a_body_over_max_request_size_is_413_from_torchserve(server: Server) -> None:
-    answer = post_inference(server, data=b"\xff" * (server.max_request_size() + 1), headers={"Content-Type": "image/jpeg"})
+    answer = post_inference(
+        server, data=b"\xff" * (server.max_request_size() + 1), headers={"Content-Type": "image/jpeg"}
+    )
     assert answer.status_code == 413
 
 
-@pytest.mark.parametrize("path, kind", [("predictions/no-such-model", "ModelNotFoundException"),
-                                        (f"predictions/{MODEL_NAME}/9.9", "ModelVersionNotFoundException")])
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("predictions/no-such-model", "ModelNotFoundException"),
+        (f"predictions/{MODEL_NAME}/9.9", "ModelVersionNotFoundException"),
+    ],
+)
 def test_an_unknown_model_or_version_is_404_from_torchserve(server: Server, path: str, kind: str) -> None:
     assert error_of(post_inference(server, path, data=JPEG, headers={"Content-Type": "image/jpeg"})) == (404, kind)
 

@@ -29,10 +29,23 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.mark.parametrize("protocol", [[], ["--grpc"]])
-def test_predict_many_files_as_json(server: Server, photos: list[Path], protocol: list[str],
-                                    capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main([*protocol, "--run-dir", str(server.run_dir), "--json", "predict",
-                        *map(str, photos), "--version", "1.0", "--concurrency", "3"])
+def test_predict_many_files_as_json(
+    server: Server, photos: list[Path], protocol: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        [
+            *protocol,
+            "--run-dir",
+            str(server.run_dir),
+            "--json",
+            "predict",
+            *map(str, photos),
+            "--version",
+            "1.0",
+            "--concurrency",
+            "3",
+        ]
+    )
     results = json.loads(capsys.readouterr().out)
     assert code == 0
     assert [result["file"] for result in results] == list(map(str, photos))
@@ -45,11 +58,16 @@ def test_predict_prints_a_table(server: Server, photos: list[Path], capsys: pyte
     assert line.startswith(str(photos[0])) and "%" in line
 
 
-def test_explain_writes_an_overlay_png(server: Server, photos: list[Path], tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_explain_writes_an_overlay_png(
+    server: Server, photos: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "heat.png"
-    assert cli.main(["--run-dir", str(server.run_dir), "explain", str(photos[0]), "--out", str(out),
-                        "--classes", "1", "2"]) == 0
+    assert (
+        cli.main(
+            ["--run-dir", str(server.run_dir), "explain", str(photos[0]), "--out", str(out), "--classes", "1", "2"]
+        )
+        == 0
+    )
     line = capsys.readouterr().out.strip()
     assert line.startswith(str(photos[0])) and line.endswith(f"-> {out}") and line.count("(p ") == 2
     with Image.open(out) as overlay:
@@ -71,16 +89,24 @@ def test_the_overlay_draws_each_heatmap_cell_where_it_lies_in_the_photo(tmp_path
     def reddest_point(cell: tuple[int, int], box: list[float]) -> tuple[int, int]:
         grid = np.zeros((7, 7))
         grid[cell] = 1.0
-        write_overlay(photo, {"crop_box": box, "heatmaps": [
-            {"index": 1, "label": "goldfish", "probability": 0.5, "heatmap": grid.tolist()}]}, tmp_path / "overlay.png")
+        write_overlay(
+            photo,
+            {
+                "crop_box": box,
+                "heatmaps": [{"index": 1, "label": "goldfish", "probability": 0.5, "heatmap": grid.tolist()}],
+            },
+            tmp_path / "overlay.png",
+        )
         pixels = np.asarray(Image.open(tmp_path / "overlay.png").convert("RGB")).astype(int)
         y, x = np.unravel_index((pixels[..., 0] - pixels[..., 2]).argmax(), pixels.shape[:2])
         return int(x), int(y)
 
     x, y = reddest_point((1, 1), [0, 0, 300, 300])
-    moved_x, moved_y = {"cell right": lambda: reddest_point((1, 5), [0, 0, 300, 300]),
-                        "cell down": lambda: reddest_point((5, 1), [0, 0, 300, 300]),
-                        "crop_box right": lambda: reddest_point((1, 1), [100, 0, 400, 300])}[moved]()
+    moved_x, moved_y = {
+        "cell right": lambda: reddest_point((1, 5), [0, 0, 300, 300]),
+        "cell down": lambda: reddest_point((5, 1), [0, 0, 300, 300]),
+        "crop_box right": lambda: reddest_point((1, 1), [100, 0, 400, 300]),
+    }[moved]()
     if moved == "cell down":
         assert moved_y - y > 50 and abs(moved_x - x) <= 2
     else:
@@ -88,8 +114,9 @@ def test_the_overlay_draws_each_heatmap_cell_where_it_lies_in_the_photo(tmp_path
 
 
 @pytest.mark.parametrize("protocol", [[], ["--grpc"]])
-def test_a_bad_image_is_one_line_and_a_non_zero_exit(server: Server, tmp_path: Path, protocol: list[str],
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_image_is_one_line_and_a_non_zero_exit(
+    server: Server, tmp_path: Path, protocol: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "notes.txt"
     bad.write_text("not an image")
     assert cli.main([*protocol, "--run-dir", str(server.run_dir), "predict", str(bad)]) == 1
@@ -98,26 +125,28 @@ def test_a_bad_image_is_one_line_and_a_non_zero_exit(server: Server, tmp_path: P
 
 
 @pytest.mark.parametrize("protocol", [[], ["--grpc"]])
-def test_a_wrong_token_is_one_line_on_stderr(server: Server, tmp_path: Path, protocol: list[str],
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_wrong_token_is_one_line_on_stderr(
+    server: Server, tmp_path: Path, protocol: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.properties").write_text(server.config_file.read_text())
-    (run_dir / "key_file.json").write_text(json.dumps(
-        {"inference": {"key": "wrong"}, "management": {"key": "wrong"}}))
+    (run_dir / "key_file.json").write_text(json.dumps({"inference": {"key": "wrong"}, "management": {"key": "wrong"}}))
     assert cli.main([*protocol, "--run-dir", str(run_dir), "list"]) == 1
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and error.startswith("error:") and "Token Authorization failed" in error
 
 
 @pytest.mark.parametrize("protocol", [[], ["--grpc"]])
-def test_a_server_that_is_down_is_one_line_on_stderr(server: Server, tmp_path: Path, protocol: list[str],
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_server_that_is_down_is_one_line_on_stderr(
+    server: Server, tmp_path: Path, protocol: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.properties").write_text(
         server.config_file.read_text() + "\ninference_address=http://127.0.0.1:9\nmanagement_address="
-        "http://127.0.0.1:9\ngrpc_inference_port=9\ngrpc_management_port=9\n")
+        "http://127.0.0.1:9\ngrpc_inference_port=9\ngrpc_management_port=9\n"
+    )
     (run_dir / "key_file.json").write_text((server.run_dir / "key_file.json").read_text())
     assert cli.main([*protocol, "--run-dir", str(run_dir), "ping"]) == 1
     error = capsys.readouterr().err.strip()
@@ -130,9 +159,12 @@ def test_no_server_started_says_how_to_start_one(tmp_path: Path, capsys: pytest.
 
 
 @pytest.mark.parametrize("protocol", [[], ["--grpc"]])
-def test_the_version_commands_change_what_is_served(server: Server, canary_archive: str, protocol: list[str],
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """The version walkthrough (docs/versions.md) with the client: register, describe, set-default, scale, unregister."""
+def test_the_version_commands_change_what_is_served(
+    server: Server, canary_archive: str, protocol: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The version walkthrough (docs/versions.md) with the client: register, describe, set-default,
+    scale, unregister."""
+
     def run(*args: str) -> Any:
         code = cli.main([*protocol, "--run-dir", str(server.run_dir), *args])
         printed = capsys.readouterr()
@@ -159,10 +191,14 @@ def test_the_version_commands_change_what_is_served(server: Server, canary_archi
 
 
 @pytest.mark.parametrize("protocol", [[], ["--grpc"]])
-def test_a_refused_version_command_is_one_line_and_changes_nothing(server: Server, protocol: list[str],
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    for command, status in ((["register", archive_name("2.0")], "409"), (["unregister", "2.0"], "403"),
-                            (["set-default", "9.9"], "404")):
+def test_a_refused_version_command_is_one_line_and_changes_nothing(
+    server: Server, protocol: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command, status in (
+        (["register", archive_name("2.0")], "409"),
+        (["unregister", "2.0"], "403"),
+        (["set-default", "9.9"], "404"),
+    ):
         assert cli.main([*protocol, "--run-dir", str(server.run_dir), *command]) == 1
         error = capsys.readouterr().err.strip()
         assert error.count("\n") == 0 and error.startswith(f"error: {status}")

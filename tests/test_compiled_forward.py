@@ -35,9 +35,14 @@ def test_the_archive_carries_a_forward_compiled_for_this_cpu(model: InProcessMod
 def test_batches_beyond_the_compiled_size_run_through_the_package_in_chunks(model: InProcessModel) -> None:
     """Requests of several images make batches larger than batchSize; they stay compiled."""
     handler = model.handler
-    compiled = CompiledForward(handler.config.compiled_forward["cpu"], CPU, model.model_dir)
+    compiled = CompiledForward(handler.config.compiled_forward["cpu"], CPU, str(model.model_dir))
     runner, seen = compiled.runner, []
-    compiled.runner = lambda batch: seen.append(batch.shape[0]) or runner(batch)
+
+    def counting(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(batch.shape[0])
+        return runner(batch)
+
+    compiled.runner = counting
     batch = torch.randn(19, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         whole = compiled(batch)
@@ -72,12 +77,19 @@ def an_sm_80_gpu(monkeypatch: pytest.MonkeyPatch) -> torch.device:
     return torch.device("cuda", 0)
 
 
-@pytest.mark.parametrize("target, warning", [
-    (f"sm_90, torch {torch.__version__}", f"compiled for sm_90, torch {torch.__version__} and this device is sm_80"),
-    (f"sm_80, torch {torch.__version__}", "could not be loaded"),  # this one: loaded (and the package is not there)
-])
-def test_a_gpu_package_is_loaded_only_on_its_own_architecture(an_sm_80_gpu: torch.device, target: str, warning: str,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("target", "warning"),
+    [
+        (
+            f"sm_90, torch {torch.__version__}",
+            f"compiled for sm_90, torch {torch.__version__} and this device is sm_80",
+        ),
+        (f"sm_80, torch {torch.__version__}", "could not be loaded"),  # this one: loaded (and the package is not there)
+    ],
+)
+def test_a_gpu_package_is_loaded_only_on_its_own_architecture(
+    an_sm_80_gpu: torch.device, target: str, warning: str, caplog: pytest.LogCaptureFixture
+) -> None:
     eager = eager_model()
     packages = {"cuda": CompiledForwardConfig(package="resnet50_cuda.pt2", target=target, max_batch=8)}
     with caplog.at_level(logging.WARNING):
@@ -86,8 +98,9 @@ def test_a_gpu_package_is_loaded_only_on_its_own_architecture(an_sm_80_gpu: torc
     assert len(ours) == 1 and warning in ours[0]
 
 
-def test_an_archive_without_a_gpu_package_runs_eager_on_a_gpu(an_sm_80_gpu: torch.device,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_an_archive_without_a_gpu_package_runs_eager_on_a_gpu(
+    an_sm_80_gpu: torch.device, caplog: pytest.LogCaptureFixture
+) -> None:
     """Not by way of the CPU package (whose target would not match either): it has none for cuda."""
     eager = eager_model()
     cpu_only = {"cpu": CompiledForwardConfig(package="resnet50_cpu.pt2", target=native_target(CPU), max_batch=8)}
@@ -97,8 +110,9 @@ def test_an_archive_without_a_gpu_package_runs_eager_on_a_gpu(an_sm_80_gpu: torc
     assert ours == ["The archive has no forward compiled for cuda: using the eager model"]
 
 
-def test_a_package_that_cannot_be_loaded_leaves_the_eager_model_serving(tmp_path: Path,
-                                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_a_package_that_cannot_be_loaded_leaves_the_eager_model_serving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     eager = eager_model()
     (tmp_path / "resnet50_cpu.pt2").write_bytes(b"not a package")
     damaged = {"cpu": CompiledForwardConfig(package="resnet50_cpu.pt2", target=native_target(CPU), max_batch=8)}

@@ -102,8 +102,10 @@ def test_every_payload_form_explains_alike(model: InProcessModel) -> None:
         assert np.allclose(answer.as_numpy("heatmaps")[1], heatmaps(second).numpy(), atol=HEATMAP_TOLERANCE)
         assert np.allclose(answer.as_numpy("crop_boxes"), [first["crop_box"], second["crop_box"]], atol=1e-3)
         assert answer.as_numpy(oip.OUTPUT).shape == (2, 1000)
-        sent_binary = {name: "binary_data_size" in answer.get_output(name).get("parameters", {})
-                       for name in (oip.OUTPUT, "explained_classes", "heatmaps", "crop_boxes")}
+        sent_binary = {
+            name: "binary_data_size" in answer.get_output(name).get("parameters", {})
+            for name in (oip.OUTPUT, "explained_classes", "heatmaps", "crop_boxes")
+        }
         assert set(sent_binary.values()) == {response is v2_binary}
 
 
@@ -112,16 +114,21 @@ def oip_request(images: list[bytes], binary: bool, classes: Any) -> Request:
     its parameters: binary, naming no output (so every output comes in binary), or all JSON."""
     if binary:
         return oip.in_process([oip.image_input(images)], parameters={"classes": classes})
-    return oip.in_process([oip.image_input(list(map(b64, images)), binary=False)], [oip.requested(binary=False)],
-                          parameters={"classes": classes})
+    return oip.in_process(
+        [oip.image_input(list(map(b64, images)), binary=False)],
+        [oip.requested(binary=False)],
+        parameters={"classes": classes},
+    )
 
 
 @pytest.mark.parametrize("classes", [1000, -1, [3, 3], [1, 2, 3, 4, 5, 6], [2.5], "seven", [], True])
 def test_bad_classes_are_a_400_in_every_protocol(model: InProcessModel, classes: Any) -> None:
-    responses = explain(model,
-                        Request.json({"data": b64(PHOTO), "classes": classes}),
-                        Request.kserve({"instances": [b64(PHOTO)], "classes": classes}),
-                        oip_request([PHOTO], binary=False, classes=classes))
+    responses = explain(
+        model,
+        Request.json({"data": b64(PHOTO), "classes": classes}),
+        Request.kserve({"instances": [b64(PHOTO)], "classes": classes}),
+        oip_request([PHOTO], binary=False, classes=classes),
+    )
     assert [r.status for r in responses] == [400] * 3
     assert responses[0].body["type"] == "InvalidClasses"
     assert "'classes' must be 1 to 5 distinct class indices from 0 to 999" in responses[0].body["message"]
@@ -143,10 +150,14 @@ def test_classes_on_a_prediction_route_change_nothing(model: InProcessModel) -> 
 def test_a_bad_request_fails_alone_in_a_batch_of_explanations(model: InProcessModel) -> None:
     """Explanations, a prediction, a bad image and bad classes in one batch: each bad one gets
     its own 400; the others are answered as they are alone."""
-    requests = [Request.raw(PHOTO).explaining(), Request.raw(b"not an image").explaining(), Request.raw(PHOTO),
-                Request.form(data=PHOTO, classes=b"1000").explaining(),
-                Request.kserve({"instances": [b64(PHOTO), b64(b"junk")]}).explaining(),
-                Request.form(data=photo_bytes((300, 450)), classes=b"4,2").explaining()]
+    requests = [
+        Request.raw(PHOTO).explaining(),
+        Request.raw(b"not an image").explaining(),
+        Request.raw(PHOTO),
+        Request.form(data=PHOTO, classes=b"1000").explaining(),
+        Request.kserve({"instances": [b64(PHOTO), b64(b"junk")]}).explaining(),
+        Request.form(data=photo_bytes((300, 450)), classes=b"4,2").explaining(),
+    ]
     together = model.infer(requests)
     assert [r.status for r in together] == [200, 400, 200, 400, 400, 200]
     assert together[1].body["type"] == "InvalidImage" and together[3].body["type"] == "InvalidClasses"
@@ -166,7 +177,9 @@ def test_explanations_work_inside_a_callers_inference_mode(model: InProcessModel
     [outside] = explain(model, Request.raw(PHOTO))
     with torch.inference_mode():
         [inside] = explain(model, Request.raw(PHOTO))
-    assert inside.status == 200 and torch.allclose(heatmaps(inside.body), heatmaps(outside.body), atol=HEATMAP_TOLERANCE)
+    assert inside.status == 200 and torch.allclose(
+        heatmaps(inside.body), heatmaps(outside.body), atol=HEATMAP_TOLERANCE
+    )
 
 
 def test_different_images_get_different_maps(model: InProcessModel) -> None:
@@ -189,7 +202,8 @@ def test_the_crop_box_is_where_the_preset_crops(size: tuple[int, int], resize: i
 
     def cut(left: float, top: float, right: float, bottom: float) -> torch.Tensor:
         return ClassificationPreset(PreprocessConfig(224, 224, config.mean, config.std))(
-            photo.resize((224, 224), Image.Resampling.BILINEAR, box=(left, top, right, bottom)))
+            photo.resize((224, 224), Image.Resampling.BILINEAR, box=(left, top, right, bottom))
+        )
 
     assert box == pytest.approx(torchvision_crop_box(size, config), abs=0.01)
     error = (cut(*box) - crop).abs().mean().item()
@@ -204,8 +218,9 @@ def torchvision_crop_box(size: tuple[int, int], config: PreprocessConfig) -> tup
     unclamped box), which says where the photo lands in the crop; the crop's place in the photo
     is the inverse of that mapping."""
     width, height = size
-    outline = tv_tensors.BoundingBoxes(torch.tensor([[0.0, 0.0, width, height]]), format="XYXY",
-                                       canvas_size=(height, width), clamping_mode=None)
+    outline = tv_tensors.BoundingBoxes(
+        torch.tensor([[0.0, 0.0, width, height]]), format="XYXY", canvas_size=(height, width), clamping_mode=None
+    )
     geometry = v2.Compose([v2.Resize(config.resize_size, antialias=True), v2.CenterCrop(config.crop_size)])
     left, top, right, bottom = geometry(outline)[0].tolist()
     x_scale, y_scale = width / (right - left), height / (bottom - top)
@@ -215,15 +230,18 @@ def torchvision_crop_box(size: tuple[int, int], config: PreprocessConfig) -> tup
 def test_the_crop_box_follows_exif_orientation(model: InProcessModel) -> None:
     """A photo stored on its side is explained as shown: its box is in the upright photo's pixels."""
     upright = sample_photo().resize((400, 300))
-    [turned, plain] = explain(model, Request.raw(jpeg_with_orientation(upright.rotate(90, expand=True), 6)),
-                              Request.raw(encode(upright)))
+    [turned, plain] = explain(
+        model, Request.raw(jpeg_with_orientation(upright.rotate(90, expand=True), 6)), Request.raw(encode(upright))
+    )
     assert turned.body["crop_box"] == plain.body["crop_box"] == list(model.handler.preset.crop_box((400, 300)))
     # Lossless (PNG with EXIF), so the turned photo's pixels, once upright, are the photo's: the same map.
     exif = Image.Exif()
     exif[0x0112] = 6
     [lossless_turned, lossless_plain] = explain(
-        model, Request.form(data=encode(upright.rotate(90, expand=True), "PNG", exif=exif.tobytes()), classes=b"7"),
-        Request.form(data=encode(upright, "PNG"), classes=b"7"))
+        model,
+        Request.form(data=encode(upright.rotate(90, expand=True), "PNG", exif=exif.tobytes()), classes=b"7"),
+        Request.form(data=encode(upright, "PNG"), classes=b"7"),
+    )
     assert (heatmaps(lossless_turned.body) - heatmaps(lossless_plain.body)).abs().max() <= HEATMAP_TOLERANCE
     [rotated] = explain(model, Request.raw(exif_rotated_jpeg()))
     width, height = sample_photo().size
@@ -235,14 +253,18 @@ def test_too_many_heatmaps_are_a_413_before_any_work(model: InProcessModel) -> N
     seven = {"instances": [b64(PHOTO)] * 7, "classes": [1, 2, 3, 4, 5]}
     [refused] = explain(model, Request.kserve(seven))
     assert refused.status == 413
-    assert refused.body["error"] == ("TooManyHeatmaps: the request asks for 35 heatmaps (7 images x 5 classes); "
-                                     "the limit is 32 per request. Send fewer images or classes")
+    assert refused.body["error"] == (
+        "TooManyHeatmaps: the request asks for 35 heatmaps (7 images x 5 classes); "
+        "the limit is 32 per request. Send fewer images or classes"
+    )
 
 
-def test_a_failing_explanation_fails_only_the_requests_that_asked(model: InProcessModel,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_explanation_fails_only_the_requests_that_asked(
+    model: InProcessModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Grad-CAM raising (a bug, a GPU out of memory): the explanation requests get a 500 naming it,
     the predictions batched with them their answers, and the worker goes on."""
+
     def out_of_memory(images: torch.Tensor, classes: list[int]) -> torch.Tensor:
         raise RuntimeError("out of memory")
 
@@ -255,7 +277,8 @@ def test_a_failing_explanation_fails_only_the_requests_that_asked(model: InProce
 
 
 def test_without_captum_a_worker_classifies_and_says_why_it_cannot_explain(
-        model: InProcessModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    model: InProcessModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setitem(sys.modules, "captum.attr", None)  # what an image without captum gives
     with caplog.at_level(logging.WARNING):
         assert GradCam.for_model(reference_model(model)) is None

@@ -37,8 +37,9 @@ def references(model_store: Path) -> dict[str, torchvision.models.ResNet]:
     return {version: reference_model(model_store / archive_name(version)) for version in VERSION_WEIGHTS}
 
 
-def expected(references: dict[str, torchvision.models.ResNet], version: str, image: bytes,
-             classes: list[int]) -> torch.Tensor:
+def expected(
+    references: dict[str, torchvision.models.ResNet], version: str, image: bytes, classes: list[int]
+) -> torch.Tensor:
     """Grad-CAM by hand for `classes` of `image`, on torchvision's preprocessing of the version's weights."""
     tensor = VERSION_WEIGHTS[version].transforms()(Image.open(io.BytesIO(image)).convert("RGB"))
     return grad_cam_by_hand(references[version], tensor.expand(len(classes), -1, -1, -1), classes)
@@ -50,8 +51,7 @@ def preprocessing(version: str) -> PreprocessConfig:
     return PreprocessConfig(preset.resize_size[0], preset.crop_size[0], tuple(preset.mean), tuple(preset.std))
 
 
-def test_explanations_of_the_default_version_explain_its_top_class(server: Server,
-                                                                   references: dict[str, Any]) -> None:
+def test_explanations_of_the_default_version_explain_its_top_class(server: Server, references: dict[str, Any]) -> None:
     response = post_inference(server, f"explanations/{MODEL_NAME}", data=PHOTO)
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -61,8 +61,7 @@ def test_explanations_of_the_default_version_explain_its_top_class(server: Serve
     assert (heatmaps(answer) - expected(references, "2.0", PHOTO, [top])).abs().max() <= HEATMAP_TOLERANCE
 
 
-def test_explanations_of_a_version_explain_the_classes_a_form_names(server: Server,
-                                                                    references: dict[str, Any]) -> None:
+def test_explanations_of_a_version_explain_the_classes_a_form_names(server: Server, references: dict[str, Any]) -> None:
     response = post_inference(server, f"explanations/{MODEL_NAME}/1.0", files={"data": PHOTO}, data={"classes": "8,1"})
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -75,11 +74,15 @@ def test_kserve_v1_explain_with_kserves_client(server: Server, references: dict[
     async def call() -> dict[str, Any]:
         client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v1", timeout=120))
         try:
-            return await client.explain(server.inference_url, MODEL_NAME,
-                                        {"instances": [b64(PHOTO), {"b64": b64(OTHER)}], "classes": [3]},
-                                        headers=inference_auth(server))
+            explanation: dict[str, Any] = await client.explain(
+                server.inference_url,
+                MODEL_NAME,
+                {"instances": [b64(PHOTO), {"b64": b64(OTHER)}], "classes": [3]},
+                headers=inference_auth(server),
+            )
         finally:
             await client.close()
+        return explanation
 
     first, second = asyncio.run(call())["explanations"]
     for answer, image, size in ((first, PHOTO, (500, 400)), (second, OTHER, (300, 450))):
@@ -89,8 +92,10 @@ def test_kserve_v1_explain_with_kserves_client(server: Server, references: dict[
 
 
 def test_open_inference_explain(server: Server, references: dict[str, Any]) -> None:
-    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": [b64(PHOTO), b64(OTHER)]}],
-            "parameters": {"classes": [5, 6]}}
+    body = {
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": [b64(PHOTO), b64(OTHER)]}],
+        "parameters": {"classes": [5, 6]},
+    }
     response = post_inference(server, f"v2/models/{MODEL_NAME}/explain", json=body)
     assert response.status_code == 200, response.text
     outputs = {output["name"]: output for output in response.json()["outputs"]}
@@ -98,20 +103,25 @@ def test_open_inference_explain(server: Server, references: dict[str, Any]) -> N
     assert outputs["explained_classes"]["data"] == [5, 6, 5, 6]
     assert outputs["heatmaps"]["shape"] == [2, 2, 7, 7] and outputs["crop_boxes"]["shape"] == [2, 4]
     served = torch.tensor(outputs["heatmaps"]["data"]).view(2, 2, 7, 7)
-    for image, maps in zip((PHOTO, OTHER), served):
+    for image, maps in zip((PHOTO, OTHER), served, strict=True):
         assert (maps - expected(references, "2.0", image, [5, 6])).abs().max() <= HEATMAP_TOLERANCE
 
 
 def test_bad_requests_fail_alone_among_concurrent_explanations(server: Server) -> None:
     """Explanations, predictions, bad images and bad classes at once, so that they share
     batches: each bad request gets its own 400, every good one its answer."""
-    calls = [("explanations", {"data": PHOTO}), ("explanations", {"data": b"not an image"}),
-             ("predictions", {"data": OTHER}), ("explanations", {"files": {"data": OTHER}, "data": {"classes": "1000"}}),
-             ("explanations", {"files": {"data": OTHER}, "data": {"classes": "4"}}), ("predictions", {"data": PHOTO})] * 2
+    calls = [
+        ("explanations", {"data": PHOTO}),
+        ("explanations", {"data": b"not an image"}),
+        ("predictions", {"data": OTHER}),
+        ("explanations", {"files": {"data": OTHER}, "data": {"classes": "1000"}}),
+        ("explanations", {"files": {"data": OTHER}, "data": {"classes": "4"}}),
+        ("predictions", {"data": PHOTO}),
+    ] * 2
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
         responses = list(pool.map(lambda call: post_inference(server, f"{call[0]}/{MODEL_NAME}", **call[1]), calls))
     assert [r.status_code for r in responses] == [200, 400, 200, 400, 200, 200] * 2
-    for (route, _), response in zip(calls, responses):
+    for (route, _), response in zip(calls, responses, strict=True):
         if response.status_code == 200:
             assert isinstance(response.json(), dict if route == "explanations" else list)
         else:

@@ -45,8 +45,9 @@ def test_a_killed_worker_is_restarted_and_in_flight_requests_fail_fast(server: S
     assert any(status >= 500 for status in statuses), f"the kill missed the batch: {statuses}"
     assert all(status == 200 or status >= 500 for status in statuses)
 
-    while (restarted := rest.describe(MODEL_NAME, "1.0")[0]["workers"])[0]["status"] != "READY" \
-            or restarted[0]["pid"] == worker["pid"]:
+    while (restarted := rest.describe(MODEL_NAME, "1.0")[0]["workers"])[0]["status"] != "READY" or restarted[0][
+        "pid"
+    ] == worker["pid"]:
         assert time.monotonic() - killed_at < 60, "the worker was not back within 60 s"
         time.sleep(0.2)
     print(f"worker restarted and ready {time.monotonic() - killed_at:.1f} s after the kill")
@@ -62,8 +63,9 @@ class Outcome:
     error: str = ""
 
 
-def keep_asking(server: Server, version: str, image: bytes, timeout: float, stop_at: threading.Event,
-                outcomes: list[Outcome]) -> None:
+def keep_asking(
+    server: Server, version: str, image: bytes, timeout: float, stop_at: threading.Event, outcomes: list[Outcome]
+) -> None:
     """One client, one request at a time until told to stop; every outcome is recorded, failures too."""
     while not stop_at.is_set():
         sent = time.monotonic()
@@ -81,10 +83,13 @@ def test_switching_versions_under_load(server: Server, canary_archive: str) -> N
     by TorchServe 0.12 (pytorch/serve#1101): at most one per client, ending in its own timeout.
     Every client waits as long as the server's responseTimeout: on a busy machine, registering
     2.1 can hold 1.0's answers up for many seconds, and a slow answer is not a lost one."""
-    image, stop_at, outcomes = photo_bytes((320, 240)), threading.Event(), []
+    image, stop_at = photo_bytes((320, 240)), threading.Event()
+    outcomes: list[Outcome] = []
     timeout = 60.0
-    clients = [threading.Thread(target=keep_asking, args=(server, version, image, timeout, stop_at, outcomes))
-               for version in ("", "", "1.0", "1.0")]
+    clients = [
+        threading.Thread(target=keep_asking, args=(server, version, image, timeout, stop_at, outcomes))
+        for version in ("", "", "1.0", "1.0")
+    ]
     try:
         for thread in clients:
             thread.start()
@@ -109,8 +114,10 @@ def test_switching_versions_under_load(server: Server, canary_archive: str) -> N
     after_it = [o for o in named if o.sent > unregistered]
     during = [o for o in named if o.answered >= unregistering and o.sent <= unregistered]
     lost = [o for o in during if o.status not in (200, 404)]
-    print(f"default: {len(default)} requests; 1.0: {len(before)} before the unregister, {len(during)} during "
-          f"({len(lost)} lost: {[(o.status, o.error) for o in lost]}), {len(after_it)} after")
+    print(
+        f"default: {len(default)} requests; 1.0: {len(before)} before the unregister, {len(during)} during "
+        f"({len(lost)} lost: {[(o.status, o.error) for o in lost]}), {len(after_it)} after"
+    )
     assert len(default) > 8 and [o for o in default if o.status != 200] == []
     assert before and {o.status for o in before} == {200}
     assert after == 404 and {o.status for o in after_it} <= {404}
@@ -122,10 +129,17 @@ def test_switching_versions_under_load(server: Server, canary_archive: str) -> N
 def test_a_full_queue_is_answered_fast_not_timed_out(server: Server) -> None:
     """A version whose queue holds two jobs: a burst beyond it is refused at once, over REST
     and gRPC, and our clients say why."""
-    archive = build_archives.build("9.0", RANDOM, server.model_store, recipe_version="2.0",
-                                   with_compiled_forward=False, settings={"jobQueueSize": 2, "batchSize": 1})
+    archive = build_archives.build(
+        "9.0",
+        RANDOM,
+        server.model_store,
+        recipe_version="2.0",
+        with_compiled_forward=False,
+        settings={"jobQueueSize": 2, "batchSize": 1},
+    )
     RestClient.for_server(server).register(archive.name, initial_workers=1)
-    clients = [RestClient.for_server(server), GrpcClient.for_server(server)]  # even requests over REST, odd over gRPC
+    # Even requests over REST, odd over gRPC.
+    clients: tuple[RestClient, GrpcClient] = (RestClient.for_server(server), GrpcClient.for_server(server))
     image = photo_bytes((1632, 1224))
 
     def classify(index: int) -> tuple[ApiError | None, float]:
@@ -174,6 +188,8 @@ def test_a_restart_serves_the_configured_versions_and_forgets_runtime_ones(serve
 
 def test_a_server_that_does_not_come_up_in_time_is_not_left_running(tmp_path: Path, model_store: Path) -> None:
     late = Server(run_dir=tmp_path, model_store=model_store, ports=Ports.free())
-    with pytest.raises(ServerError, match=r"did not serve resnet50 1.0, 2.0 with 1 READY worker\(s\) each within 0.01 s"):
+    with pytest.raises(
+        ServerError, match=r"did not serve resnet50 1.0, 2.0 with 1 READY worker\(s\) each within 0.01 s"
+    ):
         start(late, TEST_PLAN, timeout=0.01)
     assert running_pid(late) is None

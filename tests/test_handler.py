@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 from torchvision.models import WeightsEnum
 
-from handler_config import HandlerConfig
-from image_decoding import decode_rgb
 from answers import VERSION_WEIGHTS, direct_probabilities, same_answer
 from conftest import InProcessModels
+from handler_config import HandlerConfig
+from image_decoding import decode_rgb
 from images import b64, encode, photo_bytes, sample_photo
 from scripts.harness.in_process import InProcessModel, Request
 
@@ -27,10 +27,20 @@ def reference_weights(model: InProcessModel) -> WeightsEnum:
     return VERSION_WEIGHTS[model.version]
 
 
-@pytest.mark.parametrize("size, mode", [
-    ((640, 480), "RGB"), ((333, 500), "RGB"), ((224, 224), "RGB"), ((1500, 1000), "RGB"),
-    ((97, 61), "RGB"), ((500, 375), "L"), ((500, 375), "CMYK"), ((400, 300), "P"), ((400, 300), "RGBA"),
-])
+@pytest.mark.parametrize(
+    ("size", "mode"),
+    [
+        ((640, 480), "RGB"),
+        ((333, 500), "RGB"),
+        ((224, 224), "RGB"),
+        ((1500, 1000), "RGB"),
+        ((97, 61), "RGB"),
+        ((500, 375), "L"),
+        ((500, 375), "CMYK"),
+        ((400, 300), "P"),
+        ((400, 300), "RGBA"),
+    ],
+)
 def test_preprocessing_matches_torchvision(model: InProcessModel, size: tuple[int, int], mode: str) -> None:
     image = sample_photo().resize(size).convert(mode)
     data = encode(image, "PNG" if mode in ("P", "RGBA") else "JPEG" if mode != "CMYK" else "TIFF")
@@ -58,7 +68,7 @@ def test_outputs_match_direct_torchvision_inference(model: InProcessModel) -> No
     batch = torch.stack([preset(Image.open(io.BytesIO(data)).convert("RGB")) for data in photos])
     probabilities = direct_probabilities(model, batch)
 
-    for response, expected in zip(responses, probabilities):
+    for response, expected in zip(responses, probabilities, strict=True):
         assert response.status == 200
         top = torch.topk(expected, k=5)
         assert [p["index"] for p in response.body] == top.indices.tolist()
@@ -67,7 +77,8 @@ def test_outputs_match_direct_torchvision_inference(model: InProcessModel) -> No
 
 
 def preset_label(model: InProcessModel, index: int) -> str:
-    return reference_weights(model).meta["categories"][index]
+    label: str = reference_weights(model).meta["categories"][index]
+    return label
 
 
 def test_topk_is_an_ordered_list_of_label_index_probability(model: InProcessModel) -> None:
@@ -86,12 +97,14 @@ def test_labels_carry_their_class_index(model: InProcessModel) -> None:
 
 def test_every_payload_form_gives_the_same_answer(model: InProcessModel) -> None:
     data = photo_bytes((400, 300))
-    responses = model.infer([
-        Request.raw(data),
-        Request.raw(data, "application/octet-stream"),
-        Request.form(data=data),
-        Request.json({"data": b64(data)}),
-    ])
+    responses = model.infer(
+        [
+            Request.raw(data),
+            Request.raw(data, "application/octet-stream"),
+            Request.form(data=data),
+            Request.json({"data": b64(data)}),
+        ]
+    )
     assert {r.status for r in responses} == {200}
     assert all(same_answer(r.body, responses[0].body) for r in responses)
 
@@ -101,7 +114,7 @@ def test_a_batch_of_n_gives_n_answers_in_order(model: InProcessModel) -> None:
     batched = model.infer([Request.raw(data) for data in photos])
     alone = [model.infer([Request.raw(data)])[0] for data in photos]
     assert len(batched) == len(photos)
-    assert all(same_answer(together.body, one.body) for one, together in zip(alone, batched))
+    assert all(same_answer(together.body, one.body) for one, together in zip(alone, batched, strict=True))
 
 
 def test_a_bad_request_fails_alone_in_its_batch(model: InProcessModel) -> None:

@@ -6,6 +6,7 @@ other formats, where the handler adds nothing to Pillow's decoding, against that
 from __future__ import annotations
 
 import io
+from typing import cast
 
 import numpy as np
 import pytest
@@ -13,12 +14,19 @@ import torch
 from PIL import Image
 
 from answers import same_answer
+from images import (
+    encode,
+    exif_rotated_jpeg,
+    jpeg_with_orientation,
+    noise_image,
+    photo_bytes,
+    sample_photo,
+    sixteen_bit_png,
+)
 from model_identity import weight_sets
-from images import (encode, exif_rotated_jpeg, jpeg_with_orientation, noise_image, photo_bytes, sample_photo,
-                    sixteen_bit_png)
 from scripts.harness.in_process import InProcessModel, Request
 
-PRESET = weight_sets().IMAGENET1K_V2.transforms()
+PRESET = weight_sets()["IMAGENET1K_V2"].transforms()
 WHITE = 255
 
 
@@ -32,11 +40,13 @@ def handler_pixels(model: InProcessModel, data: bytes) -> np.ndarray:
 def handler_tensor(model: InProcessModel, data: bytes) -> torch.Tensor:
     from image_decoding import decode_rgb
 
-    return model.handler.preset(decode_rgb(data, model.handler.config.limits))
+    preprocessed: torch.Tensor = model.handler.preset(decode_rgb(data, model.handler.config.limits))
+    return preprocessed
 
 
 def reference_tensor(pixels: np.ndarray) -> torch.Tensor:
-    return PRESET(Image.fromarray(pixels.astype(np.uint8), "RGB"))
+    preprocessed: torch.Tensor = PRESET(Image.fromarray(pixels.astype(np.uint8), "RGB"))
+    return preprocessed
 
 
 def tensors_match(ours: torch.Tensor, reference: torch.Tensor, tolerance: float = 1e-5) -> bool:
@@ -52,8 +62,16 @@ def stored_rgb(data: bytes) -> np.ndarray:
 
 # EXIF orientation -> (mirror left-right first, then quarter turns clockwise), as the EXIF
 # standard words each value ("mirror horizontal and rotate 90 CW" for 7, ...).
-EXIF_DISPLAY = {1: (False, 0), 2: (True, 0), 3: (False, 2), 4: (True, 2),
-                5: (True, 3), 6: (False, 1), 7: (True, 1), 8: (False, 3)}
+EXIF_DISPLAY = {
+    1: (False, 0),
+    2: (True, 0),
+    3: (False, 2),
+    4: (True, 2),
+    5: (True, 3),
+    6: (False, 1),
+    7: (True, 1),
+    8: (False, 3),
+}
 
 
 def as_displayed(stored: np.ndarray, orientation: int) -> np.ndarray:
@@ -79,12 +97,20 @@ def test_an_exif_rotated_photo_is_answered_as_its_upright_pixels(model: InProces
 def over_white(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Alpha compositing over a white background, in 8-bit integers."""
     alpha = alpha[..., None].astype(np.int32)
-    return (colour.astype(np.int32) * alpha + WHITE * (255 - alpha) + 127) // 255
+    composited: np.ndarray = (colour.astype(np.int32) * alpha + WHITE * (255 - alpha) + 127) // 255
+    return composited
 
 
 def alpha_ramp(width: int, height: int) -> np.ndarray:
     """Transparent at the left edge, opaque at the right."""
     return np.tile(np.linspace(0, 255, width).round().astype(np.uint8), (height, 1))
+
+
+def palette_of(image: Image.Image) -> list[int]:
+    """A palette image's palette, RGB triples flattened."""
+    # cast: Pillow types getpalette() list[int] | None, None for an image without a palette; these
+    # are quantize()d, so they have one.
+    return cast(list[int], image.getpalette())
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
@@ -105,7 +131,7 @@ def test_a_palette_image_keeps_its_transparent_colour_white(model: InProcessMode
     indices = np.asarray(palette_image)
     transparent = int(np.bincount(indices.ravel()).argmax())  # the most common colour
     data = encode(palette_image, "PNG", transparency=transparent)
-    palette = np.array(palette_image.getpalette()[: 32 * 3]).reshape(-1, 3)
+    palette = np.array(palette_of(palette_image)[: 32 * 3]).reshape(-1, 3)
     expected = np.where((indices == transparent)[..., None], WHITE, palette[indices])
     assert np.array_equal(handler_pixels(model, data), expected)
 
@@ -113,11 +139,12 @@ def test_a_palette_image_keeps_its_transparent_colour_white(model: InProcessMode
 def test_an_animated_gif_is_classified_by_its_first_frame(model: InProcessModel) -> None:
     first = sample_photo().resize((200, 240)).quantize(64)
     data = encode(first, "GIF", save_all=True, append_images=[Image.new("RGB", (200, 240), "red")], duration=100)
-    palette = np.array(first.getpalette()[: 64 * 3]).reshape(-1, 3)
+    palette = np.array(palette_of(first)[: 64 * 3]).reshape(-1, 3)
     expected = palette[np.asarray(first)]
     assert np.array_equal(handler_pixels(model, data), expected)
-    still, animated = model.infer([Request.raw(encode(Image.fromarray(expected.astype(np.uint8)), "PNG")),
-                                   Request.raw(data)])
+    still, animated = model.infer(
+        [Request.raw(encode(Image.fromarray(expected.astype(np.uint8)), "PNG")), Request.raw(data)]
+    )
     assert same_answer(still.body, animated.body)
 
 
@@ -163,8 +190,12 @@ def test_other_formats_are_classified_as_decoded(model: InProcessModel, case: st
 def test_different_images_get_different_classes(model: InProcessModel) -> None:
     """The seeded random weights tell images apart, so comparing classes above means something."""
     photo = sample_photo()
-    images = [photo, Image.new("RGB", photo.size, "red"), Image.merge("RGB", photo.split()[::-1]),
-              noise_image((300, 300))]
+    images = [
+        photo,
+        Image.new("RGB", photo.size, "red"),
+        Image.merge("RGB", photo.split()[::-1]),
+        noise_image((300, 300)),
+    ]
     responses = model.infer([Request.raw(encode(image, "PNG")) for image in images])
     top1 = [response.body[0]["index"] for response in responses]
     assert len(set(top1)) == len(images), top1

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -38,8 +39,10 @@ def runtime(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     with the listeners moved to free ports (a machine has one 8085) and /mnt/models to the bundle."""
     server = Server(run_dir=tmp_path_factory.mktemp("runtime"), model_store=bundle / "model-store", ports=Ports.free())
     config = bundle / "config" / "config.properties"
-    config.write_text(config.read_text() + properties_text(
-        {**server.listeners(), "metrics_config": bundle / "config" / "metrics.yaml"}))
+    config.write_text(
+        config.read_text()
+        + properties_text({**server.listeners(), "metrics_config": bundle / "config" / "metrics.yaml"})
+    )
     launch(server, config, {**environment(server), **RUNTIME_ENVIRONMENT})
     try:
         yield server
@@ -47,10 +50,11 @@ def runtime(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         stop(server)
 
 
-def describe(server: Server, version: str = "") -> list[dict]:
+def describe(server: Server, version: str = "") -> list[dict[str, Any]]:
     """The management API's description, asked as KServe's wrapper asks: with no token."""
     path = f"{MODEL_NAME}/{version}" if version else MODEL_NAME
-    return requests.get(f"{server.management_url}/models/{path}", timeout=10).json()
+    described: list[dict[str, Any]] = requests.get(f"{server.management_url}/models/{path}", timeout=10).json()
+    return described
 
 
 def wait_until(ready: Callable[[], bool], server: Server, timeout: float = 180.0) -> None:
@@ -71,7 +75,9 @@ def wait_until_ready(server: Server) -> None:
 
 
 def test_the_bundle_is_laid_out_as_the_runtime_expects(bundle: Path) -> None:
-    assert sorted(path.name for path in (bundle / "model-store").iterdir()) == [archive_name(v) for v in SERVED_VERSIONS]
+    assert sorted(path.name for path in (bundle / "model-store").iterdir()) == [
+        archive_name(v) for v in SERVED_VERSIONS
+    ]
     properties = read_properties(bundle / "config" / "config.properties")
     assert properties["model_store"] == "/mnt/models/model-store"
     assert properties["metrics_config"] == "/mnt/models/config/metrics.yaml"
@@ -88,19 +94,25 @@ def test_the_kubernetes_config_serves_the_same_models_on_the_pod_address_with_ma
     """deploy/kubernetes/ has no KServe wrapper in front: TorchServe takes the Service's traffic."""
     kserve = read_properties(bundle / "config" / "config.properties")
     kubernetes = read_properties(bundle / "config" / "kubernetes.properties")
-    assert kubernetes["inference_address"] == "http://0.0.0.0:8080" and kubernetes["grpc_inference_address"] == "0.0.0.0"
+    assert (
+        kubernetes["inference_address"] == "http://0.0.0.0:8080" and kubernetes["grpc_inference_address"] == "0.0.0.0"
+    )
     assert kubernetes["management_address"].startswith("http://127.0.0.1:")
     listeners = {"inference_address", "management_address", "grpc_inference_address"}
-    assert {key: value for key, value in kubernetes.items() if key not in listeners} == \
-        {key: value for key, value in kserve.items() if key not in listeners}
+    assert {key: value for key, value in kubernetes.items() if key not in listeners} == {
+        key: value for key, value in kserve.items() if key not in listeners
+    }
 
 
-def test_a_canary_bundle_serves_its_new_version_as_the_default(model_store: Path, canary_archive: str,
-                                                               tmp_path: Path) -> None:
+def test_a_canary_bundle_serves_its_new_version_as_the_default(
+    model_store: Path, canary_archive: str, tmp_path: Path
+) -> None:
     """KServe's canary rolls out a new storageUri: a bundle whose default is the new version."""
     archives = {"2.0": model_store / archive_name("2.0"), "2.1": model_store / canary_archive}
     canary = write_bundle(archives, POD, tmp_path / "models", default="2.1", recipes={"2.1": "2.0"})
-    versions = json.loads(read_properties(canary / "config" / "config.properties")["model_snapshot"])["models"][MODEL_NAME]
+    versions = json.loads(read_properties(canary / "config" / "config.properties")["model_snapshot"])["models"][
+        MODEL_NAME
+    ]
     assert {v: entry["defaultVersion"] for v, entry in versions.items()} == {"2.0": False, "2.1": True}
     assert sorted(path.name for path in (canary / "model-store").iterdir()) == [archive_name("2.0"), canary_archive]
 
@@ -109,8 +121,13 @@ def test_started_as_kserve_starts_it_both_versions_are_ready_with_2_0_the_defaul
     wait_until_ready(runtime)
     assert describe(runtime)[0]["modelVersion"] == "2.0"
     workers = ["READY"] * POD.plan().workers_per_version  # the others may still be starting: wait for them
-    wait_until(lambda: [[worker["status"] for worker in entry["workers"]] for entry in describe(runtime, "all")]
-               == [workers] * len(SERVED_VERSIONS), runtime)
+    wait_until(
+        lambda: (
+            [[worker["status"] for worker in entry["workers"]] for entry in describe(runtime, "all")]
+            == [workers] * len(SERVED_VERSIONS)
+        ),
+        runtime,
+    )
     assert {entry["modelVersion"] for entry in describe(runtime, "all")} == set(SERVED_VERSIONS)
 
 
@@ -118,8 +135,9 @@ def test_v1_and_v2_predictions_answer_without_a_token_and_agree(runtime: Server)
     """The wrapper forwards KServe's v1 and v2 requests to these routes, tokenless."""
     wait_until_ready(runtime)
     image = photo_bytes((500, 400))
-    v1 = requests.post(f"{runtime.inference_url}/v1/models/{MODEL_NAME}:predict", timeout=60,
-                       json={"instances": [b64(image)] * 2})
+    v1 = requests.post(
+        f"{runtime.inference_url}/v1/models/{MODEL_NAME}:predict", timeout=60, json={"instances": [b64(image)] * 2}
+    )
     assert v1.status_code == 200
     first, second = v1.json()["predictions"]
     assert same_answer(first, second)

@@ -55,7 +55,8 @@ SECRET_LIKE_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORE
 needs_kubectl = pytest.mark.skipif(
     KUBECTL is None,
     reason="kubectl is not on PATH: the kustomizations under deploy/ were not rendered, so their schema "
-           "validation, KServe round trip and semantic checks did not run (YAML parsing and the secret scan did)")
+    "validation, KServe round trip and semantic checks did not run (YAML parsing and the secret scan did)",
+)
 
 
 # --- Every file ----------------------------------------------------------------------------------
@@ -78,11 +79,15 @@ def test_no_literal_secrets(path: Path) -> None:
     """Credentials reach pods by reference only (a ServiceAccount, a secretKeyRef to a Secret the
     user makes): no Secret with data, no secretGenerator, no env value under a secret-like name."""
     for document in documents(path):
-        assert not (document.get("kind") == "Secret" and (document.get("data") or document.get("stringData"))), \
+        assert not (document.get("kind") == "Secret" and (document.get("data") or document.get("stringData"))), (
             f"{relative(path)}: a Secret with data"
+        )
         assert "secretGenerator" not in document, f"{relative(path)}: a secretGenerator puts secrets in the repo"
-        literal = [item["name"] for item in walk(document)
-                   if "value" in item and SECRET_LIKE_NAME.search(str(item.get("name", "")))]
+        literal = [
+            item["name"]
+            for item in walk(document)
+            if "value" in item and SECRET_LIKE_NAME.search(str(item.get("name", "")))
+        ]
         assert not literal, f"{relative(path)}: literal values for {literal}; use valueFrom.secretKeyRef"
 
 
@@ -95,8 +100,9 @@ directories = pytest.mark.parametrize("directory", kustomizations(), ids=relativ
 @directories
 def test_kustomization_renders(directory: Path) -> None:
     objects = rendered(directory)
-    assert objects and all(obj.get("apiVersion") and obj.get("kind") and obj.get("metadata", {}).get("name")
-                           for obj in objects)
+    assert objects and all(
+        obj.get("apiVersion") and obj.get("kind") and obj.get("metadata", {}).get("name") for obj in objects
+    )
 
 
 @needs_kubectl
@@ -104,8 +110,9 @@ def test_kustomization_renders(directory: Path) -> None:
 def test_every_object_is_checked_by_a_schema(directory: Path) -> None:
     """Each rendered object is either a built-in kind (validated below) or an InferenceService
     (round-tripped below); a new kind needs a check before it lands."""
-    unchecked = [name_of(obj) for obj in rendered(directory)
-                 if not is_kubernetes_api(obj) and obj["kind"] != "InferenceService"]
+    unchecked = [
+        name_of(obj) for obj in rendered(directory) if not is_kubernetes_api(obj) and obj["kind"] != "InferenceService"
+    ]
     assert not unchecked, f"no schema check for {unchecked}"
 
 
@@ -143,9 +150,13 @@ def test_inference_services_round_trip_through_kserve(directory: Path) -> None:
 def test_services_expose_only_inference_ports(directory: Path) -> None:
     """Management and metrics stay off every Service, whether named by number or by port name."""
     objects = rendered(directory)
-    named = {port["name"]: port["containerPort"] for deployment in of_kind(objects, "Deployment")
-             for container in containers(deployment["spec"]["template"]["spec"])
-             for port in container.get("ports", []) if "name" in port}
+    named = {
+        port["name"]: port["containerPort"]
+        for deployment in of_kind(objects, "Deployment")
+        for container in containers(deployment["spec"]["template"]["spec"])
+        for port in container.get("ports", [])
+        if "name" in port
+    }
     for service in of_kind(objects, "Service"):
         for port in service["spec"]["ports"]:
             target = port.get("targetPort", port["port"])
@@ -174,8 +185,9 @@ def test_canary_percent_only_in_the_canary_overlay(directory: Path) -> None:
     for service in of_kind(rendered(directory), "InferenceService"):
         percent = service["spec"]["predictor"].get("canaryTrafficPercent")
         if directory.name == "canary":
-            assert isinstance(percent, int) and 1 <= percent <= 99, \
+            assert isinstance(percent, int) and 1 <= percent <= 99, (
                 f"{name_of(service)}: canaryTrafficPercent {percent!r}"
+            )
         else:
             assert percent is None, f"{name_of(service)}: canaryTrafficPercent {percent} outside the canary overlay"
 
@@ -189,8 +201,9 @@ def test_threads_follow_the_worker_rule(directory: Path) -> None:
         threads = serving.env.get("OMP_NUM_THREADS")
         assert threads and threads.isdigit(), f"{serving.where}: OMP_NUM_THREADS {threads!r}"
         assert serving.cpus() % int(threads) == 0, f"{serving.where}: {threads} threads on {serving.cpus()} CPUs"
-        assert int(threads) == serving.plan().threads_per_worker, \
+        assert int(threads) == serving.plan().threads_per_worker, (
             f"{serving.where}: OMP_NUM_THREADS {threads}, the worker rule gives {serving.plan().describe()}"
+        )
 
 
 @needs_kubectl
@@ -204,8 +217,10 @@ def test_concurrency_target_fills_the_default_versions_batches(directory: Path) 
         (serving,) = serving_containers((service,))
         workers = serving.plan().workers_per_version
         expected = workers * batch_size()
-        assert predictor.get("scaleTarget") == expected, f"{name_of(service)}: scaleTarget " \
+        assert predictor.get("scaleTarget") == expected, (
+            f"{name_of(service)}: scaleTarget "
             f"{predictor.get('scaleTarget')}, but {workers} worker(s) x batchSize {batch_size()} = {expected}"
+        )
 
 
 @needs_kubectl
@@ -214,8 +229,9 @@ def test_serving_pods_get_guaranteed_qos(directory: Path) -> None:
     """Requests equal limits, and both name CPU and memory."""
     for serving in serving_containers(rendered(directory)):
         requests, limits = serving.resources.get("requests"), serving.resources.get("limits")
-        assert requests and requests == limits and {"cpu", "memory"} <= requests.keys(), \
+        assert requests and requests == limits and {"cpu", "memory"} <= requests.keys(), (
             f"{serving.where}: requests {requests} and limits {limits}"
+        )
 
 
 @needs_kubectl
@@ -227,10 +243,14 @@ def test_every_container_runs_locked_down(directory: Path) -> None:
         for container in pod_containers:
             context = container.get("securityContext", {})
             effective = {key: context.get(key, pod.get(key)) for key in ("runAsNonRoot", "seccompProfile")}
-            problems = [problem for problem, failed in (
-                ("runAsNonRoot", effective["runAsNonRoot"] is not True),
-                ("seccompProfile", (effective["seccompProfile"] or {}).get("type") != "RuntimeDefault"),
-                ("allowPrivilegeEscalation", context.get("allowPrivilegeEscalation") is not False),
-                ("capabilities", context.get("capabilities", {}).get("drop") != ["ALL"]),
-            ) if failed]
+            problems = [
+                problem
+                for problem, failed in (
+                    ("runAsNonRoot", effective["runAsNonRoot"] is not True),
+                    ("seccompProfile", (effective["seccompProfile"] or {}).get("type") != "RuntimeDefault"),
+                    ("allowPrivilegeEscalation", context.get("allowPrivilegeEscalation") is not False),
+                    ("capabilities", context.get("capabilities", {}).get("drop") != ["ALL"]),
+                )
+                if failed
+            ]
             assert not problems, f"{where} container {container.get('name', 'model')}: {problems}"

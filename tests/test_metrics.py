@@ -34,7 +34,7 @@ def printed(caplog: pytest.LogCaptureFixture) -> list[Sample]:
     for record in caplog.records:
         message = record.getMessage()
         if record.name == "ts.metrics.caching_metric" and message.startswith("[METRICS]"):
-            head, dimensions, *_ = message[len("[METRICS]"):].split("|#")
+            head, dimensions, *_ = message[len("[METRICS]") :].split("|#")
             name_unit, value = head.rsplit(":", 1)
             labels = dict(pair.split(":", 1) for pair in dimensions.split(",") if pair)
             samples.append(Sample(name_unit.rsplit(".", 1)[0], labels, float(value)))
@@ -51,50 +51,69 @@ def archive(model_store: Path) -> Path:
 
 
 def test_a_worker_counts_its_start_and_each_batch_by_protocol_outcome_and_stage(
-        archive: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    archive: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.INFO), InProcessModel(archive, tmp_path) as model:
         assert total(printed(caplog), "handler_worker_starts_total", ModelName="resnet50", ModelVersion="2.0") == 1
         caplog.clear()
-        answers = model.infer([
-            Request.raw(PHOTO),                                                      # torchserve, 1 image
-            Request.kserve({"instances": [b64(PHOTO)] * 3}),                         # kserve_v1, 3 images
-            Request.raw(NOT_AN_IMAGE),                                               # refused
-            Request.kserve({"instances": [b64(PHOTO), b64(NOT_AN_IMAGE)]}),         # refused, for its 2nd image
-            Request.grpc({"id": "1", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                                                  "data": [b64(PHOTO)]}]}),           # open_inference over gRPC
-        ])
+        answers = model.infer(
+            [
+                Request.raw(PHOTO),  # torchserve, 1 image
+                Request.kserve({"instances": [b64(PHOTO)] * 3}),  # kserve_v1, 3 images
+                Request.raw(NOT_AN_IMAGE),  # refused
+                Request.kserve({"instances": [b64(PHOTO), b64(NOT_AN_IMAGE)]}),  # refused, for its 2nd image
+                Request.grpc(
+                    {"id": "1", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(PHOTO)]}]}
+                ),  # open_inference over gRPC
+            ]
+        )
     samples = printed(caplog)
     assert [answer.status for answer in answers] == [200, 200, 400, 400, 200]
-    requests = {(s.labels["Protocol"], s.labels["Transport"], s.labels["Outcome"]): s.value
-                for s in samples if s.name == "handler_requests_total"}
+    requests = {
+        (s.labels["Protocol"], s.labels["Transport"], s.labels["Outcome"]): s.value
+        for s in samples
+        if s.name == "handler_requests_total"
+    }
     refused_kind = answers[2].body["type"]
-    assert requests == {("torchserve", "http", "OK"): 1, ("kserve_v1", "http", "OK"): 1,
-                        ("torchserve", "http", refused_kind): 1, ("kserve_v1", "http", refused_kind): 1,
-                        ("open_inference", "grpc", "OK"): 1}
+    assert requests == {
+        ("torchserve", "http", "OK"): 1,
+        ("kserve_v1", "http", "OK"): 1,
+        ("torchserve", "http", refused_kind): 1,
+        ("kserve_v1", "http", refused_kind): 1,
+        ("open_inference", "grpc", "OK"): 1,
+    }
     assert total(samples, "handler_images_total") == 5
     assert total(samples, "handler_forward_batches_total", Forward="compiled", Device="cpu") == 1
     # The one forward pass ran the 5 good images: every batch bucket from 8 up holds it, 4 does not.
-    assert {s.labels["le"]: s.value for s in samples if s.name == "handler_batch_images_bucket"} == \
-        {repr(float(bound)): 1 for bound in BATCH_BUCKETS if bound >= 5} | {"+Inf": 1}
+    assert {s.labels["le"]: s.value for s in samples if s.name == "handler_batch_images_bucket"} == {
+        repr(float(bound)): 1 for bound in BATCH_BUCKETS if bound >= 5
+    } | {"+Inf": 1}
     assert total(samples, "handler_batch_images_sum") == 5 and total(samples, "handler_batch_images_count") == 1
     for stage in STAGES:
         seconds = total(samples, "handler_stage_seconds_sum", Stage=stage)
-        buckets = {s.labels["le"] for s in samples if s.name == "handler_stage_seconds_bucket"
-                   and s.labels["Stage"] == stage}
+        buckets = {
+            s.labels["le"] for s in samples if s.name == "handler_stage_seconds_bucket" and s.labels["Stage"] == stage
+        }
         assert total(samples, "handler_stage_seconds_count", Stage=stage) == 1
         assert buckets == {repr(bound) for bound in LATENCY_BUCKETS if bound >= seconds} | {"+Inf"}, stage
     stage_time = {stage: total(samples, "handler_stage_seconds_sum", Stage=stage) for stage in STAGES}
     assert stage_time["handler"] >= stage_time["decode_transform"] + stage_time["forward"] + stage_time["postprocess"]
-    assert all(sample.labels["ModelName"] == "resnet50" and sample.labels["ModelVersion"] == "2.0"
-               for sample in samples if sample.name.startswith("handler_"))
+    assert all(
+        sample.labels["ModelName"] == "resnet50" and sample.labels["ModelVersion"] == "2.0"
+        for sample in samples
+        if sample.name.startswith("handler_")
+    )
     assert all(math.isfinite(sample.value) and sample.value >= 0 for sample in samples)
 
 
 def test_without_our_metrics_config_the_handler_serves_and_says_its_metrics_are_off(
-        archive: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    archive: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """TorchServe's own metrics config declares none of ours: a server started with it still serves."""
-    with (caplog.at_level(logging.INFO),
-          InProcessModel(archive, tmp_path, metrics_config=TORCHSERVE_DEFAULT_METRICS) as model):
+    with (
+        caplog.at_level(logging.INFO),
+        InProcessModel(archive, tmp_path, metrics_config=TORCHSERVE_DEFAULT_METRICS) as model,
+    ):
         [answer] = model.infer([Request.raw(PHOTO)])
     assert answer.status == 200
     assert "the handler's metrics are off. Serve with config/metrics.yaml" in caplog.text

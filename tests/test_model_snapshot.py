@@ -5,8 +5,9 @@ README gives it, serving both versions with 2.0 the default."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import pytest
 
@@ -22,8 +23,9 @@ from scripts.worker_plan import WorkerPlan
 CHECKED_IN = CONFIG_DIR / "config.properties"
 
 
-def snapshot_in(config: Path) -> dict:
-    return json.loads(read_properties(config)["model_snapshot"])
+def snapshot_in(config: Path) -> dict[str, Any]:
+    snapshot: dict[str, Any] = json.loads(read_properties(config)["model_snapshot"])
+    return snapshot
 
 
 def test_the_checked_in_snapshot_is_the_model_configs() -> None:
@@ -38,18 +40,26 @@ def test_a_served_config_sizes_the_same_snapshot_to_the_plan(tmp_path: Path) -> 
     server = Server(run_dir=tmp_path / "run", ports=Ports.free())
     config = write_config(server, WorkerPlan(workers_per_version=3, number_of_gpu=0, threads_per_worker=1))
     versions = snapshot_in(config)["models"][MODEL_NAME]
-    assert {entry["minWorkers"] for entry in versions.values()} == {entry["maxWorkers"] for entry in versions.values()} == {3}
+    assert (
+        {entry["minWorkers"] for entry in versions.values()}
+        == {entry["maxWorkers"] for entry in versions.values()}
+        == {3}
+    )
     checked_in = model_snapshot()["models"][MODEL_NAME]
     assert {v: {**entry, "minWorkers": 1, "maxWorkers": 1} for v, entry in versions.items()} == checked_in
 
 
-@pytest.mark.parametrize("versions, default, error", [
-    (("1.0", "2.0"), "3.0", ValueError),  # a default that is not served
-    (("2.0", "9.9"), "2.0", FileNotFoundError),  # a version without its config/models file
-])
-def test_a_snapshot_of_versions_it_cannot_serve_is_refused(versions: tuple[str, ...], default: str,
-                                                           error: type[Exception]) -> None:
-    with pytest.raises(error, match="3.0 is not among|9.9.yaml does not exist"):
+@pytest.mark.parametrize(
+    ("versions", "default", "error"),
+    [
+        (("1.0", "2.0"), "3.0", ValueError),  # a default that is not served
+        (("2.0", "9.9"), "2.0", FileNotFoundError),  # a version without its config/models file
+    ],
+)
+def test_a_snapshot_of_versions_it_cannot_serve_is_refused(
+    versions: tuple[str, ...], default: str, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=r"3.0 is not among|9.9.yaml does not exist"):
         model_snapshot(versions, default)
 
 
@@ -75,5 +85,7 @@ def test_plain_torchserve_start_serves_both_versions_with_2_0_the_default(plain:
     client = RestClient.for_server(plain)
     assert served_versions(plain) == set(SERVED_VERSIONS)
     assert client.describe(MODEL_NAME)[0]["modelVersion"] == "2.0"
-    answers = [client.predict(MODEL_NAME, photo_bytes((320, 240)), version, "image/jpeg") for version in SERVED_VERSIONS]
+    answers = [
+        client.predict(MODEL_NAME, photo_bytes((320, 240)), version, "image/jpeg") for version in SERVED_VERSIONS
+    ]
     assert all(len(answer) == 5 for answer in answers)

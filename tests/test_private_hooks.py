@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import types
+from importlib import metadata
 from typing import Any
 
 import kserve
@@ -12,8 +13,14 @@ import pytest
 from ts.service import Service
 
 from scripts.harness import private_hooks
-from scripts.harness.private_hooks import (PrivateHookError, decode_parameter, entry_point, handler_of,
-                                           kserve_api_client, require_pinned)
+from scripts.harness.private_hooks import (
+    PrivateHookError,
+    decode_parameter,
+    entry_point,
+    handler_of,
+    kserve_api_client,
+    require_pinned,
+)
 
 
 @pytest.mark.parametrize("distribution", sorted(private_hooks.CHECKED_AGAINST))
@@ -22,16 +29,22 @@ def test_the_installed_version_is_the_one_the_hooks_were_checked_against(distrib
 
 
 def test_another_installed_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(private_hooks.metadata, "version", lambda distribution: "0.0.1")
+    monkeypatch.setattr(metadata, "version", lambda distribution: "0.0.1")  # the module the hooks read versions with
     with pytest.raises(PrivateHookError, match=r"torchserve 0\.0\.1 is installed.*checked against"):
         require_pinned.__wrapped__("torchserve")
 
 
 def test_torchserves_decoder_parses_a_frame_as_a_worker_does() -> None:
     assert decode_parameter("body", "application/json", b'{"a": 1}') == {
-        "name": "body", "contentType": "application/json", "value": {"a": 1}}
+        "name": "body",
+        "contentType": "application/json",
+        "value": {"a": 1},
+    }
     assert decode_parameter("data", "image/jpeg", b"\xff\xd8") == {
-        "name": "data", "contentType": "image/jpeg", "value": b"\xff\xd8"}
+        "name": "data",
+        "contentType": "image/jpeg",
+        "value": b"\xff\xd8",
+    }
 
 
 def test_a_service_calls_the_handler_its_entry_point_is_bound_to(tmp_path: Any) -> None:
@@ -48,13 +61,15 @@ def test_a_service_calls_the_handler_its_entry_point_is_bound_to(tmp_path: Any) 
 def test_kserves_deserializer_calls_the_opened_hook_for_every_value() -> None:
     asked: list[Any] = []
 
-    class Recording(kserve_api_client()):
+    # mypy takes no base class from a call; kserve_api_client() makes this one at run time.
+    class Recording(kserve_api_client()):  # type: ignore[misc]
         def deserialize_value(self, data: Any, klass: Any) -> Any:
             asked.append(klass)
             return super().deserialize_value(data, klass)
 
-    response = types.SimpleNamespace(data=json.dumps({"apiVersion": "serving.kserve.io/v1beta1",
-                                                      "spec": {"predictor": {"minReplicas": 1}}}))
+    response = types.SimpleNamespace(
+        data=json.dumps({"apiVersion": "serving.kserve.io/v1beta1", "spec": {"predictor": {"minReplicas": 1}}})
+    )
     service = Recording().deserialize(response, "V1beta1InferenceService")
     assert isinstance(service, kserve.V1beta1InferenceService) and service.api_version == "serving.kserve.io/v1beta1"
     assert asked[0] == "V1beta1InferenceService" and "V1beta1PredictorSpec" in asked

@@ -9,7 +9,8 @@ import math
 import shutil
 import subprocess
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import pytest
 import requests
@@ -26,8 +27,10 @@ P99 = 'histogram_quantile(0.99, sum by (le) (rate(handler_stage_seconds_bucket{S
 RECORDED_P99 = 'resnet50:handler_stage_seconds:p99_5m{Stage="handler", ModelVersion="2.0"}'
 
 pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None, reason="the prometheus server is not installed (apt-get install prometheus): no real "
-                               "Prometheus computed a p99 from the handler's histogram")
+    PROMETHEUS is None,
+    reason="the prometheus server is not installed (apt-get install prometheus): no real "
+    "Prometheus computed a p99 from the handler's histogram",
+)
 
 
 def query(prometheus: str, expression: str) -> list[float]:
@@ -37,8 +40,9 @@ def query(prometheus: str, expression: str) -> list[float]:
     return [float(series["value"][1]) for series in answer["data"]["result"]]
 
 
-def wait_for(prometheus: str, expression: str, ready: Callable[[list[float]], bool],
-             timeout: float = 30) -> list[float]:
+def wait_for(
+    prometheus: str, expression: str, ready: Callable[[list[float]], bool], timeout: float = 30
+) -> list[float]:
     deadline = time.monotonic() + timeout
     while not ready(values := query(prometheus, expression)):
         assert time.monotonic() < deadline, f"{expression} gave {values} after {timeout:g} s"
@@ -51,15 +55,29 @@ def prometheus(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """Prometheus on a free loopback port, scraping the server's metrics port every second."""
     folder = tmp_path_factory.mktemp("prometheus")
     config = folder / "prometheus.yml"
-    config.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(CONFIG_DIR / "prometheus" / "rules.yml")],
-        "scrape_configs": [{"job_name": "torchserve",
-                            "static_configs": [{"targets": [f"{HOST}:{server.ports.metrics}"]}]}]}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(CONFIG_DIR / "prometheus" / "rules.yml")],
+                "scrape_configs": [
+                    {"job_name": "torchserve", "static_configs": [{"targets": [f"{HOST}:{server.ports.metrics}"]}]}
+                ],
+            }
+        )
+    )
     address = f"{HOST}:{Ports.free().inference}"
     with open(folder / "prometheus.log", "wb") as log:
-        process = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
-                                    f"--web.listen-address={address}"], stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [
+                cast(str, PROMETHEUS),  # the module is skipped when prometheus is not installed (None)
+                f"--config.file={config}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--web.listen-address={address}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://{address}"
     try:
         deadline = time.monotonic() + 30

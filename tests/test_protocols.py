@@ -12,14 +12,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import oip
 from answers import indices, same_answer, top5
 from handler_config import InputLimits
-from kserve_v1 import KServeV1Request
 from images import b64, encode, noise_image, photo_bytes
+from kserve_v1 import KServeV1Request
 from scripts.harness.in_process import InProcessModel, Request, Response
 
 PHOTO, NOISE = photo_bytes((500, 400)), encode(noise_image((320, 240)))
@@ -28,23 +27,30 @@ NOT_AN_IMAGE = b"%PDF-1.4 definitely not a photo"
 
 def grpc_request(images: list[bytes], request_id: str = "g") -> Request:
     """What TorchServe's OIP gRPC frontend forwards for ModelInfer: BYTES contents in base64."""
-    return Request.grpc({"id": request_id, "model_name": "resnet50",
-                         "inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(images)],
-                                     "data": [b64(image) for image in images]}]})
+    return Request.grpc(
+        {
+            "id": request_id,
+            "model_name": "resnet50",
+            "inputs": [
+                {"name": "image", "datatype": "BYTES", "shape": [len(images)], "data": [b64(image) for image in images]}
+            ],
+        }
+    )
 
 
 def oip_json(inputs: Any, **fields: Any) -> Request:
     return Request.kserve({"inputs": inputs, **fields})
 
 
-def image_tensor(images: list[str], **fields: Any) -> dict[str, Any]:
+def image_tensor(images: list[str] | list[list[str]], **fields: Any) -> dict[str, Any]:
     return {"name": "image", "datatype": "BYTES", "shape": [len(images)], "data": images, **fields}
 
 
 def error_message(response: Response) -> str:
     """KServe's {"error": "<Kind>: <message>"} body, whether the handler wrote it compact or not."""
     body = json.loads(response.body) if isinstance(response.body, (bytes, bytearray)) else response.body
-    return body["error"]
+    message: str = body["error"]
+    return message
 
 
 def error_of(response: Response) -> tuple[int, str]:
@@ -58,19 +64,31 @@ def reference(model: InProcessModel) -> list[list[dict[str, Any]]]:
 
 
 def test_every_protocol_classifies_alike(model: InProcessModel, reference: list[list[dict[str, Any]]]) -> None:
-    v1, oip_json_answer, oip_binary, grpc = model.infer([
-        Request.kserve({"instances": [b64(PHOTO), {"data": b64(NOISE)}, {"b64": b64(PHOTO)},
-                                      {"image_bytes": {"b64": b64(NOISE)}}]}),
-        oip.in_process([oip.image_input([b64(PHOTO), b64(NOISE)], binary=False)], [oip.requested(binary=False)]),
-        oip.in_process([oip.image_input([PHOTO, NOISE])]),
-        grpc_request([PHOTO, NOISE]),
-    ])
+    v1, oip_json_answer, oip_binary, grpc = model.infer(
+        [
+            Request.kserve(
+                {
+                    "instances": [
+                        b64(PHOTO),
+                        {"data": b64(NOISE)},
+                        {"b64": b64(PHOTO)},
+                        {"image_bytes": {"b64": b64(NOISE)}},
+                    ]
+                }
+            ),
+            oip.in_process([oip.image_input([b64(PHOTO), b64(NOISE)], binary=False)], [oip.requested(binary=False)]),
+            oip.in_process([oip.image_input([PHOTO, NOISE])]),
+            grpc_request([PHOTO, NOISE]),
+        ]
+    )
     assert v1.status == 200 and len(v1.body["predictions"]) == 4
-    assert all(same_answer(answer, expected) for answer, expected in zip(v1.body["predictions"], reference * 2))
+    assert all(
+        same_answer(answer, expected) for answer, expected in zip(v1.body["predictions"], reference * 2, strict=True)
+    )
     for answer in (oip.result(oip_json_answer), oip.result(oip_binary), oip.result(grpc)):
         probabilities = answer.as_numpy(oip.OUTPUT)
         assert probabilities.dtype == np.float32 and probabilities.shape == (2, 1000)
-        for row, expected in zip(probabilities, reference):
+        for row, expected in zip(probabilities, reference, strict=True):
             top = top5(row)
             assert top == indices(expected)
             assert row[top] == pytest.approx([p["probability"] for p in expected], abs=1e-4)
@@ -84,14 +102,16 @@ def test_the_answer_names_the_model_and_echoes_the_id(model: InProcessModel) -> 
 
 
 @pytest.mark.parametrize("binary", [True, False])
-def test_the_classification_extension_answers_top_k_strings(model: InProcessModel, reference: list, binary: bool) -> None:
+def test_the_classification_extension_answers_top_k_strings(
+    model: InProcessModel, reference: list[list[dict[str, Any]]], binary: bool
+) -> None:
     """The k most probable of the FP32 output, highest first, labelled as our REST answer labels them."""
     images = [oip.image_input([PHOTO, NOISE])]
     ranked, plain = model.infer([oip.in_process(images, [oip.requested(binary, classes=3)]), oip.in_process(images)])
     output = oip.result(ranked).get_output(oip.OUTPUT)
     assert output["datatype"] == "BYTES" and output["shape"] == [2, 3]
     rows = oip.classifications(oip.result(ranked).as_numpy(oip.OUTPUT))
-    for row, probabilities, expected in zip(rows, oip.result(plain).as_numpy(oip.OUTPUT), reference):
+    for row, probabilities, expected in zip(rows, oip.result(plain).as_numpy(oip.OUTPUT), reference, strict=True):
         best = np.argsort(probabilities)[::-1][:3]
         assert [index for _, index, _ in row] == best.tolist()
         assert [p for p, _, _ in row] == pytest.approx(probabilities[best].tolist(), abs=1e-5)
@@ -100,22 +120,30 @@ def test_the_classification_extension_answers_top_k_strings(model: InProcessMode
 
 def test_binary_data_output_applies_when_no_output_is_named(model: InProcessModel) -> None:
     """tritonclient asks for every output in binary this way when it names none."""
-    binary, plain = model.infer([oip.in_process([oip.image_input([PHOTO])]),
-                                 oip_json([image_tensor([b64(PHOTO)])])])
+    binary, plain = model.infer([oip.in_process([oip.image_input([PHOTO])]), oip_json([image_tensor([b64(PHOTO)])])])
     assert binary.headers[oip.HEADER_LENGTH] and binary.headers["Content-Type"] == "application/octet-stream"
     assert oip.HEADER_LENGTH not in plain.headers and plain.headers["Content-Type"] == "application/json"
     assert np.array_equal(oip.result(binary).as_numpy(oip.OUTPUT), oip.result(plain).as_numpy(oip.OUTPUT))
 
 
-@pytest.mark.parametrize("request_fields, binary", [
-    ({}, False),
-    ({"outputs": []}, False),  # an empty list asks for every output, as an absent one does
-    ({"parameters": {"binary_data_output": True}, "outputs": [{"name": "probabilities"}]}, True),
-    ({"parameters": {"binary_data_output": True},
-      "outputs": [{"name": "probabilities", "parameters": {"binary_data": False}}]}, False),
-])
-def test_binary_output_follows_the_output_then_the_request(model: InProcessModel, request_fields: dict,
-                                                           binary: bool) -> None:
+@pytest.mark.parametrize(
+    ("request_fields", "binary"),
+    [
+        ({}, False),
+        ({"outputs": []}, False),  # an empty list asks for every output, as an absent one does
+        ({"parameters": {"binary_data_output": True}, "outputs": [{"name": "probabilities"}]}, True),
+        (
+            {
+                "parameters": {"binary_data_output": True},
+                "outputs": [{"name": "probabilities", "parameters": {"binary_data": False}}],
+            },
+            False,
+        ),
+    ],
+)
+def test_binary_output_follows_the_output_then_the_request(
+    model: InProcessModel, request_fields: dict[str, Any], binary: bool
+) -> None:
     [response] = model.infer([oip_json([image_tensor([b64(PHOTO)])], **request_fields)])
     assert (oip.HEADER_LENGTH in response.headers) == binary
     assert oip.result(response).as_numpy(oip.OUTPUT).shape == (1, 1000)
@@ -124,20 +152,23 @@ def test_binary_output_follows_the_output_then_the_request(model: InProcessModel
 def test_other_accepted_forms(model: InProcessModel, reference: list[list[dict[str, Any]]]) -> None:
     """A column of strings ([N, 1]), KServe v1 without a content type, an answer without `id`
     when none was sent, and gRPC Predictions sending its image under the key "body"."""
-    column, v1_untyped, no_id, grpc_body = model.infer([
-        oip_json([{**image_tensor([[b64(PHOTO)], [b64(NOISE)]]), "shape": [2, 1]}]),
-        Request.kserve({"instances": [b64(NOISE)]}, content_type=None),
-        oip_json([image_tensor([b64(PHOTO)])]),
-        Request((("body", "application/octet-stream", PHOTO),)),  # gRPC: no HTTP headers
-    ])
+    column, v1_untyped, no_id, grpc_body = model.infer(
+        [
+            oip_json([{**image_tensor([[b64(PHOTO)], [b64(NOISE)]]), "shape": [2, 1]}]),
+            Request.kserve({"instances": [b64(NOISE)]}, content_type=None),
+            oip_json([image_tensor([b64(PHOTO)])]),
+            Request((("body", "application/octet-stream", PHOTO),)),  # gRPC: no HTTP headers
+        ]
+    )
     assert [top5(row) for row in oip.result(column).as_numpy(oip.OUTPUT)] == [indices(r) for r in reference]
     assert same_answer(v1_untyped.body["predictions"][0], reference[1])
     assert "id" not in oip.result(no_id).get_response()
     assert grpc_body.status == 200 and same_answer(grpc_body.body, reference[0])
 
 
-def test_a_reader_that_fails_unforeseen_fails_its_own_request_only(model: InProcessModel,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_reader_that_fails_unforeseen_fails_its_own_request_only(
+    model: InProcessModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(self: Any) -> list[bytes]:
         raise ValueError("a bug in the reader")
 
@@ -147,22 +178,41 @@ def test_a_reader_that_fails_unforeseen_fails_its_own_request_only(model: InProc
     assert good.status == 200
 
 
-JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
-                                                                                        max_size=3), max_leaves=12)
-KEYS = ("id", "parameters", "inputs", "outputs", "name", "datatype", "shape", "data", "binary_data",
-        "binary_data_size", "binary_data_output", "classification", "instances", "b64", "image_bytes")
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+KEYS = (
+    "id",
+    "parameters",
+    "inputs",
+    "outputs",
+    "name",
+    "datatype",
+    "shape",
+    "data",
+    "binary_data",
+    "binary_data_size",
+    "binary_data_output",
+    "classification",
+    "instances",
+    "b64",
+    "image_bytes",
+)
 
 
 def shaped_like_a_request(values: st.SearchStrategy) -> st.SearchStrategy:
     """JSON that looks like an OIP or v1 request, with anything at any of their keys."""
-    tensor = st.fixed_dictionaries({}, optional={key: values for key in KEYS})
+    tensor = st.fixed_dictionaries({}, optional=dict.fromkeys(KEYS, values))
     return st.one_of(
-        st.fixed_dictionaries({"inputs": st.lists(tensor, max_size=2) | values},
-                              optional={"outputs": st.lists(tensor, max_size=2) | values, "parameters": values,
-                                        "id": values}),
+        st.fixed_dictionaries(
+            {"inputs": st.lists(tensor, max_size=2) | values},
+            optional={"outputs": st.lists(tensor, max_size=2) | values, "parameters": values, "id": values},
+        ),
         st.fixed_dictionaries({"instances": st.lists(values | tensor, max_size=3) | values}),
-        values)
+        values,
+    )
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -173,12 +223,16 @@ def test_fuzzed_requests_get_a_4xx_never_a_crash(model: InProcessModel, document
     assert 400 <= response.status < 500, response.body
 
 
-def binary_request(header: dict[str, Any], tail: bytes, header_length: int | str | None = None,
-                   encoded: bytes | None = None) -> Request:
+def binary_request(
+    header: dict[str, Any], tail: bytes, header_length: int | str | None = None, encoded: bytes | None = None
+) -> Request:
     """A binary-data request: the JSON header (or `encoded` bytes in its place), then `tail`."""
     encoded = json.dumps(header).encode() if encoded is None else encoded
-    return Request.kserve(encoded + tail, content_type=None,
-                          Inference_Header_Content_Length=str(len(encoded) if header_length is None else header_length))
+    return Request.kserve(
+        encoded + tail,
+        content_type=None,
+        Inference_Header_Content_Length=str(len(encoded) if header_length is None else header_length),
+    )
 
 
 def length_prefixed(*elements: bytes) -> bytes:
@@ -188,85 +242,203 @@ def length_prefixed(*elements: bytes) -> bytes:
 BINARY_IMAGE = {"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 4 + len(PHOTO)}}
 # (request, status, kind, words the message must hold)
 BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
-    "not JSON after the binary header": (binary_request({"inputs": [BINARY_IMAGE]}, b"", 3), 400, "InvalidJSON",
-                                         "not a JSON header"),
+    "not JSON after the binary header": (
+        binary_request({"inputs": [BINARY_IMAGE]}, b"", 3),
+        400,
+        "InvalidJSON",
+        "not a JSON header",
+    ),
     "no inputs": (oip_json([]), 400, "InvalidInput", "exactly one tensor"),
     "two inputs": (oip_json([image_tensor([b64(PHOTO)])] * 2), 400, "InvalidInput", "exactly one tensor"),
-    "another input name": (oip_json([{**image_tensor([b64(PHOTO)]), "name": "input__0"}]), 400, "InvalidInput",
-                           "'input__0'"),
+    "another input name": (
+        oip_json([{**image_tensor([b64(PHOTO)]), "name": "input__0"}]),
+        400,
+        "InvalidInput",
+        "'input__0'",
+    ),
     "not BYTES": (oip_json([{**image_tensor([b64(PHOTO)]), "datatype": "FP32"}]), 400, "InvalidInput", "'FP32'"),
-    "shape of two rows": (oip_json([{**image_tensor([b64(PHOTO)]), "shape": [1, 2]}]), 400, "InvalidInput",
-                          "[1, 2]"),
-    "shape unlike the data": (oip_json([{**image_tensor([b64(PHOTO)]), "shape": [2]}]), 400, "InvalidInput",
-                              "holds 1 elements"),
-    "no data": (oip_json([{"name": "image", "datatype": "BYTES", "shape": [1]}]), 400, "InvalidInput",
-                "neither 'data'"),
+    "shape of two rows": (oip_json([{**image_tensor([b64(PHOTO)]), "shape": [1, 2]}]), 400, "InvalidInput", "[1, 2]"),
+    "shape unlike the data": (
+        oip_json([{**image_tensor([b64(PHOTO)]), "shape": [2]}]),
+        400,
+        "InvalidInput",
+        "holds 1 elements",
+    ),
+    "no data": (
+        oip_json([{"name": "image", "datatype": "BYTES", "shape": [1]}]),
+        400,
+        "InvalidInput",
+        "neither 'data'",
+    ),
     "invalid base64": (oip_json([image_tensor([b64(PHOTO), "not*base64"])]), 400, "InvalidBase64", "element 1"),
-    "an unknown output": (oip_json([image_tensor([b64(PHOTO)])], outputs=[{"name": "logits"}]), 400,
-                          "InvalidOutput", "'logits'"),
-    "classification 0": (oip_json([image_tensor([b64(PHOTO)])],
-                                  outputs=[{"name": "probabilities", "parameters": {"classification": 0}}]),
-                         400, "InvalidOutput", "1 to 1000"),
-    "classification 1001": (oip_json([image_tensor([b64(PHOTO)])],
-                                     outputs=[{"name": "probabilities", "parameters": {"classification": 1001}}]),
-                            400, "InvalidOutput", "1 to 1000"),
-    "header length beyond the body": (binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO), 10**6),
-                                      400, "InvalidBinaryData", "Inference-Header-Content-Length"),
-    "header length inside the JSON": (binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO), 10),
-                                      400, "InvalidJSON", "not a JSON header"),
-    "binary data shorter than declared": (binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO)[:-1]),
-                                          400, "InvalidBinaryData", "only"),
-    "binary data longer than declared": (binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO) + b"x"),
-                                         400, "InvalidBinaryData", "declare"),
-    "a header length that is not a number": (binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO), "²"),
-                                             400, "InvalidBinaryData", "'²'"),
-    "a header length of 5000 digits": (binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO), "9" * 5000),
-                                       400, "InvalidBinaryData", "Inference-Header-Content-Length"),
-    "a binary_data_size that is true": (binary_request({"inputs": [{**BINARY_IMAGE, "parameters": {
-        "binary_data_size": True}}]}, length_prefixed(PHOTO)), 400, "InvalidBinaryData", "True"),
-    "JSON nested 100,000 deep after the binary header": (binary_request({}, b"", None, b"[" * 100_000), 400,
-                                                         "InvalidJSON", "not a JSON header"),
-    "JSON nested 100,000 deep": (Request.kserve(b"[" * 100_000, content_type=None), 400, "InvalidJSON",
-                                 '{"inputs": [...]}'),
-    "JSON null with the binary header": (Request.kserve(b"null", Inference_Header_Content_Length="4"), 400,
-                                         "InvalidJSON", '{"inputs": [...]}'),
-    "request parameters not an object": (oip_json([image_tensor([b64(PHOTO)])], parameters=[1]), 400,
-                                         "InvalidInput", "the parameters of the request"),
-    "input parameters not an object": (oip_json([image_tensor([b64(PHOTO)], parameters="x")]), 400,
-                                       "InvalidInput", "the parameters of input 'image'"),
-    "output parameters not an object": (oip_json([image_tensor([b64(PHOTO)])],
-                                                 outputs=[{"name": "probabilities", "parameters": 3}]), 400,
-                                        "InvalidInput", "the parameters of output 'probabilities'"),
-    "binary_data as a string": (oip_json([image_tensor([b64(PHOTO)])], outputs=[
-        {"name": "probabilities", "parameters": {"binary_data": "false"}}]), 400, "InvalidInput", "true or false"),
-    "a shape of true": (oip_json([{**image_tensor([b64(PHOTO)]), "shape": [True]}]), 400, "InvalidInput",
-                        "[True]"),
-    "two outputs": (oip_json([image_tensor([b64(PHOTO)])], outputs=[{"name": "probabilities"}] * 2), 400,
-                    "InvalidOutput", "at most one"),
+    "an unknown output": (
+        oip_json([image_tensor([b64(PHOTO)])], outputs=[{"name": "logits"}]),
+        400,
+        "InvalidOutput",
+        "'logits'",
+    ),
+    "classification 0": (
+        oip_json(
+            [image_tensor([b64(PHOTO)])], outputs=[{"name": "probabilities", "parameters": {"classification": 0}}]
+        ),
+        400,
+        "InvalidOutput",
+        "1 to 1000",
+    ),
+    "classification 1001": (
+        oip_json(
+            [image_tensor([b64(PHOTO)])], outputs=[{"name": "probabilities", "parameters": {"classification": 1001}}]
+        ),
+        400,
+        "InvalidOutput",
+        "1 to 1000",
+    ),
+    "header length beyond the body": (
+        binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO), 10**6),
+        400,
+        "InvalidBinaryData",
+        "Inference-Header-Content-Length",
+    ),
+    "header length inside the JSON": (
+        binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO), 10),
+        400,
+        "InvalidJSON",
+        "not a JSON header",
+    ),
+    "binary data shorter than declared": (
+        binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO)[:-1]),
+        400,
+        "InvalidBinaryData",
+        "only",
+    ),
+    "binary data longer than declared": (
+        binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO) + b"x"),
+        400,
+        "InvalidBinaryData",
+        "declare",
+    ),
+    "a header length that is not a number": (
+        binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO), "²"),
+        400,
+        "InvalidBinaryData",
+        "'²'",
+    ),
+    "a header length of 5000 digits": (
+        binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO), "9" * 5000),
+        400,
+        "InvalidBinaryData",
+        "Inference-Header-Content-Length",
+    ),
+    "a binary_data_size that is true": (
+        binary_request(
+            {"inputs": [{**BINARY_IMAGE, "parameters": {"binary_data_size": True}}]}, length_prefixed(PHOTO)
+        ),
+        400,
+        "InvalidBinaryData",
+        "True",
+    ),
+    "JSON nested 100,000 deep after the binary header": (
+        binary_request({}, b"", None, b"[" * 100_000),
+        400,
+        "InvalidJSON",
+        "not a JSON header",
+    ),
+    "JSON nested 100,000 deep": (
+        Request.kserve(b"[" * 100_000, content_type=None),
+        400,
+        "InvalidJSON",
+        '{"inputs": [...]}',
+    ),
+    "JSON null with the binary header": (
+        Request.kserve(b"null", Inference_Header_Content_Length="4"),
+        400,
+        "InvalidJSON",
+        '{"inputs": [...]}',
+    ),
+    "request parameters not an object": (
+        oip_json([image_tensor([b64(PHOTO)])], parameters=[1]),
+        400,
+        "InvalidInput",
+        "the parameters of the request",
+    ),
+    "input parameters not an object": (
+        oip_json([image_tensor([b64(PHOTO)], parameters="x")]),
+        400,
+        "InvalidInput",
+        "the parameters of input 'image'",
+    ),
+    "output parameters not an object": (
+        oip_json([image_tensor([b64(PHOTO)])], outputs=[{"name": "probabilities", "parameters": 3}]),
+        400,
+        "InvalidInput",
+        "the parameters of output 'probabilities'",
+    ),
+    "binary_data as a string": (
+        oip_json(
+            [image_tensor([b64(PHOTO)])], outputs=[{"name": "probabilities", "parameters": {"binary_data": "false"}}]
+        ),
+        400,
+        "InvalidInput",
+        "true or false",
+    ),
+    "a shape of true": (oip_json([{**image_tensor([b64(PHOTO)]), "shape": [True]}]), 400, "InvalidInput", "[True]"),
+    "two outputs": (
+        oip_json([image_tensor([b64(PHOTO)])], outputs=[{"name": "probabilities"}] * 2),
+        400,
+        "InvalidOutput",
+        "at most one",
+    ),
     "an element's length beyond the data": (
-        binary_request({"inputs": [{**BINARY_IMAGE, "parameters": {"binary_data_size": 8}}]},
-                       struct.pack("<I", 100) + b"abcd"), 400, "InvalidBinaryData", "declares 100 bytes"),
-    "a bad image among good ones": (oip.in_process([oip.image_input([PHOTO, NOT_AN_IMAGE, PHOTO])]), 400,
-                                    "InvalidImage", "input 'image' element 1:"),
+        binary_request(
+            {"inputs": [{**BINARY_IMAGE, "parameters": {"binary_data_size": 8}}]}, struct.pack("<I", 100) + b"abcd"
+        ),
+        400,
+        "InvalidBinaryData",
+        "declares 100 bytes",
+    ),
+    "a bad image among good ones": (
+        oip.in_process([oip.image_input([PHOTO, NOT_AN_IMAGE, PHOTO])]),
+        400,
+        "InvalidImage",
+        "input 'image' element 1:",
+    ),
 }
 BAD_V1_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
     # Without the binary-data header, a body that is not JSON could be either protocol.
     "not JSON": (Request.kserve(b"{inputs", content_type=None), 400, "InvalidJSON", '{"inputs": [...]}'),
     "instances not a list": (Request.kserve({"instances": b64(PHOTO)}), 400, "InvalidJSON", "non-empty list"),
     "no instances": (Request.kserve({"instances": []}), 400, "InvalidJSON", "non-empty list"),
-    "an instance without its key": (Request.kserve({"instances": [b64(PHOTO), {"image": b64(PHOTO)}]}), 400,
-                                    "InvalidJSON", "instance 1 must be"),
-    "invalid base64": (Request.kserve({"instances": [b64(PHOTO), b64(PHOTO), "***"]}), 400, "InvalidBase64",
-                       "instance 2"),
-    "a bad image among good ones": (Request.kserve({"instances": [b64(PHOTO), b64(NOT_AN_IMAGE)]}), 400,
-                                    "InvalidImage", "instance 1:"),
-    "a truncated image": (Request.kserve({"instances": [b64(PHOTO[:len(PHOTO) // 2])]}), 400, "CorruptImage",
-                          "instance 0:"),
+    "an instance without its key": (
+        Request.kserve({"instances": [b64(PHOTO), {"image": b64(PHOTO)}]}),
+        400,
+        "InvalidJSON",
+        "instance 1 must be",
+    ),
+    "invalid base64": (
+        Request.kserve({"instances": [b64(PHOTO), b64(PHOTO), "***"]}),
+        400,
+        "InvalidBase64",
+        "instance 2",
+    ),
+    "a bad image among good ones": (
+        Request.kserve({"instances": [b64(PHOTO), b64(NOT_AN_IMAGE)]}),
+        400,
+        "InvalidImage",
+        "instance 1:",
+    ),
+    "a truncated image": (
+        Request.kserve({"instances": [b64(PHOTO[: len(PHOTO) // 2])]}),
+        400,
+        "CorruptImage",
+        "instance 0:",
+    ),
 }
 
 
-BAD_REQUESTS = {**{f"OIP: {case}": row for case, row in BAD_OIP_REQUESTS.items()},
-                **{f"v1: {case}": row for case, row in BAD_V1_REQUESTS.items()}}
+BAD_REQUESTS = {
+    **{f"OIP: {case}": row for case, row in BAD_OIP_REQUESTS.items()},
+    **{f"v1: {case}": row for case, row in BAD_V1_REQUESTS.items()},
+}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
@@ -289,35 +461,40 @@ def test_over_grpc_a_refusal_is_an_error_output_holding_our_error(model: InProce
     assert error["message"].startswith("input 'image' element 1:")
 
 
-@pytest.mark.parametrize("count, status", [(2, 200), (3, 413)])
-def test_the_images_per_request_limit(model: InProcessModel, monkeypatch: pytest.MonkeyPatch,
-                                      count: int, status: int) -> None:
+@pytest.mark.parametrize(("count", "status"), [(2, 200), (3, 413)])
+def test_the_images_per_request_limit(
+    model: InProcessModel, monkeypatch: pytest.MonkeyPatch, count: int, status: int
+) -> None:
     lowered = dataclasses.replace(model.handler.config, limits=InputLimits(max_images_per_request=2))
     monkeypatch.setattr(model.handler, "config", lowered)
-    v1, oip_binary = model.infer([Request.kserve({"instances": [b64(PHOTO)] * count}),
-                                  oip.in_process([oip.image_input([PHOTO] * count)])])
+    v1, oip_binary = model.infer(
+        [Request.kserve({"instances": [b64(PHOTO)] * count}), oip.in_process([oip.image_input([PHOTO] * count)])]
+    )
     assert (v1.status, oip_binary.status) == (status, status)
     if status == 413:
         assert error_of(v1) == (413, "TooManyImages") and "the limit is 2" in v1.body["error"]
 
 
 def test_a_batch_of_mixed_protocols_and_bad_images_answers_each_request_alone(
-        model: InProcessModel, reference: list[list[dict[str, Any]]]) -> None:
+    model: InProcessModel, reference: list[list[dict[str, Any]]]
+) -> None:
     """One TorchServe batch of eight requests carrying twelve images: the good requests' images
     go through one forward pass, and each bad request fails alone."""
-    responses = model.infer([
-        Request.kserve({"instances": [b64(PHOTO), b64(NOISE), b64(PHOTO)]}),
-        oip.in_process([oip.image_input([PHOTO, NOT_AN_IMAGE])]),
-        Request.raw(NOISE),
-        Request.kserve({"instances": [b64(NOISE), "***"]}),
-        grpc_request([NOISE, PHOTO]),
-        Request.raw(NOT_AN_IMAGE),
-        oip.in_process([oip.image_input([NOISE, PHOTO])], [oip.requested(classes=5)]),
-        Request.kserve({"instances": [b64(PHOTO)]}),
-    ])
+    responses = model.infer(
+        [
+            Request.kserve({"instances": [b64(PHOTO), b64(NOISE), b64(PHOTO)]}),
+            oip.in_process([oip.image_input([PHOTO, NOT_AN_IMAGE])]),
+            Request.raw(NOISE),
+            Request.kserve({"instances": [b64(NOISE), "***"]}),
+            grpc_request([NOISE, PHOTO]),
+            Request.raw(NOT_AN_IMAGE),
+            oip.in_process([oip.image_input([NOISE, PHOTO])], [oip.requested(classes=5)]),
+            Request.kserve({"instances": [b64(PHOTO)]}),
+        ]
+    )
     assert [response.status for response in responses] == [200, 400, 200, 400, 200, 400, 200, 200]
     photo, noise = reference
-    assert all(same_answer(a, b) for a, b in zip(responses[0].body["predictions"], [photo, noise, photo]))
+    assert all(same_answer(a, b) for a, b in zip(responses[0].body["predictions"], [photo, noise, photo], strict=True))
     assert same_answer(responses[2].body, noise)
     assert same_answer(responses[7].body["predictions"][0], photo)
     grpc_top = [top5(row) for row in oip.result(responses[4]).as_numpy(oip.OUTPUT)]

@@ -6,8 +6,9 @@ our REST answer for the same image, and concurrent good and bad requests are ans
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import httpx
@@ -33,12 +34,18 @@ PHOTO, NOISE = photo_bytes((500, 400)), encode(noise_image((320, 240)))
 NOT_AN_IMAGE = b"%PDF-1.4 definitely not a photo"
 
 
+# Our REST answers, by version ("" for the default) and image.
+RestAnswers = dict[str, dict[bytes, list[dict[str, Any]]]]
+
+
 @pytest.fixture(scope="module")
-def rest_answers(server: Server) -> dict[str, dict[bytes, list[dict[str, Any]]]]:
+def rest_answers(server: Server) -> RestAnswers:
     """Our REST answers for each image, from the default version and from 1.0."""
     client = RestClient.for_server(server)
-    return {version: {image: client.predict(MODEL_NAME, image, version or None) for image in (PHOTO, NOISE)}
-            for version in ("", "1.0")}
+    return {
+        version: {image: client.predict(MODEL_NAME, image, version or None) for image in (PHOTO, NOISE)}
+        for version in ("", "1.0")
+    }
 
 
 @pytest.fixture
@@ -47,14 +54,15 @@ def auth(server: Server) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def triton_client(server: Server) -> triton.InferenceServerClient:
+def triton_client(server: Server) -> Iterator[triton.InferenceServerClient]:
     client = triton.InferenceServerClient(f"127.0.0.1:{server.ports.inference}", network_timeout=120)
     yield client
     client.close()
 
 
-def test_tritonclient_with_its_defaults_classifies(triton_client: triton.InferenceServerClient,
-                                                   auth: dict[str, str], rest_answers: dict) -> None:
+def test_tritonclient_with_its_defaults_classifies(
+    triton_client: triton.InferenceServerClient, auth: dict[str, str], rest_answers: RestAnswers
+) -> None:
     """Binary-data extension both ways: no outputs named, so tritonclient asks for all in binary."""
     answer = triton_client.infer(MODEL_NAME, [oip.image_input([PHOTO, NOISE])], headers=auth)
     probabilities = answer.as_numpy(oip.OUTPUT)
@@ -63,27 +71,32 @@ def test_tritonclient_with_its_defaults_classifies(triton_client: triton.Inferen
     assert answer.get_response()["model_version"] == "2.0"
 
 
-def test_tritonclient_in_json_only(triton_client: triton.InferenceServerClient, auth: dict[str, str],
-                                   rest_answers: dict) -> None:
-    answer = triton_client.infer(MODEL_NAME, [oip.image_input([b64(NOISE)], binary=False)],
-                                 outputs=[oip.requested(binary=False)], headers=auth)
+def test_tritonclient_in_json_only(
+    triton_client: triton.InferenceServerClient, auth: dict[str, str], rest_answers: RestAnswers
+) -> None:
+    answer = triton_client.infer(
+        MODEL_NAME, [oip.image_input([b64(NOISE)], binary=False)], outputs=[oip.requested(binary=False)], headers=auth
+    )
     [row] = answer.as_numpy(oip.OUTPUT)
     assert top5(row) == indices(rest_answers[""][NOISE])
     assert row[top5(row)] == pytest.approx([p["probability"] for p in rest_answers[""][NOISE]], abs=1e-4)
 
 
 @pytest.mark.parametrize("binary", [True, False])
-def test_tritonclient_classification_extension(triton_client: triton.InferenceServerClient, auth: dict[str, str],
-                                               rest_answers: dict, binary: bool) -> None:
-    answer = triton_client.infer(MODEL_NAME, [oip.image_input([PHOTO])], outputs=[oip.requested(binary, classes=3)],
-                                 headers=auth)
+def test_tritonclient_classification_extension(
+    triton_client: triton.InferenceServerClient, auth: dict[str, str], rest_answers: RestAnswers, binary: bool
+) -> None:
+    answer = triton_client.infer(
+        MODEL_NAME, [oip.image_input([PHOTO])], outputs=[oip.requested(binary, classes=3)], headers=auth
+    )
     [row] = oip.classifications(answer.as_numpy(oip.OUTPUT))
     expected = rest_answers[""][PHOTO][:3]
     assert [(index, label) for _, index, label in row] == [(p["index"], p["label"]) for p in expected]
 
 
-def test_tritonclient_sees_a_bad_image_as_a_400_naming_it(triton_client: triton.InferenceServerClient,
-                                                          auth: dict[str, str]) -> None:
+def test_tritonclient_sees_a_bad_image_as_a_400_naming_it(
+    triton_client: triton.InferenceServerClient, auth: dict[str, str]
+) -> None:
     with pytest.raises(InferenceServerException) as error:
         triton_client.infer(MODEL_NAME, [oip.image_input([PHOTO, NOT_AN_IMAGE])], headers=auth)
     assert error.value.status() == "400"
@@ -97,10 +110,11 @@ def kserve_infer(server: Server, protocol: str, body: Any, auth: dict[str, str])
             return await client.infer(server.inference_url, body, model_name=MODEL_NAME, headers=dict(auth))
         finally:
             await client.close()
+
     return asyncio.run(infer())
 
 
-def test_kserve_v1_client(server: Server, auth: dict[str, str], rest_answers: dict) -> None:
+def test_kserve_v1_client(server: Server, auth: dict[str, str], rest_answers: RestAnswers) -> None:
     instances = [{"image_bytes": {"b64": b64(PHOTO)}}, {"data": b64(NOISE)}, b64(PHOTO)]
     answer = kserve_infer(server, "v1", {"instances": instances}, auth)
     expected = [rest_answers[""][image] for image in (PHOTO, NOISE, PHOTO)]
@@ -115,7 +129,7 @@ def test_kserve_v1_client_sees_a_bad_instance_as_a_400_naming_it(server: Server,
 
 
 @pytest.mark.parametrize("binary", [True, False])
-def test_kserve_v2_client(server: Server, auth: dict[str, str], rest_answers: dict, binary: bool) -> None:
+def test_kserve_v2_client(server: Server, auth: dict[str, str], rest_answers: RestAnswers, binary: bool) -> None:
     image = kserve.InferInput("image", [2], "BYTES")
     images = [PHOTO, NOISE] if binary else [b64(PHOTO), b64(NOISE)]
     image.set_data_from_numpy(np.array(images, dtype=object), binary_data=binary)
@@ -127,7 +141,7 @@ def test_kserve_v2_client(server: Server, auth: dict[str, str], rest_answers: di
 
 
 @pytest.mark.parametrize("version", ["", "1.0"])
-def test_oip_grpc_through_our_client(server: Server, rest_answers: dict, version: str) -> None:
+def test_oip_grpc_through_our_client(server: Server, rest_answers: RestAnswers, version: str) -> None:
     """Over gRPC the version can be chosen (REST's /v2 routes serve only the default)."""
     client = GrpcClient.for_server(server)
     try:
@@ -143,8 +157,9 @@ def test_oip_grpc_refusal_is_raised_by_our_client_with_its_status(server: Server
     client = GrpcClient.for_server(server)
     try:
         error = refused(client.infer, MODEL_NAME, [NOT_AN_IMAGE])
-        unknown = [refused(client.infer, model, [PHOTO], version) for model, version in (("nope", None),
-                                                                                         (MODEL_NAME, "9.9"))]
+        unknown = [
+            refused(client.infer, model, [PHOTO], version) for model, version in (("nope", None), (MODEL_NAME, "9.9"))
+        ]
     finally:
         client.close()
     assert error.status == 400 and error.message.startswith("InvalidImage: input 'image' element 0:")
@@ -155,7 +170,10 @@ def test_what_torchserve_does_not_route_on_v2(server: Server, auth: dict[str, st
     """docs/protocols.md: metadata and per-model readiness are not served; a version in the path
     is refused (use gRPC, or /predictions/resnet50/1.0); the server's health is; gRPC has no
     ServerMetadata."""
-    get = lambda path: requests.get(f"{server.inference_url}/{path}", headers=auth, timeout=30)  # noqa: E731
+
+    def get(path: str) -> requests.Response:
+        return requests.get(f"{server.inference_url}/{path}", headers=auth, timeout=30)
+
     assert get(f"v2/models/{MODEL_NAME}").status_code == 404
     assert get(f"v2/models/{MODEL_NAME}/ready").status_code == 404
     assert get("v2/health/ready").json() == {"ready": True}
@@ -166,8 +184,11 @@ def test_what_torchserve_does_not_route_on_v2(server: Server, auth: dict[str, st
     client = GrpcClient.for_server(server)
     try:
         with pytest.raises(grpc.RpcError) as error:
-            client.open_inference.ServerMetadata(open_inference_grpc_pb2.ServerMetadataRequest(), timeout=30,
-                                                 metadata=(("authorization", f"Bearer {client.tokens.inference}"),))
+            client.open_inference.ServerMetadata(
+                open_inference_grpc_pb2.ServerMetadataRequest(),
+                timeout=30,
+                metadata=(("authorization", f"Bearer {client.tokens.inference}"),),
+            )
     finally:
         client.close()
     assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -187,8 +208,10 @@ def via_triton(server: Server, auth: dict[str, str], images: list[bytes]) -> Out
     """A client of its own: tritonclient's runs on gevent, which one client's threads cannot share."""
     client = triton.InferenceServerClient(f"127.0.0.1:{server.ports.inference}", network_timeout=60)
     try:
-        return 200, [top5(row) for row in client.infer(MODEL_NAME, [oip.image_input(images)],
-                                                       headers=dict(auth)).as_numpy(oip.OUTPUT)]
+        return 200, [
+            top5(row)
+            for row in client.infer(MODEL_NAME, [oip.image_input(images)], headers=dict(auth)).as_numpy(oip.OUTPUT)
+        ]
     except InferenceServerException as error:
         return int(error.status()), error.message().split(":")[0]
     finally:
@@ -208,11 +231,15 @@ def via_rest(server: Server, image: bytes) -> Outcome:
 
 
 def test_concurrent_good_and_bad_requests_on_every_route_are_answered_alone(
-        server: Server, auth: dict[str, str], rest_answers: dict) -> None:
+    server: Server, auth: dict[str, str], rest_answers: RestAnswers
+) -> None:
     """Sixteen requests at once (batchSize 8) over every protocol, one in two bad: each good one
     gets the right classes for each of its images, each bad one its own 4xx."""
     grpc = GrpcClient.for_server(server, timeout=60)
-    classes = lambda *images: [indices(rest_answers[""][image]) for image in images]  # noqa: E731
+
+    def classes(*images: bytes) -> list[list[int]]:
+        return [indices(rest_answers[""][image]) for image in images]
+
     cases: list[tuple[Callable[[], Outcome], Outcome]] = [
         (lambda: via_v1(server, [b64(PHOTO), b64(NOISE)]), (200, classes(PHOTO, NOISE))),
         (lambda: via_v1(server, [b64(PHOTO), "***"]), (400, "InvalidBase64")),

@@ -17,14 +17,16 @@ def test_ping_reports_healthy(client: RestClient) -> None:
     assert client.ping() == {"status": "Healthy"}
 
 
-@pytest.mark.parametrize("path", [f"predictions/{MODEL_NAME}", f"predictions/{MODEL_NAME}/1.0",
-                                  f"predictions/{MODEL_NAME}/2.0"])
+@pytest.mark.parametrize(
+    "path", [f"predictions/{MODEL_NAME}", f"predictions/{MODEL_NAME}/1.0", f"predictions/{MODEL_NAME}/2.0"]
+)
 def test_every_payload_form_is_classified_alike(server: Server, path: str) -> None:
     image = photo_bytes((500, 400))
     answers = [
         post_inference(server, path, {"Content-Type": "image/jpeg"}, data=image),
-        requests.put(f"{server.inference_url}/{path}", data=image, timeout=60,
-                     headers=inference_auth(server)),  # curl -T
+        requests.put(
+            f"{server.inference_url}/{path}", data=image, timeout=60, headers=inference_auth(server)
+        ),  # curl -T
         post_inference(server, path, files={"data": ("photo.jpg", image, "image/jpeg")}),
         post_inference(server, path, json={"data": b64(image)}),
     ]
@@ -37,8 +39,9 @@ def test_every_payload_form_is_classified_alike(server: Server, path: str) -> No
 def test_the_default_version_is_2_0(client: RestClient) -> None:
     image = photo_bytes()
     assert same_answer(client.predict(MODEL_NAME, image), client.predict(MODEL_NAME, image, version="2.0"))
-    assert not same_answer(client.predict(MODEL_NAME, image, version="1.0"),
-                           client.predict(MODEL_NAME, image, version="2.0"))
+    assert not same_answer(
+        client.predict(MODEL_NAME, image, version="1.0"), client.predict(MODEL_NAME, image, version="2.0")
+    )
     assert client.describe(MODEL_NAME)[0]["modelVersion"] == "2.0"
 
 

@@ -5,12 +5,13 @@ Each test leaves the server as it found it: 1.0 and 2.0 registered, 2.0 the defa
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from conftest import refused, restore
 from answers import same_answer
+from conftest import refused, restore
 from images import photo_bytes
 from scripts.client.grpc_client import GrpcClient
 from scripts.client.rest_api import RestClient
@@ -23,7 +24,7 @@ def api(request: pytest.FixtureRequest, server: Server) -> Iterator[Any]:
     client = GrpcClient.for_server(server) if request.param == "grpc" else RestClient.for_server(server)
     yield client
     restore(server)
-    if request.param == "grpc":
+    if isinstance(client, GrpcClient):
         client.close()
 
 
@@ -70,9 +71,13 @@ def served_state(server: Server) -> dict[str, Any]:
     """What the server serves, read over REST whichever protocol the test used: versions, each
     one's worker pids, and the default."""
     rest = RestClient.for_server(server)
-    return {"workers": {entry["modelVersion"]: [worker["pid"] for worker in entry["workers"]]
-                        for entry in rest.describe(MODEL_NAME, "all")},
-            "default": rest.describe(MODEL_NAME)[0]["modelVersion"]}
+    return {
+        "workers": {
+            entry["modelVersion"]: [worker["pid"] for worker in entry["workers"]]
+            for entry in rest.describe(MODEL_NAME, "all")
+        },
+        "default": rest.describe(MODEL_NAME)[0]["modelVersion"],
+    }
 
 
 def test_a_duplicate_version_is_refused_and_the_served_one_is_untouched(api: Any, server: Server) -> None:
@@ -83,7 +88,7 @@ def test_a_duplicate_version_is_refused_and_the_served_one_is_untouched(api: Any
     assert api.predict(MODEL_NAME, photo_bytes(), version="2.0")
 
 
-@pytest.mark.parametrize("model, version", [("no-such-model", None), (MODEL_NAME, "9.9")])
+@pytest.mark.parametrize(("model", "version"), [("no-such-model", None), (MODEL_NAME, "9.9")])
 def test_an_unknown_model_or_version_is_404(api: Any, model: str, version: str | None) -> None:
     assert refused(api.describe, model, version).status == 404
     assert refused(api.predict, model, photo_bytes(), version).status == 404

@@ -58,13 +58,16 @@ def test_offline_download_says_how_to_provide_the_file(tmp_path: Path, monkeypat
     assert "Copy that file into" in message and "WEIGHTS=<folder>" in message and "WEIGHTS=random" in message
 
 
-@pytest.mark.parametrize("cores, gpus, expected", [
-    (2, (), (1, 0, 2)),            # this machine: one worker, both cores
-    (16, (), (4, 0, 4)),           # one worker per 4 cores
-    (16, (80.0,), (2, 1, 8)),      # one H100: two workers
-    (32, (80.0,) * 4, (8, 4, 4)),  # four GPUs: two workers on each
-    (8, (3.0,), (1, 1, 8)),        # a small GPU fits one worker
-])
+@pytest.mark.parametrize(
+    ("cores", "gpus", "expected"),
+    [
+        (2, (), (1, 0, 2)),  # this machine: one worker, both cores
+        (16, (), (4, 0, 4)),  # one worker per 4 cores
+        (16, (80.0,), (2, 1, 8)),  # one H100: two workers
+        (32, (80.0,) * 4, (8, 4, 4)),  # four GPUs: two workers on each
+        (8, (3.0,), (1, 1, 8)),  # a small GPU fits one worker
+    ],
+)
 def test_the_worker_rule(cores: int, gpus: tuple[float, ...], expected: tuple[int, int, int]) -> None:
     plan = plan_workers(Machine(cores=cores, gpu_memory_gib=gpus))
     assert (plan.workers_per_version, plan.number_of_gpu, plan.threads_per_worker) == expected

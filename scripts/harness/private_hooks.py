@@ -2,7 +2,7 @@
 
 Running the handler in-process as a worker does (in_process.py) needs TorchServe's wire decoder and
 the handler a loaded Service wraps; building Kubernetes types inside kserve's REST deserializer
-(tests/test_manifests.py) needs kserve's per-value deserializer. None of them is public, and a
+(tests/manifests.py) needs kserve's per-value deserializer. None of them is public, and a
 private name can change in any release, so each hook first checks that the installed package is
 the version pinned in requirements*.txt, the version the hooks were checked against
 (tests/test_private_hooks.py), and fails with an error that says so otherwise.
