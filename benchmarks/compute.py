@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from handler.model_identity import architecture
+from compiled_forward import for_inference, inference_dtype, load_package
+from model_identity import architecture
 from scripts.harness.in_process import InProcessModel, Request
-from scripts.packaging.compile_forward import PACKAGE_NAMES, for_inference, inference_dtype, load_package
+from scripts.packaging.compile_forward import PACKAGE_NAMES
 
 
 def images_per_second(step: Callable[[], object], images_per_step: int, seconds: float, device: torch.device) -> float:

@@ -45,7 +45,7 @@ BENCH_MODEL_STORE = BUILD_DIR / "bench-model-store"  # kept between runs: an unc
 INPUT_SIZES = ((640, 480), (800, 600), (1024, 768), (1280, 960), (1440, 1080), (1632, 1224))
 # Closed-loop clients per step: a GPU needs many requests in flight to fill its batches.
 DEFAULT_CONCURRENCY = {"cpu": [1, 4, 8], "cuda": [1, 64, 256]}
-# Eager batch sizes beside the archive's own: 1 on a CPU, the anchor of 256 on a GPU.
+# Eager batch sizes beside the archive's own: 1 on a CPU, a large batch of 256 on a GPU.
 EXTRA_EAGER_BATCH = {"cpu": 1, "cuda": 256}
 
 

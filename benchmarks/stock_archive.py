@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from handler.model_identity import weight_sets
+from model_identity import weight_sets
 
 STOCK_MODEL_FILE = Path(__file__).parent / "stock" / "model.py"
 STOCK_NAME = "resnet50_stock"

@@ -1,6 +1,6 @@
 """One request of a batch, as the handler carries it through its stages (resnet50_handler.py).
 
-Its own module because TorchServe's loader wants exactly one class in the handler's.
+Its own module because TorchServe's loader wants exactly one class in the handler's module.
 """
 
 from __future__ import annotations

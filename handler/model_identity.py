@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
-    from torchvision.models import ResNet, WeightsEnum
+    from torchvision.models import ResNet, ResNet50_Weights
 
 NAME = "resnet50"  # the served model's name: routes, archives, metrics
 CLASSES = 1000  # ImageNet's
 EXPLAINED_LAYER = "layer4"  # Grad-CAM's layer: the last convolutional stage, a 7x7 grid for a 224 crop
 
 
-def weight_sets() -> type[WeightsEnum]:
+def weight_sets() -> type[ResNet50_Weights]:
     """torchvision's weight sets for this architecture; a version is built from one of them."""
     from torchvision.models import ResNet50_Weights
 

@@ -8,8 +8,9 @@ Each request of a batch is one `Job`, carried through the stages in order:
 - explain: Grad-CAM, on the eager model, for the requests on an explanation route (`/explanations`,
   KServe's `:explain` and `/explain`): where in each image the evidence for a class lies;
 - answer: each request in its own protocol, with its own status.
-A request that fails at any stage (a bad image, say) skips the rest and gets its own 4xx naming
-the problem (and the image, where it sent several); its batch-mates are answered as usual.
+A request that fails at any stage skips the rest and gets its own error answer: a 4xx naming
+the problem (and the image, where it sent several), or a 500 where the handler itself failed on
+it; its batch-mates are answered as usual.
 """
 
 from __future__ import annotations
@@ -92,12 +93,11 @@ class ResNet50Handler(BaseHandler):
                 self._prepare(jobs)
             ready = [job for job in jobs if job.error is None]
             if ready:
-                with self.metrics.stage("forward"):
-                    self._classify(ready)
+                self._classify(ready)
                 if explaining := [job for job in ready if job.explained is not None]:
                     with self.metrics.stage(EXPLAIN_STAGE):
                         self._explain(explaining)
-            # The postprocess stage is timed in batches that classified something (docs/metrics.md).
+            # Answering is the postprocess stage, timed in batches that classified something (docs/metrics.md).
             with self.metrics.stage("postprocess") if ready else nullcontext():
                 return [self._answer(job, context) for job in jobs]
 
@@ -130,7 +130,8 @@ class ResNet50Handler(BaseHandler):
     def _classify(self, jobs: list[Job]) -> None:
         """One forward pass over every image of `jobs`; each gets its share of the probabilities."""
         batch = torch.stack([image for job in jobs for image in job.images])
-        probabilities = self.inference(batch)
+        with self.metrics.stage("forward"):
+            probabilities = self.inference(batch)
         self.metrics.forward_pass(len(batch))
         for job, scores in zip(jobs, self.postprocess(probabilities, [len(job.images) for job in jobs]), strict=True):
             job.scores = scores
@@ -209,7 +210,7 @@ class ResNet50Handler(BaseHandler):
     # What the stages need.
 
     def _image_files(self, request: WireRequest) -> list[bytes]:
-        files = _guarded("could not read this request", request.images)
+        files = _guarded(request, "could not read this request", request.images)
         limit = self.config.limits.max_images_per_request
         if len(files) > limit:
             raise RequestError(
@@ -232,6 +233,7 @@ class ResNet50Handler(BaseHandler):
             )
         limits = self.config.limits
         classes = _guarded(
+            request,
             "could not read this request's classes",
             lambda: explained_classes(request.named_classes(), self.model_id.classes, limits.max_explained_classes),
         )
@@ -295,14 +297,14 @@ class ResNet50Handler(BaseHandler):
         return model if self.dtype == torch.float32 else for_inference(copy.deepcopy(model), self.device, self.dtype)
 
 
-def _guarded(what: str, read: Callable[[], T]) -> T:
+def _guarded(request: WireRequest, what: str, read: Callable[[], T]) -> T:
     """`read()`, where a reader's own bug fails its request with a 500, never the batch."""
     try:
         return read()
     except RequestError:
         raise
     except Exception as error:
-        logger.exception("The handler %s", what)
+        logger.exception("The handler %s (a %s)", what, type(request).__name__)
         raise _internal_error(what, error) from error
 
 

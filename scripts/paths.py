@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from handler.model_identity import NAME
+from model_identity import NAME
 
-MODEL_NAME: str = NAME  # the served model's name (routes, archives, metrics)
+MODEL_NAME = NAME  # the served model's name (routes, archives, metrics)
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER_DIR = ROOT / "handler"
 CONFIG_DIR = ROOT / "config"

@@ -1,6 +1,6 @@
 """How many workers each model version gets, on which devices, with how many CPU threads.
 
-The rule (README, "GPU-aware workers"), sized for one hot version at a time:
+The rule (docs/serving.md, "Workers"), sized for one hot version at a time:
 - GPUs: every visible GPU serves every version; each version gets WORKERS_PER_GPU workers per
   GPU (default 2: one worker preprocesses while the other runs the forward pass), capped so that
   workers fit in GPU memory at about GPU_MEMORY_PER_WORKER_GIB each. TorchServe places the

@@ -1,6 +1,6 @@
 """One definition of what a server loads at start (scripts/model_config.py), for the plain
-`torchserve --start`, `make serve` and the KServe bundle; and the plain command, started as the
-README gives it, serving both versions with 2.0 the default."""
+`torchserve --start`, `make serve` and the KServe bundle; and the plain command, started as
+docs/serving.md gives it, serving both versions with 2.0 the default."""
 
 from __future__ import annotations
 
@@ -65,8 +65,8 @@ def test_a_snapshot_of_versions_it_cannot_serve_is_refused(
 
 @pytest.fixture(scope="module")
 def plain(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`torchserve --start --ts-config config/config.properties --model-store model_store`, as the
-    README gives it, from a directory that holds the repository's config/ (its paths are relative
+    """`torchserve --start --ts-config config/config.properties --model-store model_store`, as
+    docs/serving.md gives it, from a directory that holds the repository's config/ (its paths are relative
     to it) but not its key file; the config is copied with the listeners moved to free ports (a
     machine has one 8080, and `make serve` may hold it)."""
     server = Server(run_dir=tmp_path_factory.mktemp("plain"), model_store=model_store, ports=Ports.free())

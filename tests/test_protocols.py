@@ -178,6 +178,20 @@ def test_a_reader_that_fails_unforeseen_fails_its_own_request_only(
     assert good.status == 200
 
 
+def test_a_class_reader_that_fails_unforeseen_fails_its_own_explanation_only(
+    model: InProcessModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Any) -> Any:
+        raise ValueError("a bug in the class reader")
+
+    monkeypatch.setattr(KServeV1Request, "named_classes", broken)
+    bad, good = model.infer([Request.kserve({"instances": [b64(PHOTO)]}).explaining(), Request.raw(PHOTO)])
+    assert error_of(bad) == (500, "InternalError")
+    assert "could not read this request's classes" in error_message(bad)
+    assert "a bug in the class reader" in error_message(bad)
+    assert good.status == 200
+
+
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),

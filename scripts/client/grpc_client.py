@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2
 
-from handler.model_signature import ERROR
+from model_signature import ERROR, IMAGE, PROBABILITIES
 from scripts.client import grpc_stubs
 from scripts.client.rest_api import QUEUE_FULL_MESSAGE, ApiError, Tokens, explain
 from scripts.endpoints import HOST, Server
@@ -109,10 +109,10 @@ class GrpcClient:
     def infer(
         self, model: str, images: list[bytes], version: str | None = None, request_id: str = ""
     ) -> list[list[float]]:
-        """ModelInfer: each image's class probabilities (input 'image', output 'probabilities')."""
+        """ModelInfer: each image's class probabilities (the model's signature: model_signature.py)."""
         tensor = open_inference_grpc_pb2.ModelInferRequest.InferInputTensor(
-            name="image",
-            datatype="BYTES",
+            name=IMAGE.name,
+            datatype=IMAGE.datatype,
             shape=[len(images)],
             contents=open_inference_grpc_pb2.InferTensorContents(bytes_contents=images),
         )
@@ -125,7 +125,7 @@ class GrpcClient:
             # A BYTES element reaches us as the JSON text of the handler's string, quotes and all.
             error = json.loads(json.loads(outputs[ERROR.name].contents.bytes_contents[0]))
             raise ApiError(int(error["code"]), f"{error['type']}: {error['message']}")
-        probabilities = outputs["probabilities"]
+        probabilities = outputs[PROBABILITIES.name]
         values, classes = list(probabilities.contents.fp32_contents), probabilities.shape[-1]
         return [values[row : row + classes] for row in range(0, len(values), classes)]
 

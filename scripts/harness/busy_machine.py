@@ -4,7 +4,7 @@ A user's laptop is a busy machine: every timing assumption in the served tests m
 the cores loaded, or be a bound that scales. This starts one spinning process per core (at
 normal priority, as another program would be), runs pytest, and stops them, whatever happens.
 
-    python -m scripts.harness.busy_machine [--runs 3] [pytest options] [test paths; default: the served tests]
+    python -m scripts.harness.busy_machine [--runs N] [pytest options] [test paths; default: the served tests]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 
 from scripts.paths import ROOT
 
-# Every test module that starts TorchServe or talks to one.
+# Every test module that starts TorchServe or talks to one (tests/test_busy_machine.py keeps it complete).
 SERVED_TESTS = (
     "test_serving",
     "test_versions",

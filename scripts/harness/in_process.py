@@ -21,7 +21,7 @@ from ts.model_loader import TsModelLoader
 from ts.service import Service
 
 from scripts.harness.private_hooks import decode_parameter, entry_point, handler_of
-from scripts.paths import CONFIG_DIR
+from scripts.paths import CONFIG_DIR, MODEL_NAME
 
 METRICS_CONFIG = CONFIG_DIR / "metrics.yaml"  # what the served handler gets (metrics_config)
 
@@ -106,7 +106,7 @@ class InProcessModel:
             mar.extractall(extract_to)
         self.model_dir = extract_to
         self.service = TsModelLoader().load(
-            "resnet50",
+            MODEL_NAME,
             str(extract_to),
             handler="resnet50_handler",
             gpu_id=gpu_id,

@@ -1,4 +1,4 @@
-"""Every private TorchServe and KServe API this project uses, and nothing else.
+"""Every private (underscored) TorchServe and KServe API this project uses, and nothing else.
 
 Running the handler in-process as a worker does (in_process.py) needs TorchServe's wire decoder and
 the handler a loaded Service wraps; building Kubernetes types inside kserve's REST deserializer

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import yaml
 
-from handler.model_identity import weight_sets
+from model_identity import weight_sets
 from scripts.model_config import version_settings
 from scripts.packaging.compile_forward import build_targets, compile_forwards
 from scripts.packaging.weights import OFFICIAL, RANDOM, WeightsError, weights_file

@@ -1,9 +1,8 @@
 """Compile ResNet50's forward pass ahead of time with AOTInductor, at archive build.
 
 Workers then load a ready .pt2 package in a fraction of a second instead of compiling at start
-(torch.compile takes 20-35 s per worker on two cores, and would run again at every worker
-restart). On the 2-core Xeon this project is developed on, it ran at 1.01-1.11x the eager
-channels_last forward at batch 8 in the recorded full benchmark runs (docs/benchmarks.md).
+(torch.compile would take many seconds per worker, again at every worker restart), and run at
+least as fast as the eager channels_last forward (docs/benchmarks.md has the figures).
 
 One package per device kind the build machine has: always the CPU (fp32), and the GPU (fp16,
 channels_last) when the build runs where torch sees one. Each is native code for the build
@@ -24,17 +23,10 @@ from pathlib import Path
 
 import torch
 
-from handler.model_identity import architecture
-from scripts.paths import HANDLER_DIR, MODEL_NAME
-
-sys.path.insert(0, str(HANDLER_DIR))  # the handler's own precision, layout and targets
-# `name as name`: re-exported for benchmarks/compute.py, which reaches the handler's forward through here.
-from compiled_forward import (
-    for_inference as for_inference,
-    inference_dtype as inference_dtype,
-    load_package as load_package,
-    native_target,
-)
+# The handler's own precision, layout and targets, so the packages take exactly its input.
+from compiled_forward import for_inference, inference_dtype, native_target
+from model_identity import architecture
+from scripts.paths import MODEL_NAME
 
 PACKAGE_NAMES = {device: f"{MODEL_NAME}_{device}.pt2" for device in ("cpu", "cuda")}
 
@@ -97,9 +89,9 @@ def compile_forwards(weights: Path, max_batch: int, output_dir: Path) -> list[Co
 
 def compile_forward(weights: Path, max_batch: int, output_dir: Path, device: torch.device) -> CompiledPackage:
     """Export the model with a dynamic batch dimension (1 to max_batch) and compile it for `device`."""
-    model = architecture()
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    model = for_inference(model, device)
+    fp32 = architecture()
+    fp32.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model = for_inference(fp32, device)
     example = torch.randn(min(2, max_batch), 3, 224, 224, device=device, dtype=inference_dtype(device))
     example = example.contiguous(memory_format=torch.channels_last)
     # torch.export needs a range for a dynamic dimension: batchSize 1 compiles one static shape.

@@ -23,7 +23,7 @@ from PIL import Image
 from torchvision.models import ResNet
 from torchvision.transforms import v2
 
-from handler.model_identity import architecture, weight_sets
+from model_identity import architecture, weight_sets
 from scripts.paths import sample_photo
 
 CALIBRATION_IMAGES = 48

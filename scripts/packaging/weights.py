@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.hub import HASH_REGEX, download_url_to_file, get_dir
 
-from handler.model_identity import weight_sets
+from model_identity import weight_sets
 from scripts.packaging.random_weights import random_state_dict, recipe_id
 from scripts.paths import BUILD_DIR, MODEL_NAME
 
