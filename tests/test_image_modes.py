@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from answers import same_answer
+from image_decoding import decode_rgb
 from images import (
     encode,
     exif_rotated_jpeg,
@@ -32,14 +33,10 @@ WHITE = 255
 
 def handler_pixels(model: InProcessModel, data: bytes) -> np.ndarray:
     """The RGB picture the handler classifies, as an array."""
-    from image_decoding import decode_rgb
-
     return np.asarray(decode_rgb(data, model.handler.config.limits))
 
 
 def handler_tensor(model: InProcessModel, data: bytes) -> torch.Tensor:
-    from image_decoding import decode_rgb
-
     preprocessed: torch.Tensor = model.handler.preset(decode_rgb(data, model.handler.config.limits))
     return preprocessed
 

@@ -23,6 +23,7 @@ from google.protobuf import empty_pb2
 
 from conftest import TEST_PLAN, refused, served_versions
 from images import b64, photo_bytes
+from resnet50_handler import ResNet50Handler
 from scripts.client.grpc_client import GrpcClient
 from scripts.client.rest_api import RestClient, Tokens
 from scripts.client.torchserve_grpc import inference_pb2, management_pb2, open_inference_grpc_pb2
@@ -205,8 +206,6 @@ def test_build_outputs_and_keys_are_ignored_wherever_they_land() -> None:
 
 
 def test_weights_are_loaded_without_running_pickled_code(tmp_path: Path) -> None:
-    from resnet50_handler import ResNet50Handler
-
     marker = tmp_path / "pwned"
 
     class Payload:

@@ -8,11 +8,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from answers import same_answer
 from conftest import refused, restore
-from images import photo_bytes
+from images import encode, photo_bytes
 from scripts.client.grpc_client import GrpcClient
 from scripts.client.rest_api import RestClient
 from scripts.endpoints import Server
@@ -112,11 +114,6 @@ def test_an_archive_missing_from_the_store_is_404(api: Any) -> None:
 
 def test_an_image_rest_accepts_is_accepted_over_grpc(server: Server) -> None:
     """Bigger than gRPC's default 4 MiB message limit, within max_request_size."""
-    import numpy as np
-    from PIL import Image
-
-    from images import encode
-
     noise = np.random.default_rng(0).integers(0, 256, (1400, 1400, 3), dtype=np.uint8)
     image = encode(Image.fromarray(noise), "PNG")
     assert 4 * 2**20 < len(image) < server.max_request_size()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from scripts.packaging import weights
+from scripts.packaging.build_archives import _fingerprint
 from scripts.packaging.weights import WeightsError, random_weights_file, weights_file
 from scripts.worker_plan import Machine, plan_workers
 
@@ -26,8 +27,6 @@ def test_random_weights_are_seeded(tmp_path: Path) -> None:
 
 def test_the_archive_fingerprint_follows_the_weights_content(tmp_path: Path) -> None:
     """Same name and size, different bytes: a changed random-weights recipe does exactly this."""
-    from scripts.packaging.build_archives import _fingerprint
-
     weights = tmp_path / "weights.pth"
     weights.write_bytes(b"a" * 64)
     before = _fingerprint({}, weights, "build")
