@@ -6,11 +6,11 @@ PY := $(VENV)/bin/python
 
 export VENV PYTHON
 
-.PHONY: setup archives serve stop lint format test test-busy bench soak kserve-bundle clean
+.PHONY: setup archives serve stop lint format test test-busy bench soak kserve-bundle image clean
 
 setup: $(VENV)/.setup-done
 
-$(VENV)/.setup-done: requirements.txt requirements-dev.txt requirements-kserve.txt requirements-java.txt \
+$(VENV)/.setup-done: requirements.txt requirements-serving.txt requirements-dev.txt requirements-kserve.txt requirements-java.txt \
 		scripts/setup.sh scripts/client/grpc_stubs.py
 	scripts/setup.sh
 	touch $@
@@ -32,6 +32,14 @@ BUNDLE ?= build/kserve
 kserve-bundle: setup
 	$(PY) -m scripts.packaging.kserve_bundle --weights $(WEIGHTS) --pod-cpus $(POD_CPUS) --pod-gpus $(POD_GPUS) \
 		--versions $(BUNDLE_VERSIONS) --default $(BUNDLE_DEFAULT) --out $(BUNDLE)
+
+# The serving image (deploy/image/Containerfile; docs/image.md). VARIANT: cpu or cuda. BASE: the
+# base image, or `local` for a Debian root made here with mmdebstrap (no registry needed).
+VARIANT ?= cpu
+BASE ?= docker.io/library/python:3.11-slim-bookworm
+IMAGE ?= resnet50-serving:$(VARIANT)
+image: setup
+	$(PY) -m scripts.packaging.image --variant $(VARIANT) --base $(BASE) --tag $(IMAGE)
 
 stop: setup
 	$(PY) -m scripts.server.stop

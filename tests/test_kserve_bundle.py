@@ -1,15 +1,22 @@
-"""The KServe storage bundle, laid out as KServe mounts it (/mnt/models, here a temp dir) and
-started exactly as KServe's TorchServe runtime starts it: the same command, arguments and
-environment, on free loopback ports. Without a cluster, this is the closest we get to one."""
+"""The storage bundle, laid out as KServe mounts it (/mnt/models, here a temp dir) and served by
+the serving image's entry point (scripts/server/container_entry.py) as the image runs it, here
+as a plain process on free loopback ports: its readiness check, both versions, v1 and v2
+answers without a token, and its stop on SIGTERM. tests/test_serving_image.py runs the same
+entry point inside the built image."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import requests
 import tritonclient.http as triton
@@ -19,12 +26,21 @@ from answers import indices, same_answer, top5
 from images import b64, photo_bytes
 from scripts.endpoints import HOST, Ports, Server, properties_text, read_properties
 from scripts.packaging.kserve_bundle import Pod, write_bundle
-from scripts.paths import CONFIG_DIR, MODEL_NAME, SERVED_VERSIONS, archive_name
-from scripts.server.lifecycle import environment, launch, stop
+from scripts.paths import CONFIG_DIR, MODEL_NAME, ROOT, SERVED_VERSIONS, archive_name
+from scripts.server import container_entry
+from scripts.server.lifecycle import environment
 
+# The addresses the image's users are promised (docs/image.md).
+LISTENERS = {
+    "inference_address": "http://0.0.0.0:8080",
+    "grpc_inference_address": "0.0.0.0",
+    "grpc_inference_port": "7070",
+    "metrics_address": "http://0.0.0.0:8082",
+    "management_address": "http://127.0.0.1:8081",
+    "grpc_management_address": "127.0.0.1",
+}
 POD = Pod(cpus=8)  # two workers per version by the worker rule
-# What the runtime (kserve-torchserve) sets for protocol v2; the bundle must not depend on it.
-RUNTIME_ENVIRONMENT = {"TS_SERVICE_ENVELOPE": "kservev2", "PROTOCOL_VERSION": "v2"}
+ENTRY = ROOT / "scripts" / "server" / "container_entry.py"
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +49,51 @@ def bundle(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_bundle(archives, POD, tmp_path_factory.mktemp("mnt") / "models")
 
 
+def entry(*arguments: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """container_entry.py with these arguments, to its end."""
+    command = [sys.executable, str(ENTRY), *arguments]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=30, check=False)
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    """The entry point serving a bundle, and the server it started."""
+
+    process: subprocess.Popen[bytes]
+    server: Server
+    environment: dict[str, str]
+
+    def ready(self) -> subprocess.CompletedProcess[str]:
+        """The image's readiness probe."""
+        return entry("ready", env=self.environment)
+
+
 @pytest.fixture(scope="module")
-def runtime(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`torchserve --start --model-store=<bundle>/model-store --ts-config=<bundle>/config/config.properties`,
-    with the listeners moved to free ports (a machine has one 8085) and /mnt/models to the bundle."""
-    server = Server(run_dir=tmp_path_factory.mktemp("runtime"), model_store=bundle / "model-store", ports=Ports.free())
-    config = bundle / "config" / "config.properties"
-    config.write_text(
-        config.read_text()
+def pod(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EntryPoint]:
+    """`container_entry.py` serving the bundle's archives with its config, the listeners moved to
+    free loopback ports (a machine has one 8080); everything else as the bundle says."""
+    served = tmp_path_factory.mktemp("pod-mnt") / "models"
+    (served / "config").mkdir(parents=True)
+    (served / "model-store").symlink_to(bundle / "model-store")
+    server = Server(run_dir=tmp_path_factory.mktemp("pod"), model_store=served / "model-store", ports=Ports.free())
+    (served / "config" / "config.properties").write_text(
+        (bundle / "config" / "config.properties").read_text()
         + properties_text({**server.listeners(), "metrics_config": bundle / "config" / "metrics.yaml"})
     )
-    launch(server, config, {**environment(server), **RUNTIME_ENVIRONMENT})
+    for folder in (server.run_dir / "tmp", server.log_dir):
+        folder.mkdir(parents=True)
+    env = {**environment(server), "MODEL_BUNDLE": str(served)}
+    with open(server.log_dir / "console.log", "wb") as console:
+        process = subprocess.Popen(
+            [sys.executable, str(ENTRY)], env=env, cwd=server.run_dir, stdout=console, stderr=subprocess.STDOUT
+        )
+    started = EntryPoint(process, server, env)
     try:
-        yield server
+        yield started
     finally:
-        stop(server)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
 
 
 def describe(server: Server, version: str = "") -> list[dict[str, Any]]:
@@ -69,16 +115,14 @@ def wait_until(ready: Callable[[], bool], server: Server, timeout: float = 180.0
     raise AssertionError(f"not ready within {timeout:g} s; see {server.log_dir}")
 
 
-def wait_until_ready(server: Server) -> None:
-    """The wrapper's readiness check: the default version has a READY worker."""
-    wait_until(lambda: any(worker["status"] == "READY" for worker in describe(server)[0]["workers"]), server)
-
-
-def test_the_bundle_is_laid_out_as_the_runtime_expects(bundle: Path) -> None:
+def test_the_bundle_is_laid_out_as_the_image_expects(bundle: Path) -> None:
+    """Inference, gRPC and metrics on the pod's address, management on its loopback only (the
+    ports the image declares and the manifests name); no token; no registration."""
     assert sorted(path.name for path in (bundle / "model-store").iterdir()) == [
         archive_name(v) for v in SERVED_VERSIONS
     ]
     properties = read_properties(bundle / "config" / "config.properties")
+    assert {key: properties[key] for key in LISTENERS} == LISTENERS
     assert properties["model_store"] == "/mnt/models/model-store"
     assert properties["metrics_config"] == "/mnt/models/config/metrics.yaml"
     assert (bundle / "config" / "metrics.yaml").read_text() == (CONFIG_DIR / "metrics.yaml").read_text()
@@ -88,20 +132,6 @@ def test_the_bundle_is_laid_out_as_the_runtime_expects(bundle: Path) -> None:
     versions = snapshot["models"][MODEL_NAME]
     assert {v: entry["defaultVersion"] for v, entry in versions.items()} == {"1.0": False, "2.0": True}
     assert {entry["minWorkers"] for entry in versions.values()} == {POD.plan().workers_per_version} == {2}
-
-
-def test_the_kubernetes_config_serves_the_same_models_on_the_pod_address_with_management_inside(bundle: Path) -> None:
-    """deploy/kubernetes/ has no KServe wrapper in front: TorchServe takes the Service's traffic."""
-    kserve = read_properties(bundle / "config" / "config.properties")
-    kubernetes = read_properties(bundle / "config" / "kubernetes.properties")
-    assert (
-        kubernetes["inference_address"] == "http://0.0.0.0:8080" and kubernetes["grpc_inference_address"] == "0.0.0.0"
-    )
-    assert kubernetes["management_address"].startswith("http://127.0.0.1:")
-    listeners = {"inference_address", "management_address", "grpc_inference_address"}
-    assert {key: value for key, value in kubernetes.items() if key not in listeners} == {
-        key: value for key, value in kserve.items() if key not in listeners
-    }
 
 
 def test_a_canary_bundle_serves_its_new_version_as_the_default(
@@ -117,23 +147,44 @@ def test_a_canary_bundle_serves_its_new_version_as_the_default(
     assert sorted(path.name for path in (canary / "model-store").iterdir()) == [archive_name("2.0"), canary_archive]
 
 
-def test_started_as_kserve_starts_it_both_versions_are_ready_with_2_0_the_default(runtime: Server) -> None:
-    wait_until_ready(runtime)
-    assert describe(runtime)[0]["modelVersion"] == "2.0"
-    workers = ["READY"] * POD.plan().workers_per_version  # the others may still be starting: wait for them
-    wait_until(
-        lambda: (
-            [[worker["status"] for worker in entry["workers"]] for entry in describe(runtime, "all")]
-            == [workers] * len(SERVED_VERSIONS)
-        ),
-        runtime,
+def wait_until_ready(pod: EntryPoint, timeout: float = 300.0) -> None:
+    """Until the image's readiness probe passes (bounded for a busy machine)."""
+    deadline = time.monotonic() + timeout
+    while (probe := pod.ready()).returncode != 0:
+        assert pod.process.poll() is None, f"the entry point exited; see {pod.server.log_dir}"
+        assert time.monotonic() < deadline, f"not ready within {timeout:g} s: {probe.stderr}"
+        time.sleep(1)
+
+
+def test_the_readiness_probe_passes_once_every_version_has_its_workers(pod: EntryPoint) -> None:
+    """Not /ping, which asks only for each model's default version: 1.0's workers count too."""
+    wait_until_ready(pod)
+    statuses = {
+        entry["modelVersion"]: [worker["status"] for worker in entry["workers"]]
+        for entry in describe(pod.server, "all")
+    }
+    assert statuses == {version: ["READY"] * POD.plan().workers_per_version for version in SERVED_VERSIONS}
+    assert describe(pod.server)[0]["modelVersion"] == "2.0"
+
+
+def test_the_readiness_probe_fails_with_a_reason_while_nothing_answers(tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.properties").write_text(
+        f"management_address=http://{HOST}:{Ports.free().management}\n"
     )
-    assert {entry["modelVersion"] for entry in describe(runtime, "all")} == set(SERVED_VERSIONS)
+    probe = entry("ready", env={"MODEL_BUNDLE": str(tmp_path)})
+    assert probe.returncode == 1 and "not ready: TorchServe's management API" in probe.stderr
 
 
-def test_v1_and_v2_predictions_answer_without_a_token_and_agree(runtime: Server) -> None:
-    """The wrapper forwards KServe's v1 and v2 requests to these routes, tokenless."""
-    wait_until_ready(runtime)
+def test_without_a_bundle_the_entry_point_says_what_to_mount(tmp_path: Path) -> None:
+    served = entry(env={"MODEL_BUNDLE": str(tmp_path / "nothing")})
+    assert served.returncode == 2 and "no model bundle at" in served.stderr and "make kserve-bundle" in served.stderr
+
+
+def test_v1_and_v2_predictions_answer_without_a_token_and_agree(pod: EntryPoint) -> None:
+    """The bundle's own config: no token, as a Service in front of several replicas needs."""
+    wait_until_ready(pod)
+    runtime = pod.server
     image = photo_bytes((500, 400))
     v1 = requests.post(
         f"{runtime.inference_url}/v1/models/{MODEL_NAME}:predict", timeout=60, json={"instances": [b64(image)] * 2}
@@ -149,3 +200,15 @@ def test_v1_and_v2_predictions_answer_without_a_token_and_agree(runtime: Server)
     [row] = answer.as_numpy(oip.OUTPUT)
     assert answer.get_response()["model_version"] == "2.0"
     assert top5(row) == indices(first)
+
+
+def test_sigterm_stops_the_server_and_every_worker(pod: EntryPoint) -> None:
+    """As the kubelet stops the container: SIGTERM to the entry point, process 1 there. It
+    exits 0, and no frontend or worker outlives it."""
+    wait_until_ready(pod)
+    processes = psutil.Process(pod.process.pid).children(recursive=True)
+    assert any("org.pytorch.serve.ModelServer" in " ".join(p.cmdline()) for p in processes)
+    pod.process.send_signal(signal.SIGTERM)
+    assert pod.process.wait(timeout=container_entry.LEFTOVER_GRACE_S + 60) == 0
+    _, alive = psutil.wait_procs(processes, timeout=container_entry.LEFTOVER_GRACE_S)
+    assert not alive, [p.cmdline() for p in alive]

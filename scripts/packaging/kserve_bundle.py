@@ -1,16 +1,14 @@
 """`make kserve-bundle`: the folder to upload to an InferenceService's storageUri.
 
     build/kserve/config/config.properties       config/kserve/config.properties + model_snapshot
-    build/kserve/config/kubernetes.properties   the same + config/kserve/kubernetes.properties
     build/kserve/config/metrics.yaml            config/metrics.yaml (TorchServe's and the handler's metrics)
     build/kserve/model-store/resnet50-1.0.mar
     build/kserve/model-store/resnet50-2.0.mar
 
-KServe mounts it at /mnt/models, and its TorchServe runtime starts the server from
-config.properties; a plain Kubernetes Deployment (deploy/kubernetes/) starts it from
-kubernetes.properties. The model_snapshot loads the versions (1.0 and 2.0, 2.0 the default, by
-default), each with the workers the rule of scripts/worker_plan.py gives the pod (not the
-build machine).
+KServe (and the plain Deployment of deploy/kubernetes/) mounts it at /mnt/models, where the
+serving image (deploy/image/) starts TorchServe from config.properties. The model_snapshot loads
+the versions (1.0 and 2.0, 2.0 the default, by default), each with the workers the rule of
+scripts/worker_plan.py gives the pod (not the build machine).
 
     python -m scripts.packaging.kserve_bundle --weights random --pod-cpus 4
     python -m scripts.packaging.kserve_bundle --versions 2.0 2.1 --default 2.1 --out build/kserve-2.1   # a canary
@@ -34,7 +32,6 @@ from scripts.worker_plan import GPU_MEMORY_PER_WORKER_GIB, WORKERS_PER_GPU, Mach
 
 BUNDLE_DIR = BUILD_DIR / "kserve"
 KSERVE_CONFIG = CONFIG_DIR / "kserve" / "config.properties"
-KUBERNETES_OVERRIDES = CONFIG_DIR / "kserve" / "kubernetes.properties"
 
 
 @dataclass(frozen=True)
@@ -73,11 +70,8 @@ def write_bundle(
         f"number_of_gpu={plan.number_of_gpu}",
         snapshot_line(snapshot),
     ]
-    kserve = KSERVE_CONFIG.read_text() + "\n"
-    ending = "\n".join(footer) + "\n"
     shutil.copyfile(CONFIG_DIR / "metrics.yaml", out / "config" / "metrics.yaml")
-    (out / "config" / "config.properties").write_text(kserve + ending)
-    (out / "config" / "kubernetes.properties").write_text(kserve + KUBERNETES_OVERRIDES.read_text() + "\n" + ending)
+    (out / "config" / "config.properties").write_text(KSERVE_CONFIG.read_text() + "\n" + "\n".join(footer) + "\n")
     return out
 
 
