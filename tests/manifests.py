@@ -1,6 +1,7 @@
-"""Reading the manifests under deploy/ as tests/test_manifests.py checks them: the YAML files and
-kustomizations there, what `kubectl kustomize` renders from each, the TorchServe container and
-pod specs inside the rendered objects, and kserve's own deserializer for the InferenceServices."""
+"""Reading the manifests under deploy/ as tests/test_manifests.py and tests/test_kserve_admission.py
+check them: the YAML files and kustomizations there, what `kubectl kustomize` renders from each,
+the pod KServe builds from an InferenceService and its ServingRuntime, the serving container of
+every pod, kserve's own deserializer, and the PodMonitor schema of the Prometheus Operator."""
 
 from __future__ import annotations
 
@@ -29,11 +30,37 @@ from scripts.worker_plan import WorkerPlan
 DEPLOY_DIR = ROOT / "deploy"
 KUBECTL = shutil.which("kubectl")
 GPU = "nvidia.com/gpu"
-# The image KServe's TorchServe runtime (kserve-torchserve) runs; runtimeVersion is its tag.
-KSERVE_RUNTIME_IMAGE = "pytorch/torchserve-kfs"
+# The serving image (deploy/image/) under the placeholder registry the manifests name, and its
+# tag for each kind of pod.
+SERVING_IMAGE = "registry.example.com/resnet50-serving"
+CPU_TAG, GPU_TAG = "cpu", "cuda"
+# The image's readiness check (scripts/server/container_entry.py): every version's workers READY.
+READY_COMMAND = ["/opt/venv/bin/python", "/opt/resnet50/container_entry.py", "ready"]
+# The only paths the image writes: each pod gives them an emptyDir.
+WRITABLE_PATHS = ("/tmp", "/home/model-server")
 SERVING_KINDS = ("InferenceService", "Deployment")
+# The runtime container KServe merges an InferenceService's model into.
+KSERVE_CONTAINER = "kserve-container"
 # The Deployment's container that runs TorchServe (deploy/kubernetes/base/deployment.yaml).
 TORCHSERVE_CONTAINER = "torchserve"
+MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+# Field names as the Kubernetes API spells them: a pod spec's and a container's.
+POD_FIELDS = frozenset(kubernetes.client.models.V1PodSpec.attribute_map.values())
+CONTAINER_FIELDS = frozenset(kubernetes.client.models.V1Container.attribute_map.values())
+# The ServingRuntime fields KServe copies into the pod spec (MergePodSpec, utils.go).
+RUNTIME_POD_FIELDS = ("nodeSelector", "affinity", "tolerations", "volumes", "imagePullSecrets")
+# The PodMonitor spec schema of the oldest Prometheus Operator the manifests support (0.79, the
+# first with portNumber), descriptions removed: see its $comment.
+PODMONITOR_SCHEMA = ROOT / "tests" / "podmonitor_spec_schema.json"
+
+Objects = tuple[dict[str, Any], ...]
+
+needs_kubectl = pytest.mark.skipif(
+    KUBECTL is None,
+    reason="kubectl is not on PATH: the kustomizations under deploy/ were not rendered, so their schema "
+    "validation, KServe round trip, KServe rules and semantic checks did not run (YAML parsing and the secret "
+    "scan did)",
+)
 
 
 def relative(path: Path) -> str:
@@ -47,7 +74,7 @@ def yaml_files() -> list[Path]:
 
 
 def kustomizations() -> list[Path]:
-    """Every directory kustomize can build: each base and each overlay."""
+    """Every directory kustomize can build: each base, overlay and monitoring kustomization."""
     return sorted(path.parent for path in DEPLOY_DIR.rglob("kustomization.yaml"))
 
 
@@ -57,7 +84,7 @@ def documents(path: Path) -> list[Any]:
 
 
 @functools.cache
-def rendered(directory: Path) -> tuple[dict[str, Any], ...]:
+def rendered(directory: Path) -> Objects:
     """What `kubectl kustomize` makes of `directory`: the objects the cluster would receive.
     Cached, so each directory renders once however many tests read it."""
     # cast: the tests that render are skipped when kubectl is not installed (KUBECTL None).
@@ -69,12 +96,17 @@ def rendered(directory: Path) -> tuple[dict[str, Any], ...]:
     return tuple(document for document in yaml.safe_load_all(result.stdout) if document is not None)
 
 
-def of_kind(objects: tuple[dict[str, Any], ...], *kinds: str) -> list[dict[str, Any]]:
+def of_kind(objects: Objects, *kinds: str) -> list[dict[str, Any]]:
     return [obj for obj in objects if obj.get("kind") in kinds]
 
 
 def name_of(obj: dict[str, Any]) -> str:
     return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def annotations_of(obj: dict[str, Any]) -> dict[str, str]:
+    found: dict[str, str] = obj["metadata"].get("annotations", {})
+    return found
 
 
 def is_kubernetes_api(obj: dict[str, Any]) -> bool:
@@ -94,15 +126,101 @@ def walk(node: Any) -> Iterator[dict[str, Any]]:
             yield from walk(value)
 
 
+def containers(pod_spec: dict[str, Any], init: bool = False) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = pod_spec.get("containers", []) + (pod_spec.get("initContainers", []) if init else [])
+    return found
+
+
+# --- The pod KServe builds ---------------------------------------------------------------------
+
+
+def runtime_of(isvc: dict[str, Any], objects: Objects) -> dict[str, Any] | None:
+    """The ServingRuntime of the same render that the InferenceService's model names, if any."""
+    wanted = isvc["spec"]["predictor"].get("model", {}).get("runtime")
+    return next((obj for obj in of_kind(objects, "ServingRuntime") if obj["metadata"]["name"] == wanted), None)
+
+
+def merged(base: Any, patch: Any) -> Any:
+    """`patch` merged onto `base` as KServe merges a model into its runtime's container (a
+    strategic merge): mappings key by key, lists of named items (env) by name, anything else
+    replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        return {**base, **{key: merged(base[key], value) if key in base else value for key, value in patch.items()}}
+    if isinstance(base, list) and isinstance(patch, list) and all(is_named(item) for item in base + patch):
+        by_name = {item["name"]: item for item in base}
+        by_name.update({item["name"]: merged(by_name.get(item["name"], {}), item) for item in patch})
+        return list(by_name.values())
+    return patch
+
+
+def is_named(item: Any) -> bool:
+    return isinstance(item, dict) and "name" in item
+
+
+def kserve_pod(isvc: dict[str, Any], runtime: dict[str, Any]) -> dict[str, Any]:
+    """The predictor's pod spec as KServe builds it from the InferenceService and its runtime,
+    before its webhooks inject the storage initializer (and Knative its queue-proxy): the
+    runtime's pod fields under the predictor's, the model merged into the runtime's
+    kserve-container, then the predictor's own containers."""
+    predictor = isvc["spec"]["predictor"]
+    model = {key: value for key, value in predictor.get("model", {}).items() if key in CONTAINER_FIELDS}
+    runtime_containers = [
+        merged(container, model) if container["name"] == KSERVE_CONTAINER else container
+        for container in runtime["spec"]["containers"]
+    ]
+    pod = merged(
+        {key: runtime["spec"][key] for key in RUNTIME_POD_FIELDS if key in runtime["spec"]},
+        {key: value for key, value in predictor.items() if key in POD_FIELDS and key != "containers"},
+    )
+    return {**pod, "containers": runtime_containers + predictor.get("containers", [])}
+
+
+def kserve_pod_labels(isvc: dict[str, Any], runtime: dict[str, Any]) -> dict[str, str]:
+    """The labels KServe gives the predictor's pods (buildObjectMeta, components/predictor.go):
+    the runtime's, the InferenceService's, the predictor's, then its own two."""
+    return {
+        **runtime["spec"].get("labels", {}),
+        **isvc["metadata"].get("labels", {}),
+        **isvc["spec"]["predictor"].get("labels", {}),
+        "serving.kserve.io/inferenceservice": isvc["metadata"]["name"],
+        "component": "predictor",
+    }
+
+
+# --- The serving container of every pod ---------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Serving:
-    """The container that runs TorchServe, wherever the manifest puts it: an InferenceService's
-    predictor model (KServe merges it into its runtime's container) or a Deployment's container."""
+    """The container that runs TorchServe, in the pod that runs it: a KServe predictor's
+    kserve-container (the runtime's, with the model merged in) or the Deployment's container."""
 
     where: str
-    image: str
-    resources: dict[str, Any]
-    env: dict[str, str]
+    source: dict[str, Any]
+    container: dict[str, Any]
+    pod: dict[str, Any]
+    labels: dict[str, str]
+
+    @property
+    def mode(self) -> str | None:
+        """KServe's deployment mode (Standard, Knative); None for a plain Deployment."""
+        return annotations_of(self.source).get(MODE_ANNOTATION) if self.source["kind"] == "InferenceService" else None
+
+    @property
+    def image(self) -> str:
+        image: str = self.container["image"]
+        return image
+
+    @property
+    def resources(self) -> dict[str, Any]:
+        resources: dict[str, Any] = self.container.get("resources", {})
+        return resources
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            variable["name"]: variable["value"] for variable in self.container.get("env", []) if "value" in variable
+        }
 
     def cpus(self) -> int:
         """Whole CPUs requested: the worker rule counts cores."""
@@ -118,47 +236,29 @@ class Serving:
         return Pod(self.cpus(), self.gpus()).plan()
 
 
-def containers(pod_spec: dict[str, Any], init: bool = False) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = pod_spec.get("containers", []) + (pod_spec.get("initContainers", []) if init else [])
-    return found
-
-
-def serving_containers(objects: tuple[dict[str, Any], ...]) -> list[Serving]:
-    """The TorchServe container of every InferenceService and Deployment rendered."""
+def serving_containers(objects: Objects) -> list[Serving]:
+    """The TorchServe container of every InferenceService and Deployment rendered. An
+    InferenceService whose runtime is not in the same render fails here (and rule R26)."""
     found = []
     for obj in of_kind(objects, *SERVING_KINDS):
         if obj["kind"] == "InferenceService":
-            model = obj["spec"]["predictor"]["model"]
-            where, image, spec = f"{name_of(obj)} predictor", f"{KSERVE_RUNTIME_IMAGE}:{model['runtimeVersion']}", model
+            runtime = runtime_of(obj, objects)
+            assert runtime is not None, f"{name_of(obj)}: its runtime is not in the same render"
+            pod, labels, name = kserve_pod(obj, runtime), kserve_pod_labels(obj, runtime), KSERVE_CONTAINER
         else:
-            (spec,) = [
-                container
-                for container in containers(obj["spec"]["template"]["spec"])
-                if container["name"] == TORCHSERVE_CONTAINER
-            ]
-            where, image = f"{name_of(obj)} container {TORCHSERVE_CONTAINER}", spec["image"]
-        env = {variable["name"]: variable["value"] for variable in spec.get("env", []) if "value" in variable}
-        found.append(Serving(where, image, spec.get("resources", {}), env))
+            template = obj["spec"]["template"]
+            pod, labels, name = template["spec"], template["metadata"]["labels"], TORCHSERVE_CONTAINER
+        (container,) = [container for container in containers(pod) if container["name"] == name]
+        found.append(Serving(f"{name_of(obj)} container {name}", obj, container, pod, labels))
     return found
-
-
-def pod_specs(objects: tuple[dict[str, Any], ...]) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
-    """(where, pod-level securityContext, containers) for every pod a manifest describes; an
-    InferenceService's predictor is a pod spec whose serving container is its model."""
-    pods = []
-    for obj in of_kind(objects, *SERVING_KINDS):
-        if obj["kind"] == "InferenceService":
-            predictor = obj["spec"]["predictor"]
-            pods.append((name_of(obj), predictor.get("securityContext", {}), [predictor["model"]]))
-        else:
-            spec = obj["spec"]["template"]["spec"]
-            pods.append((name_of(obj), spec.get("securityContext", {}), containers(spec, init=True)))
-    return pods
 
 
 def batch_size() -> int:
     """TorchServe's batchSize for the default version, which KServe's routes reach."""
     return int(version_settings(DEFAULT_VERSION)["batchSize"])
+
+
+# --- Schemas -----------------------------------------------------------------------------------
 
 
 # mypy takes no base class from a call; kserve_api_client() makes this one at run time (and
@@ -183,22 +283,30 @@ class KServeModels(kserve_api_client()):  # type: ignore[misc]
         return super().deserialize_value(data, klass)
 
     def round_trip(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """obj -> V1beta1InferenceService -> dict, as kserve's client would send it."""
-        model = self.deserialize(types.SimpleNamespace(data=json.dumps(obj)), "V1beta1InferenceService")
-        assert isinstance(model, kserve.V1beta1InferenceService)
+        """obj -> its kserve model (V1beta1InferenceService, V1alpha1ServingRuntime) -> dict, as
+        kserve's client would send it."""
+        klass = KSERVE_MODELS[obj["kind"]]
+        model = self.deserialize(types.SimpleNamespace(data=json.dumps(obj)), klass)
+        assert isinstance(model, getattr(kserve, klass))
         serialized: dict[str, Any] = self.sanitize_for_serialization(model)
         return serialized
 
 
+# The kserve package's model for each KServe kind the manifests use.
+KSERVE_MODELS = {"InferenceService": "V1beta1InferenceService", "ServingRuntime": "V1alpha1ServingRuntime"}
+
+
 def differences(original: Any, returned: Any, path: str = "") -> list[str]:
-    """Where two JSON values differ, by path: what a round trip lost, added or changed."""
+    """Where two JSON values differ, by path: what a round trip lost, added or changed. An empty
+    string added is the client's, not a difference: kserve's model requires the model's container
+    name, which the manifests leave out (rule R3), and sends it as "", which KServe reads as unset."""
     if isinstance(original, dict) and isinstance(returned, dict):
         found = []
         for key in sorted(original.keys() | returned.keys()):
             if key not in returned:
                 found.append(f"{path}.{key}: lost")
             elif key not in original:
-                found.append(f"{path}.{key}: added {returned[key]!r}")
+                found += [f"{path}.{key}: added {returned[key]!r}"] if returned[key] != "" else []
             else:
                 found += differences(original[key], returned[key], f"{path}.{key}")
         return found
@@ -211,3 +319,27 @@ def differences(original: Any, returned: Any, path: str = "") -> list[str]:
     if original == returned and type(original) is type(returned):
         return []
     return [f"{path}: {original!r} became {returned!r}"]
+
+
+def closed(schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI schema that refuses unknown fields, as `kubectl apply` (strict field validation)
+    does: every object with properties gets additionalProperties false, unless it preserves
+    unknown fields."""
+    result = dict(schema)
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            result[key] = closed(schema[key])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in schema:
+            result[key] = [closed(branch) for branch in schema[key]]
+    if "properties" in schema:
+        result["properties"] = {name: closed(field) for name, field in schema["properties"].items()}
+        if not schema.get("x-kubernetes-preserve-unknown-fields"):
+            result.setdefault("additionalProperties", False)
+    return result
+
+
+@functools.cache
+def podmonitor_spec_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = closed(json.loads(PODMONITOR_SCHEMA.read_text()))
+    return schema

@@ -1,12 +1,15 @@
 """The Kubernetes manifests under deploy/, checked offline: no cluster, no network.
 
-Every YAML file parses and holds no literal secret; every kustomization (each base and overlay)
-renders with `kubectl kustomize`; every Kubernetes object it renders validates against the API
-schemas of KUBERNETES_VERSION, unknown fields included; every InferenceService goes through
-kserve's own model and comes back with no field lost; and the decisions the manifests' comments
-justify still hold: only inference ports behind a Service, GPU overlays on a GPU with a GPU
-image, a canary percent only in the canary overlay, threads and the concurrency target from the
-worker rule and the batching, Guaranteed QoS, and a locked-down security context.
+Every YAML file parses and holds no literal secret; every kustomization (each base, overlay and
+monitoring kustomization) renders with `kubectl kustomize`; every Kubernetes object it renders
+validates against the API schemas of KUBERNETES_VERSION, unknown fields included; every
+InferenceService and ServingRuntime goes through kserve's own model and comes back with no field
+lost; every PodMonitor validates against the Prometheus Operator's schema and scrapes its own
+pods' metrics; and the decisions the manifests' comments justify still hold: our serving image
+everywhere, run as built (its probes, a read-only root, no preStop), only inference ports behind
+a Service, GPU pods on the CUDA image, a canary percent only in the canary overlay, threads and
+the concurrency target from the worker rule and the batching, requests = limits (a Guaranteed
+plain pod), and a locked-down security context. KServe's own rules are tests/test_kserve_admission.py's.
 
 Without kubectl on PATH the rendering tests skip and say what went unchecked.
 """
@@ -14,17 +17,26 @@ Without kubectl on PATH the rendering tests skip and say what went unchecked.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pydantic
 import pytest
 
 from manifests import (
+    CPU_TAG,
     DEPLOY_DIR,
     GPU,
-    KUBECTL,
+    GPU_TAG,
+    KSERVE_MODELS,
+    READY_COMMAND,
+    SERVING_IMAGE,
+    WRITABLE_PATHS,
     KServeModels,
+    Serving,
     batch_size,
     containers,
     differences,
@@ -32,8 +44,9 @@ from manifests import (
     is_kubernetes_api,
     kustomizations,
     name_of,
+    needs_kubectl,
     of_kind,
-    pod_specs,
+    podmonitor_spec_schema,
     relative,
     rendered,
     serving_containers,
@@ -47,16 +60,13 @@ from manifests import (
 # removed, which bumping this constant would show.
 KUBERNETES_VERSION = "1.32.0"
 # Listeners that must stay inside the pod: TorchServe's management (REST 8081, gRPC 7071) and
-# metrics (8082, scraped from the pods by annotation), and the KServe bundle's loopback-only
-# inference and management (8085, 8086).
-INTERNAL_PORTS = frozenset({8081, 7071, 8082, 8085, 8086})
+# metrics (8082, scraped from the pods).
+INTERNAL_PORTS = frozenset({8081, 7071, 8082})
+METRICS_PORT = 8082
 SECRET_LIKE_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
-
-needs_kubectl = pytest.mark.skipif(
-    KUBECTL is None,
-    reason="kubectl is not on PATH: the kustomizations under deploy/ were not rendered, so their schema "
-    "validation, KServe round trip and semantic checks did not run (YAML parsing and the secret scan did)",
-)
+# The one image the manifests run besides ours: KServe's storage initializer (plain Deployment).
+STORAGE_INITIALIZER = "kserve/storage-initializer:"
+GRACE_PERIOD_S = 30
 
 
 # --- Every file ----------------------------------------------------------------------------------
@@ -108,10 +118,12 @@ def test_kustomization_renders(directory: Path) -> None:
 @needs_kubectl
 @directories
 def test_every_object_is_checked_by_a_schema(directory: Path) -> None:
-    """Each rendered object is either a built-in kind (validated below) or an InferenceService
-    (round-tripped below); a new kind needs a check before it lands."""
+    """Each rendered object is a built-in kind, a KServe kind or a PodMonitor, each checked below;
+    a new kind needs a check before it lands."""
     unchecked = [
-        name_of(obj) for obj in rendered(directory) if not is_kubernetes_api(obj) and obj["kind"] != "InferenceService"
+        name_of(obj)
+        for obj in rendered(directory)
+        if not is_kubernetes_api(obj) and obj["kind"] not in {*KSERVE_MODELS, "PodMonitor"}
     ]
     assert not unchecked, f"no schema check for {unchecked}"
 
@@ -133,16 +145,75 @@ def test_kubernetes_objects_match_the_api_schema(directory: Path) -> None:
 
 @needs_kubectl
 @directories
-def test_inference_services_round_trip_through_kserve(directory: Path) -> None:
-    """kserve's V1beta1InferenceService keeps every field we set: none misspelled, none at a
-    level KServe does not read it from, every value of the type KServe expects."""
-    for obj in of_kind(rendered(directory), "InferenceService"):
+def test_kserve_objects_round_trip_through_kserve(directory: Path) -> None:
+    """kserve's V1beta1InferenceService and V1alpha1ServingRuntime keep every field we set: none
+    misspelled, none at a level KServe does not read it from, every value of the type KServe
+    expects."""
+    for obj in of_kind(rendered(directory), *KSERVE_MODELS):
         try:
             returned = KServeModels().round_trip(obj)
         except pydantic.ValidationError as error:
             pytest.fail(f"{name_of(obj)}: a Kubernetes type inside it refuses a field:\n{error}")
         lost = differences(obj, returned)
-        assert not lost, f"{name_of(obj)} through kserve's V1beta1InferenceService:\n" + "\n".join(lost)
+        assert not lost, f"{name_of(obj)} through kserve's {KSERVE_MODELS[obj['kind']]}:\n" + "\n".join(lost)
+
+
+@needs_kubectl
+@directories
+def test_podmonitors_match_the_operator_schema(directory: Path) -> None:
+    """The Prometheus Operator's own schema (tests/podmonitor_spec_schema.json), closed to unknown
+    fields: a misspelled field, or one newer than the oldest operator supported, fails here."""
+    for monitor in of_kind(rendered(directory), "PodMonitor"):
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1", name_of(monitor)
+        errors = [
+            f"spec.{'.'.join(map(str, error.path))}: {error.message}"
+            for error in jsonschema.Draft7Validator(podmonitor_spec_schema()).iter_errors(monitor["spec"])
+        ]
+        assert not errors, f"{name_of(monitor)}:\n" + "\n".join(errors)
+
+
+@needs_kubectl
+@directories
+def test_podmonitors_scrape_their_own_pods_metrics(directory: Path) -> None:
+    """Each PodMonitor selects the serving pods of its own tree (deploy/kserve or
+    deploy/kubernetes), none of the other's, and scrapes /metrics on TorchServe's metrics port."""
+    for monitor in of_kind(rendered(directory), "PodMonitor"):
+        own_tree = relative(directory).split("/")[1]
+        for tree in ("kserve", "kubernetes"):
+            for serving in serving_containers(rendered(DEPLOY_DIR / tree / "base")):
+                chosen = selects(monitor["spec"]["selector"], serving.labels)
+                assert chosen == (tree == own_tree), f"{name_of(monitor)} selects {serving.where}: {chosen}"
+                if chosen:
+                    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+                        assert endpoint["path"] == "/metrics", name_of(monitor)
+                        assert scraped_port(endpoint, serving) == METRICS_PORT, f"{name_of(monitor)} on {serving.where}"
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels and matchExpressions) selects these labels."""
+    tests: dict[str, Callable[[str, list[str]], bool]] = {
+        "In": lambda key, values: labels.get(key) in values,
+        "NotIn": lambda key, values: labels.get(key) not in values,
+        "Exists": lambda key, _: key in labels,
+        "DoesNotExist": lambda key, _: key not in labels,
+    }
+    return all(labels.get(key) == value for key, value in selector.get("matchLabels", {}).items()) and all(
+        tests[expression["operator"]](expression["key"], expression.get("values", []))
+        for expression in selector.get("matchExpressions", [])
+    )
+
+
+def scraped_port(endpoint: dict[str, Any], serving: Serving) -> int | None:
+    """The port Prometheus scrapes on the pod: the declared port the endpoint selects (by name or
+    number; none if the pod does not declare it), moved by a relabeling of __address__."""
+    declared = {port.get("name"): port["containerPort"] for port in serving.container.get("ports", [])}
+    port = declared.get(endpoint["port"]) if "port" in endpoint else endpoint.get("portNumber")
+    if port not in declared.values():
+        return None
+    for relabeling in endpoint.get("relabelings", []):
+        if relabeling.get("targetLabel") == "__address__":
+            port = int(relabeling["replacement"].rpartition(":")[2])
+    return port
 
 
 @needs_kubectl
@@ -167,21 +238,72 @@ def test_services_expose_only_inference_ports(directory: Path) -> None:
 
 @needs_kubectl
 @directories
+def test_every_image_is_ours(directory: Path) -> None:
+    """Every container runs the serving image (deploy/image/) or, in the plain Deployment, KServe's
+    storage initializer: no stock TorchServe image, no KServe TorchServe runtime."""
+    objects = rendered(directory)
+    images = [item["image"] for obj in objects for item in walk(obj) if "image" in item and "name" in item]
+    foreign = [
+        image
+        for image in images
+        if image not in {f"{SERVING_IMAGE}:{CPU_TAG}", f"{SERVING_IMAGE}:{GPU_TAG}"}
+        and not image.startswith(STORAGE_INITIALIZER)
+    ]
+    assert not foreign, f"images that are not ours: {foreign}"
+
+
+@needs_kubectl
+@directories
 def test_gpus_and_gpu_images_go_together(directory: Path) -> None:
-    """A GPU overlay requests a GPU and runs a -gpu image (runtimeVersion for KServe); nothing
-    else pulls a GPU image onto a CPU pod or holds a GPU it cannot use."""
+    """A GPU pod runs the CUDA image and a CPU pod the CPU one; the GPU overlays request a GPU."""
     for serving in serving_containers(rendered(directory)):
-        gpu_image = serving.image.endswith("-gpu")
-        assert (serving.gpus() > 0) == gpu_image, f"{serving.where}: {serving.gpus()} GPU(s) with {serving.image}"
+        expected = f"{SERVING_IMAGE}:{GPU_TAG if serving.gpus() else CPU_TAG}"
+        assert serving.image == expected, f"{serving.where}: {serving.gpus()} GPU(s) with {serving.image}"
         if directory.name == "gpu":
             assert serving.gpus() > 0, f"{serving.where}: the GPU overlay requests no {GPU}"
 
 
 @needs_kubectl
 @directories
+def test_serving_containers_run_the_image_as_built(directory: Path) -> None:
+    """The image's own command, its readiness check for startup and readiness, a TCP liveness
+    check on 8080, no preStop (process 1 stops TorchServe on SIGTERM), a read-only root and an
+    emptyDir at each path the image writes."""
+    for serving in serving_containers(rendered(directory)):
+        container = serving.container
+        assert not {"command", "args", "lifecycle"} & container.keys(), f"{serving.where} overrides the image"
+        for probe in ("startupProbe", "readinessProbe"):
+            assert container[probe]["exec"]["command"] == READY_COMMAND, f"{serving.where} {probe}"
+        assert liveness_port(container) == 8080, f"{serving.where} livenessProbe"
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True, serving.where
+        volumes = {volume["name"]: volume for volume in serving.pod.get("volumes", [])}
+        mounted = {mount["mountPath"]: volumes[mount["name"]] for mount in container.get("volumeMounts", [])}
+        for path in WRITABLE_PATHS:
+            assert "emptyDir" in mounted.get(path, {}), f"{serving.where}: no emptyDir at {path}"
+
+
+def liveness_port(container: dict[str, Any]) -> int | None:
+    """The port of the container's TCP liveness check, resolved from a port name."""
+    port = container["livenessProbe"]["tcpSocket"]["port"]
+    named = {declared.get("name"): declared["containerPort"] for declared in container.get("ports", [])}
+    return port if isinstance(port, int) else named.get(port)
+
+
+@needs_kubectl
+@directories
+def test_grace_period_is_stated(directory: Path) -> None:
+    """30 s wherever a pod spec may set it: the plain Deployment and KServe's Standard mode
+    (Knative refuses the field and sets its own: rule KN1 of tests/test_kserve_admission.py)."""
+    for serving in serving_containers(rendered(directory)):
+        if serving.mode != "Knative":
+            assert serving.pod.get("terminationGracePeriodSeconds") == GRACE_PERIOD_S, serving.where
+
+
+@needs_kubectl
+@directories
 def test_canary_percent_only_in_the_canary_overlay(directory: Path) -> None:
     """The canary overlay splits traffic (1 to 99% to the new revision); no other kustomization
-    does, so applying the base or raw mode (which has no canary) never leaves a split behind."""
+    does, so applying the base or another overlay never leaves a split behind."""
     for service in of_kind(rendered(directory), "InferenceService"):
         percent = service["spec"]["predictor"].get("canaryTrafficPercent")
         if directory.name == "canary":
@@ -210,28 +332,45 @@ def test_threads_follow_the_worker_rule(directory: Path) -> None:
 @directories
 def test_concurrency_target_fills_the_default_versions_batches(directory: Path) -> None:
     """Knative's per-pod concurrency target is the default version's workers times batchSize."""
-    for service in of_kind(rendered(directory), "InferenceService"):
-        predictor = service["spec"]["predictor"]
-        if predictor.get("scaleMetric", "concurrency") != "concurrency":
+    for serving in serving_containers(rendered(directory)):
+        predictor = serving.source["spec"].get("predictor", {})
+        if serving.mode != "Knative" or predictor.get("scaleMetric") != "concurrency":
             continue
-        (serving,) = serving_containers((service,))
         workers = serving.plan().workers_per_version
         expected = workers * batch_size()
         assert predictor.get("scaleTarget") == expected, (
-            f"{name_of(service)}: scaleTarget "
+            f"{serving.where}: scaleTarget "
             f"{predictor.get('scaleTarget')}, but {workers} worker(s) x batchSize {batch_size()} = {expected}"
         )
 
 
 @needs_kubectl
 @directories
-def test_serving_pods_get_guaranteed_qos(directory: Path) -> None:
-    """Requests equal limits, and both name CPU and memory."""
+def test_serving_containers_request_their_limits(directory: Path) -> None:
+    """Requests equal limits, and both name CPU and memory: no overcommit on the serving container."""
     for serving in serving_containers(rendered(directory)):
-        requests, limits = serving.resources.get("requests"), serving.resources.get("limits")
-        assert requests and requests == limits and {"cpu", "memory"} <= requests.keys(), (
-            f"{serving.where}: requests {requests} and limits {limits}"
-        )
+        assert requests_its_limits(serving.container), f"{serving.where}: {serving.resources}"
+
+
+@needs_kubectl
+@directories
+def test_plain_pods_are_guaranteed(directory: Path) -> None:
+    """Every container of the plain Deployment's pod, the storage initializer included, requests
+    its limits: Kubernetes counts init containers too, so this makes the pod Guaranteed. (Under
+    KServe the containers it injects decide; the manifests say so.)"""
+    for deployment in of_kind(rendered(directory), "Deployment"):
+        burstable = [
+            container["name"]
+            for container in containers(deployment["spec"]["template"]["spec"], init=True)
+            if not requests_its_limits(container)
+        ]
+        assert not burstable, f"{name_of(deployment)}: requests below limits in {burstable}"
+
+
+def requests_its_limits(container: dict[str, Any]) -> bool:
+    resources = container.get("resources", {})
+    requests, limits = resources.get("requests"), resources.get("limits")
+    return bool(requests) and requests == limits and {"cpu", "memory"} <= requests.keys()
 
 
 @needs_kubectl
@@ -239,8 +378,9 @@ def test_serving_pods_get_guaranteed_qos(directory: Path) -> None:
 def test_every_container_runs_locked_down(directory: Path) -> None:
     """Non-root, no privilege escalation, no capabilities, the runtime's seccomp profile: set on the
     container or inherited from its pod (runAsNonRoot, seccompProfile), for init containers too."""
-    for where, pod, pod_containers in pod_specs(rendered(directory)):
-        for container in pod_containers:
+    for serving in serving_containers(rendered(directory)):
+        pod = serving.pod.get("securityContext", {})
+        for container in containers(serving.pod, init=True):
             context = container.get("securityContext", {})
             effective = {key: context.get(key, pod.get(key)) for key in ("runAsNonRoot", "seccompProfile")}
             problems = [
@@ -253,4 +393,4 @@ def test_every_container_runs_locked_down(directory: Path) -> None:
                 )
                 if failed
             ]
-            assert not problems, f"{where} container {container.get('name', 'model')}: {problems}"
+            assert not problems, f"{serving.where}, pod container {container['name']}: {problems}"
