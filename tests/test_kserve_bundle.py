@@ -40,7 +40,9 @@ LISTENERS = {
     "grpc_management_address": "127.0.0.1",
 }
 POD = Pod(cpus=8)  # two workers per version by the worker rule
+DRAIN_S = 5  # long enough for one prediction on a busy machine
 ENTRY = ROOT / "scripts" / "server" / "container_entry.py"
+PHOTO = photo_bytes((500, 400))
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +84,7 @@ def pod(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Entr
     )
     for folder in (server.run_dir / "tmp", server.log_dir):
         folder.mkdir(parents=True)
-    env = {**environment(server), "MODEL_BUNDLE": str(served)}
+    env = {**environment(server), "MODEL_BUNDLE": str(served), "DRAIN_SECONDS": str(DRAIN_S)}
     with open(server.log_dir / "console.log", "wb") as console:
         process = subprocess.Popen(
             [sys.executable, str(ENTRY)], env=env, cwd=server.run_dir, stdout=console, stderr=subprocess.STDOUT
@@ -185,7 +187,7 @@ def test_v1_and_v2_predictions_answer_without_a_token_and_agree(pod: EntryPoint)
     """The bundle's own config: no token, as a Service in front of several replicas needs."""
     wait_until_ready(pod)
     runtime = pod.server
-    image = photo_bytes((500, 400))
+    image = PHOTO
     v1 = requests.post(
         f"{runtime.inference_url}/v1/models/{MODEL_NAME}:predict", timeout=60, json={"instances": [b64(image)] * 2}
     )
@@ -202,13 +204,23 @@ def test_v1_and_v2_predictions_answer_without_a_token_and_agree(pod: EntryPoint)
     assert top5(row) == indices(first)
 
 
-def test_sigterm_stops_the_server_and_every_worker(pod: EntryPoint) -> None:
-    """As the kubelet stops the container: SIGTERM to the entry point, process 1 there. It
-    exits 0, and no frontend or worker outlives it."""
+def test_sigterm_drains_then_stops_the_server_and_every_worker(pod: EntryPoint) -> None:
+    """As the kubelet stops the container: SIGTERM to the entry point, process 1 there. It still
+    answers during DRAIN_SECONDS, then exits 0, and no frontend or worker outlives it."""
     wait_until_ready(pod)
     processes = psutil.Process(pod.process.pid).children(recursive=True)
     assert any("org.pytorch.serve.ModelServer" in " ".join(p.cmdline()) for p in processes)
     pod.process.send_signal(signal.SIGTERM)
-    assert pod.process.wait(timeout=container_entry.LEFTOVER_GRACE_S + 60) == 0
+    signalled = time.monotonic()
+    drained = requests.post(
+        f"{pod.server.inference_url}/v1/models/{MODEL_NAME}:predict", json={"instances": [b64(PHOTO)]}, timeout=60
+    )
+    assert drained.status_code == 200 and time.monotonic() - signalled < DRAIN_S
+    assert pod.process.wait(timeout=DRAIN_S + container_entry.LEFTOVER_GRACE_S + 60) == 0
     _, alive = psutil.wait_procs(processes, timeout=container_entry.LEFTOVER_GRACE_S)
     assert not alive, [p.cmdline() for p in alive]
+
+
+def test_a_drain_that_is_not_a_number_is_refused_with_a_reason(bundle: Path) -> None:
+    served = entry(env={"MODEL_BUNDLE": str(bundle), "DRAIN_SECONDS": "5s"})
+    assert served.returncode == 2 and "DRAIN_SECONDS must be a number of seconds" in served.stderr

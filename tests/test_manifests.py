@@ -67,6 +67,7 @@ SECRET_LIKE_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORE
 # The one image the manifests run besides ours: KServe's storage initializer (plain Deployment).
 STORAGE_INITIALIZER = "kserve/storage-initializer:"
 GRACE_PERIOD_S = 30
+DRAIN_S = 5
 
 
 # --- Every file ----------------------------------------------------------------------------------
@@ -297,6 +298,17 @@ def test_grace_period_is_stated(directory: Path) -> None:
     for serving in serving_containers(rendered(directory)):
         if serving.mode != "Knative":
             assert serving.pod.get("terminationGracePeriodSeconds") == GRACE_PERIOD_S, serving.where
+
+
+@needs_kubectl
+@directories
+def test_every_pod_drains_5_s_within_its_grace_period(directory: Path) -> None:
+    """The image serves DRAIN_SECONDS after SIGTERM while the pod leaves its endpoints: 5 s
+    everywhere, and with the stop itself (bounded at half the grace period by
+    tests/test_serving_image.py) inside the grace period."""
+    for serving in serving_containers(rendered(directory)):
+        assert serving.env.get("DRAIN_SECONDS") == str(DRAIN_S), serving.where
+        assert serving.pod.get("terminationGracePeriodSeconds", GRACE_PERIOD_S) > DRAIN_S + GRACE_PERIOD_S / 2
 
 
 @needs_kubectl

@@ -10,11 +10,16 @@ handling from the kernel, and TorchServe's launcher installs none, so a SIGTERM 
 until the kubelet's SIGKILL. Here SIGTERM (and SIGINT) go to TorchServe's Java frontend, which
 stops its workers and exits; then whatever is left is reaped, or killed after a bound.
 
+DRAIN_SECONDS (default 0) keeps serving that long after the first SIGTERM: Kubernetes sends it
+while the pod is still being taken out of its Service's endpoints, and requests routed to it
+meanwhile should still be answered. A second signal stops at once.
+
 Copied alone into the image: it imports the standard library only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -47,6 +52,11 @@ def serve() -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        drain = float(os.environ.get("DRAIN_SECONDS", "0"))
+    except ValueError:
+        print(f"error: DRAIN_SECONDS must be a number of seconds, not {os.environ['DRAIN_SECONDS']!r}", file=sys.stderr)
+        return 2
     launcher = subprocess.Popen(
         [
             *(sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs"),
@@ -57,10 +67,16 @@ def serve() -> int:
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
+        name = signal.Signals(signum).name
+        if not stopping and drain > 0:
+            stopping = True
+            print(f"{name}: serving {drain:g} s more, then stopping TorchServe", file=sys.stderr, flush=True)
+            time.sleep(drain)  # a signal meanwhile runs this handler again, and that one stops at once
         stopping = True
-        print(f"{signal.Signals(signum).name}: stopping TorchServe", file=sys.stderr, flush=True)
+        print(f"{name}: stopping TorchServe", file=sys.stderr, flush=True)
         frontend = _frontend_pid()
-        os.kill(frontend if frontend is not None else launcher.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # already stopped, by a signal during the drain
+            os.kill(frontend if frontend is not None else launcher.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
