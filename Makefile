@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 
 export VENV PYTHON
 
-.PHONY: setup archives serve stop lint format test test-busy bench soak kserve-bundle image clean
+.PHONY: setup archives serve stop lint format test test-busy bench soak kserve-bundle image smoke clean
 
 setup: $(VENV)/.setup-done
 
@@ -78,6 +78,13 @@ MINUTES ?= 10
 CONCURRENCY ?= 16
 soak: setup
 	$(PY) -m scripts.client.soak --minutes $(MINUTES) --concurrency $(CONCURRENCY)
+
+# Smoke-check a deployment from outside (scripts/client/smoke.py; docs/deployment.md), e.g.
+#   make smoke URL=http://$$INGRESS SMOKE_ARGS="--host-header resnet50.NS.example.com --isvc resnet50 --namespace NS"
+SMOKE_ARGS ?=
+smoke: setup
+	$(if $(URL),,$(error make smoke needs URL=http://... (docs/deployment.md)))
+	$(PY) -m scripts.client.smoke --url $(URL) $(SMOKE_ARGS)
 
 clean: stop
 	rm -rf build run results model_store/*.mar model_store/*.inputs

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scripts.client import smoke
 from scripts.endpoints import HOST, Ports, Server
 from scripts.packaging import image
 from scripts.packaging.kserve_bundle import Pod, write_bundle
@@ -157,6 +158,12 @@ def test_every_worker_serves_the_compiled_forward(server: Server, container: Con
     """The image's torch is the build's, so no worker falls back to the eager model."""
     ready = re.findall(r"ResNet50 \(\w+\) ready on cpu with \d+ intra-op threads, (.+)$", container.logs(), re.M)
     assert ready == ["compiled forward"] * (len(SERVED_VERSIONS) * POD.plan().workers_per_version)
+
+
+def test_the_smoke_check_passes_against_it(server: Server) -> None:
+    """The check users run after `kubectl apply` (docs/deployment.md), all but its kubectl wait."""
+    arguments = ["--url", server.inference_url, "--metrics-url", server.metrics_url, "--requests", "20"]
+    assert smoke.main(arguments) == 0
 
 
 def test_sigterm_stops_it_cleanly_well_inside_the_grace_period(server: Server, container: Container) -> None:

@@ -33,6 +33,7 @@ SERVED_TESTS = (
     "test_model_snapshot",
     "test_prometheus_server",
     "test_serving_image",
+    "test_smoke",
 )
 
 
