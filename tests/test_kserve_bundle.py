@@ -181,6 +181,8 @@ def test_the_readiness_probe_fails_with_a_reason_while_nothing_answers(tmp_path:
 def test_without_a_bundle_the_entry_point_says_what_to_mount(tmp_path: Path) -> None:
     served = entry(env={"MODEL_BUNDLE": str(tmp_path / "nothing")})
     assert served.returncode == 2 and "no model bundle at" in served.stderr and "make kserve-bundle" in served.stderr
+    probe = entry("ready", env={"MODEL_BUNDLE": str(tmp_path / "nothing")})
+    assert probe.returncode == 1 and "not ready: no bundle config at" in probe.stderr
 
 
 def test_v1_and_v2_predictions_answer_without_a_token_and_agree(pod: EntryPoint) -> None:

@@ -110,6 +110,9 @@ def _reap_leftovers() -> None:
 
 def ready() -> int:
     """0 if every version of every model registered has all its workers READY, else 1."""
+    if not CONFIG.is_file():
+        print(f"not ready: no bundle config at {CONFIG}", file=sys.stderr)
+        return 1
     match = re.findall(r"^\s*management_address\s*=\s*(\S+)", CONFIG.read_text(), re.MULTILINE)
     management = match[-1] if match else "http://127.0.0.1:8081"  # TorchServe's default
     try:
