@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ LISTENERS = {
     "grpc_management_address": "127.0.0.1",
 }
 POD = Pod(cpus=8)  # two workers per version by the worker rule
-DRAIN_S = 5  # long enough for one prediction on a busy machine
+DRAIN_S = 10  # long enough for one prediction on a busy machine
 ENTRY = ROOT / "scripts" / "server" / "container_entry.py"
 PHOTO = photo_bytes((500, 400))
 
@@ -70,26 +71,31 @@ class EntryPoint:
         return entry("ready", env=self.environment)
 
 
-@pytest.fixture(scope="module")
-def pod(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EntryPoint]:
+def start(bundle: Path, run_dir: Path, ports: Ports, drain: float = 0) -> EntryPoint:
     """`container_entry.py` serving the bundle's archives with its config, the listeners moved to
-    free loopback ports (a machine has one 8080); everything else as the bundle says."""
-    served = tmp_path_factory.mktemp("pod-mnt") / "models"
+    `ports` on loopback (a machine has one 8080); everything else as the bundle says."""
+    served = run_dir / "mnt" / "models"
     (served / "config").mkdir(parents=True)
     (served / "model-store").symlink_to(bundle / "model-store")
-    server = Server(run_dir=tmp_path_factory.mktemp("pod"), model_store=served / "model-store", ports=Ports.free())
+    server = Server(run_dir=run_dir, model_store=served / "model-store", ports=ports)
     (served / "config" / "config.properties").write_text(
         (bundle / "config" / "config.properties").read_text()
         + properties_text({**server.listeners(), "metrics_config": bundle / "config" / "metrics.yaml"})
     )
     for folder in (server.run_dir / "tmp", server.log_dir):
         folder.mkdir(parents=True)
-    env = {**environment(server), "MODEL_BUNDLE": str(served), "DRAIN_SECONDS": str(DRAIN_S)}
+    env = {**environment(server), "MODEL_BUNDLE": str(served), "DRAIN_SECONDS": str(drain)}
     with open(server.log_dir / "console.log", "wb") as console:
         process = subprocess.Popen(
             [sys.executable, str(ENTRY)], env=env, cwd=server.run_dir, stdout=console, stderr=subprocess.STDOUT
         )
-    started = EntryPoint(process, server, env)
+    return EntryPoint(process, server, env)
+
+
+@pytest.fixture(scope="module")
+def pod(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EntryPoint]:
+    started = start(bundle, tmp_path_factory.mktemp("pod"), Ports.free(), drain=DRAIN_S)
+    process = started.process
     try:
         yield started
     finally:
@@ -103,18 +109,6 @@ def describe(server: Server, version: str = "") -> list[dict[str, Any]]:
     path = f"{MODEL_NAME}/{version}" if version else MODEL_NAME
     described: list[dict[str, Any]] = requests.get(f"{server.management_url}/models/{path}", timeout=10).json()
     return described
-
-
-def wait_until(ready: Callable[[], bool], server: Server, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if ready():
-                return
-        except (requests.ConnectionError, KeyError, IndexError):
-            pass  # not listening yet, or the model not registered yet
-        time.sleep(1)
-    raise AssertionError(f"not ready within {timeout:g} s; see {server.log_dir}")
 
 
 def test_the_bundle_is_laid_out_as_the_image_expects(bundle: Path) -> None:
@@ -223,6 +217,20 @@ def test_sigterm_drains_then_stops_the_server_and_every_worker(pod: EntryPoint) 
     assert not alive, [p.cmdline() for p in alive]
 
 
-def test_a_drain_that_is_not_a_number_is_refused_with_a_reason(bundle: Path) -> None:
-    served = entry(env={"MODEL_BUNDLE": str(bundle), "DRAIN_SECONDS": "5s"})
+@pytest.mark.parametrize("drain", ["5s", "-1", "inf", "nan"])
+def test_a_drain_that_is_not_a_number_of_seconds_is_refused_with_a_reason(bundle: Path, drain: str) -> None:
+    served = entry(env={"MODEL_BUNDLE": str(bundle), "DRAIN_SECONDS": drain})
     assert served.returncode == 2 and "DRAIN_SECONDS must be a number of seconds" in served.stderr
+
+
+def test_a_torchserve_that_exits_on_its_own_is_a_failure(bundle: Path, tmp_path: Path) -> None:
+    """TorchServe's launcher exits 0 whatever its frontend did; the entry point must not, or a
+    restart policy would take a crash for a finished job. Here the frontend cannot bind its port."""
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        free = Ports.free()
+        failed = start(bundle, tmp_path, Ports(taken.getsockname()[1], *astuple(free)[1:]))
+        status = failed.process.wait(timeout=300)
+    log = (failed.server.log_dir / "console.log").read_text()
+    assert status != 0 and "TorchServe exited on its own" in log, log[-2000:]

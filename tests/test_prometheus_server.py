@@ -128,9 +128,17 @@ def test_prometheus_computes_a_p99_within_the_bucket_of_the_slowest_request(serv
 def test_the_recorded_p99_is_the_rules_expression_for_each_version(server: Server, prometheus: str) -> None:
     """rules.yml's recording rule yields a series for the default version's whole handler, with the
     value its expression gives at the instant it was recorded."""
+    seen = sum(query(prometheus, COUNTS))
     RestClient.for_server(server).predict(MODEL_NAME, photo_bytes((640, 480)), content_type="image/jpeg")
-    [recorded] = wait_for(prometheus, RECORDED_P99, lambda values: len(values) == 1 and not math.isnan(values[0]))
-    [at] = query(prometheus, f"timestamp({RECORDED_P99})")
+    wait_for(prometheus, COUNTS, lambda values: sum(values) > seen)
+    [scraped] = query(prometheus, f"max(timestamp({COUNTS}))")
+    # A recording two evaluations after the scrape that holds the batch: every sample it read is
+    # stored by then, so the direct query at its instant reads the same ones.
+    [at] = wait_for(
+        prometheus, f"timestamp({RECORDED_P99})", lambda values: len(values) == 1 and values[0] > scraped + 2
+    )
+    [recorded] = query(prometheus, RECORDED_P99, at)
+    assert not math.isnan(recorded)
     rules = yaml.safe_load((CONFIG_DIR / "prometheus" / "rules.yml").read_text())
     name = RECORDED_P99.split("{", maxsplit=1)[0]
     [expression] = [rule["expr"] for group in rules["groups"] for rule in group["rules"] if rule.get("record") == name]

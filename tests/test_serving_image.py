@@ -34,7 +34,7 @@ from test_explanations_served import *  # noqa: F403
 from test_metrics_served import *  # noqa: F403
 from test_protocols_served import *  # noqa: F403
 
-TAG = "resnet50-serving:cuda"
+TAG = "resnet50-serving:test-cuda"  # not the tag `make image VARIANT=cuda` gives a user's build
 POD = Pod(cpus=2)
 ENTRY = ["/opt/venv/bin/python", "/opt/resnet50/container_entry.py"]
 DEPLOYMENT = ROOT / "deploy" / "kubernetes" / "base" / "deployment.yaml"
@@ -93,7 +93,7 @@ def container(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         path.chmod(0o755 if path.is_dir() else 0o644)  # readable by uid 1000, as a volume is
     name = f"resnet50-test-{bundle.parent.name}"
     started = podman(
-        *("run", "--detach", "--name", name, "--user", "1000:1000", "--read-only"),
+        *("run", "--detach", "--replace", "--name", name, "--user", "1000:1000", "--read-only"),
         *("--volume", f"{bundle}:/mnt/models:ro"),
         *(option for port in (8080, 7070, 8082) for option in ("--publish", f"{HOST}::{port}")),
         TAG,

@@ -5,7 +5,7 @@
     python -m scripts.packaging.image --base local             # on a Debian root made here
 
 `--base local` is for machines that reach no container registry but do reach Debian's mirrors:
-mmdebstrap makes a bookworm root with python3.11 from the machine's own apt sources, and the
+mmdebstrap makes a bookworm root with python3.11 from Debian's mirrors, and the
 engine imports it as localhost/bookworm-python3.11. With podman, the build's pip is given the
 machine's pip configuration and the local folders it names (wheel folders, CA bundle,
 constraints), read-only, so it installs from where this machine's pip does.
@@ -14,6 +14,7 @@ constraints), read-only, so it installs from where this machine's pip does.
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import shutil
 import subprocess
@@ -28,6 +29,8 @@ VARIANTS = ("cpu", "cuda")
 DEFAULT_BASE = "docker.io/library/python:3.11-slim-bookworm"
 LOCAL_BASE = "localhost/bookworm-python3.11:latest"
 LOCAL_BASE_PACKAGES = "python3.11,python3.11-venv,ca-certificates"
+# The pip settings a build takes from this machine: where packages come from, and how to trust it.
+WHERE_PIP_LOOKS = {"index-url", "extra-index-url", "find-links", "constraint", "cert", "trusted-host", "timeout"}
 
 
 class ImageError(RuntimeError):
@@ -60,7 +63,7 @@ def image_size(tag: str) -> int:
 
 
 def local_base() -> str:
-    """LOCAL_BASE, made with mmdebstrap from the machine's apt sources unless it exists."""
+    """LOCAL_BASE, made with mmdebstrap from Debian's mirrors unless it exists."""
     if image_exists(LOCAL_BASE):
         return LOCAL_BASE
     if shutil.which("mmdebstrap") is None:
@@ -99,7 +102,11 @@ def _pip_mounts(scratch: Path) -> list[str]:
     listed = subprocess.run(
         [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, check=True
     ).stdout
-    settings = dict(re.findall(r"^[^.]*\.([\w-]+)='(.*)'$", listed, re.MULTILINE))
+    settings = {
+        key: " ".join(ast.literal_eval(value).split())  # pip prints each value as a Python literal
+        for key, value in re.findall(r"^[^.\n]*\.([\w-]+)=(.*)$", listed, re.MULTILINE)
+        if key in WHERE_PIP_LOOKS
+    }
     if not settings:
         return []
     config = scratch / "pip.conf"

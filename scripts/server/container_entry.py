@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -30,7 +31,6 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 BUNDLE = Path(os.environ.get("MODEL_BUNDLE", "/mnt/models"))
@@ -40,11 +40,16 @@ MODEL_STORE = BUNDLE / "model-store"
 LEFTOVER_GRACE_S = 10.0
 # TorchServe's launcher writes the frontend's pid here (ts/model_server.py).
 PID_FILE_NAME = ".model_server.pid"
+FRONTEND_CLASS = b"org.pytorch.serve.ModelServer"
+POLL_S = 0.1
 
 
 def serve() -> int:
-    """TorchServe in the foreground until it exits or a stop signal arrives; its exit status,
-    or 0 for a requested stop."""
+    """TorchServe in the foreground until it exits or a stop signal arrives: 0 for a requested
+    stop, else TorchServe's failure (never 0: its launcher exits 0 whatever the frontend did).
+
+    The signal handlers only record the signal; this loop drains, forwards and reaps, so a second
+    signal is acted on at once and no handler runs inside another."""
     if missing := [str(path) for path in (CONFIG, MODEL_STORE) if not path.exists()]:
         print(
             f"error: no model bundle at {BUNDLE} (missing {', '.join(missing)}). Mount the folder "
@@ -52,50 +57,81 @@ def serve() -> int:
             file=sys.stderr,
         )
         return 2
-    try:
-        drain = float(os.environ.get("DRAIN_SECONDS", "0"))
-    except ValueError:
-        print(f"error: DRAIN_SECONDS must be a number of seconds, not {os.environ['DRAIN_SECONDS']!r}", file=sys.stderr)
+    if (drain := _drain_seconds()) is None:
         return 2
+    signals: list[int] = []  # the stop signals received, in order
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda signum, _frame: signals.append(signum))
+    _pid_file().unlink(missing_ok=True)  # a previous container's, in a /tmp the pod kept
     launcher = subprocess.Popen(
         [
             *(sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs"),
             *("--model-store", str(MODEL_STORE), "--ts-config", str(CONFIG)),
         ]
     )
-    stopping = False
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        name = signal.Signals(signum).name
-        if not stopping and drain > 0:
-            stopping = True
-            print(f"{name}: serving {drain:g} s more, then stopping TorchServe", file=sys.stderr, flush=True)
-            time.sleep(drain)  # a signal meanwhile runs this handler again, and that one stops at once
-        stopping = True
-        print(f"{name}: stopping TorchServe", file=sys.stderr, flush=True)
-        frontend = _frontend_pid()
-        with contextlib.suppress(ProcessLookupError):  # already stopped, by a signal during the drain
-            os.kill(frontend if frontend is not None else launcher.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    status = launcher.wait()
+    stop_at, forwarded = math.inf, False
+    while (status := _reap(launcher.pid)) is None:
+        if signals and stop_at == math.inf:
+            stop_at = time.monotonic() + drain
+            _say(f"{signal.Signals(signals[0]).name}: serving {drain:g} s more, then stopping TorchServe")
+        if not forwarded and (len(signals) > 1 or time.monotonic() >= stop_at):
+            _say(f"{signal.Signals(signals[-1]).name}: stopping TorchServe")
+            with contextlib.suppress(ProcessLookupError):  # it stopped meanwhile
+                os.kill(_frontend_pid() or launcher.pid, signal.SIGTERM)
+            forwarded = True
+        time.sleep(POLL_S)
+    launcher.returncode = status
     _reap_leftovers()
-    return 0 if stopping else status
+    if signals:
+        return 0
+    _say(f"TorchServe exited on its own (launcher status {status}): see its log above")
+    return status or 1
+
+
+def _drain_seconds() -> float | None:
+    """DRAIN_SECONDS, or None after saying why it is not a number of seconds."""
+    value = os.environ.get("DRAIN_SECONDS", "0")
+    try:
+        drain = float(value)
+    except ValueError:
+        drain = math.nan
+    if not 0 <= drain < math.inf:
+        _say(f"error: DRAIN_SECONDS must be a number of seconds, 0 or more, not {value!r}")
+        return None
+    return drain
+
+
+def _reap(launcher: int) -> int | None:
+    """Reap every child that has exited (as process 1, every orphan of the container is one);
+    the launcher's exit status once it is among them."""
+    while True:
+        try:
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if pid == 0:
+            return None
+        if pid == launcher:
+            return os.waitstatus_to_exitcode(wait_status)
+
+
+def _pid_file() -> Path:
+    return Path(tempfile.gettempdir()) / PID_FILE_NAME
 
 
 def _frontend_pid() -> int | None:
-    """The Java frontend's pid, once the launcher has started it."""
+    """The Java frontend's pid, once the launcher has started it and while it runs."""
     try:
-        return int((Path(tempfile.gettempdir()) / PID_FILE_NAME).read_text().strip())
+        pid = int(_pid_file().read_text().strip())
+        running = (Path("/proc") / str(pid) / "cmdline").read_bytes()
     except (FileNotFoundError, ValueError):
         return None
+    return pid if FRONTEND_CLASS in running else None
 
 
 def _reap_leftovers() -> None:
-    """As process 1, wait for the processes the frontend left (its workers, stopping), then kill
-    any still alive after LEFTOVER_GRACE_S."""
+    """Wait up to LEFTOVER_GRACE_S for the processes the frontend left (its workers, stopping);
+    whatever is left when process 1 exits, the kernel kills."""
     deadline = time.monotonic() + LEFTOVER_GRACE_S
     while time.monotonic() < deadline:
         try:
@@ -103,9 +139,11 @@ def _reap_leftovers() -> None:
         except ChildProcessError:
             return  # none left
         if pid == 0:
-            time.sleep(0.1)
-    if os.getpid() == 1:
-        os.kill(-1, signal.SIGKILL)  # every process of the container but this one
+            time.sleep(POLL_S)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def ready() -> int:
