@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from manifests import READY_COMMAND
 from scripts.client import smoke
 from scripts.endpoints import HOST, Ports, Server
 from scripts.packaging import image
@@ -36,7 +37,7 @@ from test_protocols_served import *  # noqa: F403
 
 TAG = "resnet50-serving:test-cuda"  # not the tag `make image VARIANT=cuda` gives a user's build
 POD = Pod(cpus=2)
-ENTRY = ["/opt/venv/bin/python", "/opt/resnet50/container_entry.py"]
+PYTHON = READY_COMMAND[0]  # the image's interpreter
 DEPLOYMENT = ROOT / "deploy" / "kubernetes" / "base" / "deployment.yaml"
 UNCHECKED = (
     "the serving image was not built or run here: its protocols, explanations, metrics, compiled "
@@ -106,9 +107,9 @@ def container(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def wait_until_ready(container: Container, timeout: float = 300.0) -> None:
-    """Until the image's readiness probe passes (bounded for a busy machine)."""
+    """Until the readiness probe passes, run as the manifests run it (bounded for a busy machine)."""
     deadline = time.monotonic() + timeout
-    while (probe := container.run(*ENTRY, "ready")).returncode != 0:
+    while (probe := container.run(*READY_COMMAND)).returncode != 0:
         assert time.monotonic() < deadline, (
             f"not ready within {timeout:g} s: {probe.stderr}\n{container.logs()[-3000:]}"
         )
@@ -150,7 +151,7 @@ def test_management_listens_on_the_containers_loopback_only(server: Server, cont
         "import socket, sys; address = socket.gethostbyname(socket.gethostname()); "
         "print(*(socket.socket().connect_ex((address, int(port))) for port in sys.argv[1:]))"
     )
-    inference, management = container.run(ENTRY[0], "-c", connect, "8080", "8081").stdout.split()
+    inference, management = container.run(PYTHON, "-c", connect, "8080", "8081").stdout.split()
     assert inference == "0" and management != "0"
 
 
