@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 
 export VENV PYTHON
 
-.PHONY: setup archives serve stop lint format test test-busy bench soak kserve-bundle image smoke clean
+.PHONY: setup archives serve stop lint format test test-busy mutants bench soak kserve-bundle image smoke clean
 
 setup: $(VENV)/.setup-done
 
@@ -65,6 +65,16 @@ RUNS ?= 3
 test-busy: setup
 	$(PY) -m scripts.harness.busy_machine --runs $(RUNS)
 
+# Mutation testing (docs/testing.md#mutation-testing): mutmut mutates handler/ and the config
+# builders ([tool.mutmut] in pyproject.toml) and runs the in-process tests that reach each mutant,
+# two at a time, one torch thread each. Not part of `make test`: the first run takes most of an
+# hour. Results stay in mutants/, and a later run tests only the functions that changed.
+# MUTANTS: a glob of mutant names, to run only those (MUTANTS='image_decoding.*').
+MUTANTS ?=
+mutants: setup
+	OMP_NUM_THREADS=1 RESNET50_MUTANTS=1 $(PY) scripts/harness/mutants.py run --max-children 2 $(MUTANTS)
+	$(PY) scripts/harness/mutants.py export-cicd-stats
+
 # Benchmark-only extras: locust (load).
 $(VENV)/.bench-done: requirements-bench.txt | setup
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
@@ -87,4 +97,4 @@ smoke: setup
 	$(PY) -m scripts.client.smoke --url $(URL) $(SMOKE_ARGS)
 
 clean: stop
-	rm -rf build run results model_store/*.mar model_store/*.inputs
+	rm -rf build run results mutants model_store/*.mar model_store/*.inputs

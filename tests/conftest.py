@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import requests
 
+import mutation_preload as mutants  # tests/mutation_preload.py ("mutants" is the folder mutmut writes)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "handler"))
 sys.path.insert(0, str(ROOT))
@@ -29,13 +31,24 @@ from scripts.worker_plan import WorkerPlan  # noqa: E402
 
 # One worker per version, two threads: this machine has two cores.
 TEST_PLAN = WorkerPlan(workers_per_version=1, number_of_gpu=0, threads_per_worker=2)
+TEST_MODEL_STORE = BUILD_DIR / "test-model-store"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Under `make mutants`, load the archives once, in mutmut's fork server (mutation_preload.py)."""
+    if mutants.in_the_fork_server(session.config):
+        mutants.preload(TEST_MODEL_STORE)
 
 
 @pytest.fixture(scope="session")
 def model_store() -> Path:
     """Archives of seeded random weights, kept between runs: an unchanged archive (same
-    handler, config, weights and CPU) is not rebuilt, which saves compiling its forward pass."""
-    store = BUILD_DIR / "test-model-store"
+    handler, config, weights and CPU) is not rebuilt, which saves compiling its forward pass.
+    A mutant's tests take them as mutmut's first run built them: a mutant that changes an
+    archive's fingerprint would otherwise rebuild it, and the next mutant rebuild it back."""
+    store = TEST_MODEL_STORE
+    if mutants.mutant():
+        return store
     for version in SERVED_VERSIONS:
         build_archives.build(version, RANDOM, store)
     return store
@@ -61,6 +74,8 @@ def client(server: Server) -> RestClient:
 @pytest.fixture(scope="session")
 def canary_archive(model_store: Path) -> str:
     """A rebuild of 2.0's recipe as version 2.1, in the server's model store."""
+    if mutants.mutant():
+        return archive_name("2.1")
     return build_archives.build("2.1", RANDOM, model_store, recipe_version="2.0").name
 
 
@@ -77,7 +92,7 @@ class InProcessModels:
 
     def __getitem__(self, version: str) -> InProcessModel:
         if version not in self._loaded:
-            model = InProcessModel(
+            model = mutants.preloaded(version) or InProcessModel(
                 self._model_store / archive_name(version), self._tmp_path_factory.mktemp(f"model-{version}")
             )
             self._loaded[version] = model, dict(vars(model.handler))

@@ -1,0 +1,47 @@
+"""`make mutants`: mutmut, told that handler/'s modules are imported flat.
+
+mutmut names a mutant after its file (handler/image_decoding.py -> `handler.image_decoding.x_...`)
+and switches it on only in functions whose `__module__` is that name. TorchServe, the tests and
+scripts/ import the handler's modules flat (`image_decoding`, the archive's folder on sys.path), so
+plain mutmut would run every handler mutant as the original code and call it "no tests"
+(boxed/mutmut#515), without a warning: the scripts/ mutants are named right. mutmut already drops a
+`src.` prefix; this drops `handler.` the same way, and checks that it did before mutmut starts.
+
+Run it by path (`python scripts/harness/mutants.py run`), never as `-m scripts...`: mutmut forks
+every test process from this one, so anything of the project imported here would be the unmutated
+module in every mutant's process.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import mutmut.utils.format_utils as mutant_names
+from mutmut.__main__ import cli
+
+
+def name_handler_modules_flat() -> None:
+    """Name handler/'s mutants as its modules are imported: flat, without `handler.`."""
+    strip_prefix = mutant_names.strip_prefix
+
+    def strip_src_then_handler(s: str, *, prefix: str, strict: bool = False) -> str:
+        stripped = strip_prefix(s, prefix=prefix, strict=strict)
+        return strip_prefix(stripped, prefix="handler.") if prefix == "src." else stripped
+
+    mutant_names.strip_prefix = strip_src_then_handler
+    named = {
+        mutant_names.get_mutant_name(Path(path), "x_f__mutmut_1")
+        for path in ("handler/image_decoding.py", "scripts/model_config.py")
+    }
+    if named != {"image_decoding.x_f__mutmut_1", "scripts.model_config.x_f__mutmut_1"}:
+        raise RuntimeError(
+            f"this mutmut names mutants {sorted(named)}: {__file__} no longer gives handler/'s mutants "
+            "their flat module names; check it against the installed mutmut, then the pin in requirements-dev.txt"
+        )
+
+
+if __name__ == "__main__":
+    sys.path.pop(0)  # this file's folder, put there by `python <path>`: nothing in it is for mutmut's processes
+    name_handler_modules_flat()
+    cli(prog_name="mutmut")
