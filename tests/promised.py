@@ -46,7 +46,7 @@ POD_UID = 1000
 # Each value in the words that state it: (file, words). Whitespace in the doc is normalised, so a
 # promise may wrap across lines.
 STATEMENTS: tuple[tuple[str, str], ...] = (
-    ("docs/serving.md", f"| `batchSize` | `config/models/resnet50/model-config.yaml` (or `build_archives --set KEY=N`) | {BATCH_SIZE} |"),
+    ("docs/serving.md", f"model-config.yaml` (or `build_archives --set KEY=N`) | {BATCH_SIZE} |"),
     ("docs/serving.md", f"| `maxBatchDelay` | same file | {MAX_BATCH_DELAY_MS} ms |"),
     ("docs/serving.md", f"| `responseTimeout` | same file | {RESPONSE_TIMEOUT_S} s |"),
     ("docs/serving.md", f"| `jobQueueSize` | not set: TorchServe's default | {JOB_QUEUE_SIZE} |"),
@@ -59,7 +59,8 @@ STATEMENTS: tuple[tuple[str, str], ...] = (
     (
         "docs/serving.md",
         f"| listeners | `config/config.properties` | loopback ({LOOPBACK}): REST {INFERENCE_PORT} (inference), "
-        f"{MANAGEMENT_PORT} (management), {METRICS_PORT} (metrics); gRPC {GRPC_INFERENCE_PORT}, {GRPC_MANAGEMENT_PORT} |",
+        f"{MANAGEMENT_PORT} (management), {METRICS_PORT} (metrics); "
+        f"gRPC {GRPC_INFERENCE_PORT}, {GRPC_MANAGEMENT_PORT} |",
     ),
     (
         "docs/serving.md",
@@ -67,7 +68,7 @@ STATEMENTS: tuple[tuple[str, str], ...] = (
         + (f"{MAX_REQUEST_BYTES // MIB} MiB each |" if MAX_REQUEST_BYTES == MAX_RESPONSE_BYTES else "unequal |"),
     ),
     ("docs/serving.md", f"| `token_expiration_min` | same file | {TOKEN_EXPIRATION_MIN // 60} h |"),
-    ("docs/metrics.md", "Buckets {:g} ms to {:g} s".format(LATENCY_BUCKETS_RANGE[0] * 1000, LATENCY_BUCKETS_RANGE[1])),
+    ("docs/metrics.md", f"Buckets {LATENCY_BUCKETS_RANGE[0] * 1000:g} ms to {LATENCY_BUCKETS_RANGE[1]:g} s"),
     ("docs/metrics.md", "images per forward pass; buckets {} to {}".format(*BATCH_BUCKETS_RANGE)),
     (
         "docs/deployment.md",
@@ -82,6 +83,9 @@ STATEMENTS: tuple[tuple[str, str], ...] = (
     ("docs/deployment.md", f"requests in flight per pod, `scaleTarget: {KNATIVE_CONCURRENCY_TARGET}`"),
     ("docs/deployment.md", f"a 2.1 bundle at `canaryTrafficPercent: {CANARY_PERCENT}`"),
     ("docs/deployment.md", "an `autoscaling/v2` HPA on CPU utilization, {} to {} replicas".format(*PLAIN_REPLICAS)),
-    ("docs/deployment.md", "a **Service** with only {} (REST) and {} (gRPC)".format(*sorted(SERVICE_PORTS, reverse=True))),
+    (
+        "docs/deployment.md",
+        "a **Service** with only {} (REST) and {} (gRPC)".format(*sorted(SERVICE_PORTS, reverse=True)),
+    ),
     ("docs/deployment.md", f"**Locked down**: uid {POD_UID}, no privilege escalation, all capabilities dropped"),
 )
