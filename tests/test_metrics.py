@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import ts
 
-from handler_metrics import BATCH_BUCKETS, LATENCY_BUCKETS, STAGES
+from handler_metrics import BATCH_BUCKETS, BATCH_IMAGES, LATENCY_BUCKETS, STAGE_SECONDS, STAGES, Histogram
 from images import b64, photo_bytes
-from scripts.harness.in_process import InProcessModel, Request
+from scripts.harness.in_process import METRICS_CONFIG, InProcessModel, Request, metrics_cache
 from scripts.paths import archive_name
 
 PHOTO = photo_bytes((320, 240))
@@ -118,3 +118,25 @@ def test_without_our_metrics_config_the_handler_serves_and_says_its_metrics_are_
     assert answer.status == 200
     assert "the handler's metrics are off. Serve with config/metrics.yaml" in caplog.text
     assert not [sample for sample in printed(caplog) if sample.name.startswith("handler_")]
+
+
+@pytest.mark.parametrize(
+    ("histogram", "labels"), [(STAGE_SECONDS, ["resnet50", "2.0", "forward"]), (BATCH_IMAGES, ["resnet50", "2.0"])]
+)
+def test_a_value_on_a_bound_is_counted_in_that_bucket_and_not_the_one_below(
+    histogram: Histogram, labels: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Prometheus' `le` means "less than or equal": an observation exactly on a bound belongs to
+    that bound's bucket (and every bucket above), and the smallest value above it does not."""
+    cache = metrics_cache(METRICS_CONFIG)
+    bound = histogram.buckets[2]
+    with caplog.at_level(logging.INFO):
+        histogram.observe(cache, bound, labels)
+        histogram.observe(cache, math.nextafter(bound, math.inf), labels)
+    counted: dict[str, float] = {}
+    for sample in printed(caplog):
+        if sample.name == f"{histogram.name}_bucket":
+            counted[sample.labels["le"]] = counted.get(sample.labels["le"], 0) + sample.value
+    assert counted == {repr(float(bound)): 1} | {repr(float(b)): 2 for b in histogram.buckets if b > bound} | {
+        "+Inf": 2
+    }

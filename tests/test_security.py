@@ -21,14 +21,15 @@ import requests
 import torch
 from google.protobuf import empty_pb2
 
+import promised
 from conftest import TEST_PLAN, refused, served_versions
 from images import b64, photo_bytes
 from resnet50_handler import ResNet50Handler
 from scripts.client.grpc_client import GrpcClient
 from scripts.client.rest_api import RestClient, Tokens
 from scripts.client.torchserve_grpc import inference_pb2, management_pb2, open_inference_grpc_pb2
-from scripts.endpoints import Ports, Server, ServerError
-from scripts.paths import MODEL_NAME, ROOT, archive_name
+from scripts.endpoints import Ports, Server, ServerError, read_properties
+from scripts.paths import CONFIG_DIR, MODEL_NAME, ROOT, archive_name
 from scripts.server.lifecycle import running_pid, start, stop
 
 REFUSED = "Token Authorization failed"
@@ -143,6 +144,33 @@ def test_every_listener_is_on_loopback(server: Server) -> None:
     for address in listening:  # Java reports IPv4 loopback as ::ffff:127.0.0.1
         ip = ipaddress.ip_address(address.ip)
         assert (getattr(ip, "ipv4_mapped", None) or ip).is_loopback, f"listening on {address.ip}"
+
+
+def test_the_shipped_listeners_are_the_promised_loopback_ports() -> None:
+    """A plain `torchserve --start` reads them from config/config.properties, and `make serve`
+    writes them from scripts/endpoints.py: both must be the promised ones (the served tests move
+    every port, so only this holds the shipped addresses)."""
+    loopback = promised.LOOPBACK
+    expected = {
+        "inference_address": f"http://{loopback}:{promised.INFERENCE_PORT}",
+        "management_address": f"http://{loopback}:{promised.MANAGEMENT_PORT}",
+        "metrics_address": f"http://{loopback}:{promised.METRICS_PORT}",
+        "grpc_inference_address": loopback,
+        "grpc_management_address": loopback,
+        "grpc_inference_port": str(promised.GRPC_INFERENCE_PORT),
+        "grpc_management_port": str(promised.GRPC_MANAGEMENT_PORT),
+    }
+    shipped = read_properties(CONFIG_DIR / "config.properties")
+    assert {key: shipped.get(key) for key in expected} == expected
+    written_by_make_serve = {key: str(value) for key, value in Server().listeners().items()}
+    assert written_by_make_serve.items() <= expected.items()
+
+
+def test_the_shipped_body_limits_and_token_lifetime_are_the_promised_ones() -> None:
+    shipped = read_properties(CONFIG_DIR / "config.properties")
+    assert int(shipped["max_request_size"]) == promised.MAX_REQUEST_BYTES
+    assert int(shipped["max_response_size"]) == promised.MAX_RESPONSE_BYTES
+    assert int(shipped["token_expiration_min"]) == promised.TOKEN_EXPIRATION_MIN
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import promised
 from answers import same_answer
 from conftest import refused, restore
 from images import encode, photo_bytes
@@ -113,9 +114,9 @@ def test_an_archive_missing_from_the_store_is_404(api: Any) -> None:
 
 
 def test_an_image_rest_accepts_is_accepted_over_grpc(server: Server) -> None:
-    """Bigger than gRPC's default 4 MiB message limit, within max_request_size."""
+    """Bigger than gRPC's default 4 MiB message limit, within the promised 10 MiB."""
     noise = np.random.default_rng(0).integers(0, 256, (1400, 1400, 3), dtype=np.uint8)
     image = encode(Image.fromarray(noise), "PNG")
-    assert 4 * 2**20 < len(image) < server.max_request_size()
+    assert 4 * promised.MIB < len(image) < promised.MAX_REQUEST_BYTES
     by_rest = RestClient.for_server(server).predict(MODEL_NAME, image)
     assert same_answer(GrpcClient.for_server(server).predict(MODEL_NAME, image), by_rest)
