@@ -42,6 +42,10 @@ CANARY_PERCENT = 10
 PLAIN_REPLICAS = (2, 8)
 SERVICE_PORTS = frozenset({INFERENCE_PORT, GRPC_INFERENCE_PORT})
 POD_UID = 1000
+GPU_POD_CPUS, GPU_POD_GPUS = "8", "1"  # the GPU overlays' pod
+GPU_TAINT = "nvidia.com/gpu"
+MONITORING_NAMESPACE = "monitoring"  # the only namespace the plain NetworkPolicy admits to metrics
+ALLOWED_URLS = "(?!)"  # an empty negative lookahead: fails at every position, so no URL matches
 
 # Each value in the words that state it: (file, words). Whitespace in the doc is normalised, so a
 # promise may wrap across lines.
@@ -88,4 +92,18 @@ STATEMENTS: tuple[tuple[str, str], ...] = (
         "a **Service** with only {} (REST) and {} (gRPC)".format(*sorted(SERVICE_PORTS, reverse=True)),
     ),
     ("docs/deployment.md", f"**Locked down**: uid {POD_UID}, no privilege escalation, all capabilities dropped"),
+    ("docs/deployment.md", f"The overlay asks for `nvidia.com/gpu: {GPU_POD_GPUS}`"),
+    (
+        "docs/deployment.md",
+        f"{GPU_POD_CPUS} CPUs for decoding, the `:cuda` image, and tolerates the usual `{GPU_TAINT}` taint",
+    ),
+    (
+        "docs/deployment.md",
+        f"admits inference from pods of any namespace and metrics only from the {MONITORING_NAMESPACE} namespace",
+    ),
+    (
+        "docs/deployment.md",
+        "**Registration is off**, and `allowed_urls` matches "
+        + ("nothing" if ALLOWED_URLS == "(?!)" else f"`{ALLOWED_URLS}`"),
+    ),
 )

@@ -23,6 +23,7 @@ import requests
 import tritonclient.http as triton
 
 import oip
+import promised
 from answers import indices, same_answer, top5
 from images import b64, photo_bytes
 from scripts.endpoints import HOST, Ports, Server, properties_text, read_properties
@@ -31,14 +32,16 @@ from scripts.paths import CONFIG_DIR, MODEL_NAME, ROOT, SERVED_VERSIONS, archive
 from scripts.server import container_entry
 from scripts.server.lifecycle import environment
 
-# The addresses the image's users are promised (docs/image.md).
+# The addresses the image's users are promised (docs/image.md, docs/deployment.md): inference,
+# gRPC and metrics on the pod's address, management on its loopback.
 LISTENERS = {
-    "inference_address": "http://0.0.0.0:8080",
-    "grpc_inference_address": "0.0.0.0",
-    "grpc_inference_port": "7070",
-    "metrics_address": "http://0.0.0.0:8082",
-    "management_address": "http://127.0.0.1:8081",
-    "grpc_management_address": "127.0.0.1",
+    "inference_address": f"http://{promised.POD_HOST}:{promised.INFERENCE_PORT}",
+    "grpc_inference_address": promised.POD_HOST,
+    "grpc_inference_port": str(promised.GRPC_INFERENCE_PORT),
+    "metrics_address": f"http://{promised.POD_HOST}:{promised.METRICS_PORT}",
+    "management_address": f"http://{promised.LOOPBACK}:{promised.MANAGEMENT_PORT}",
+    "grpc_management_address": promised.LOOPBACK,
+    "grpc_management_port": str(promised.GRPC_MANAGEMENT_PORT),
 }
 POD = Pod(cpus=8)  # two workers per version by the worker rule
 DRAIN_S = 10  # long enough for one prediction on a busy machine
@@ -113,7 +116,8 @@ def describe(server: Server, version: str = "") -> list[dict[str, Any]]:
 
 def test_the_bundle_is_laid_out_as_the_image_expects(bundle: Path) -> None:
     """Inference, gRPC and metrics on the pod's address, management on its loopback only (the
-    ports the image declares and the manifests name); no token; no registration."""
+    ports the image declares and the manifests name); no token; no registration, from no URL;
+    the request and response limits of a local TorchServe."""
     assert sorted(path.name for path in (bundle / "model-store").iterdir()) == [
         archive_name(v) for v in SERVED_VERSIONS
     ]
@@ -123,6 +127,11 @@ def test_the_bundle_is_laid_out_as_the_image_expects(bundle: Path) -> None:
     assert properties["metrics_config"] == "/mnt/models/config/metrics.yaml"
     assert (bundle / "config" / "metrics.yaml").read_text() == (CONFIG_DIR / "metrics.yaml").read_text()
     assert properties["disable_token_authorization"] == "true" and properties["enable_model_api"] == "false"
+    assert properties["allowed_urls"] == promised.ALLOWED_URLS
+    assert (properties["max_request_size"], properties["max_response_size"]) == (
+        str(promised.MAX_REQUEST_BYTES),
+        str(promised.MAX_RESPONSE_BYTES),
+    )
     assert properties.get("enable_envvars_config", "false") == "false"
     snapshot = json.loads(properties["model_snapshot"])
     versions = snapshot["models"][MODEL_NAME]

@@ -9,7 +9,10 @@ pods' metrics; and the decisions the manifests' comments justify still hold: our
 everywhere, run as built (its probes, a read-only root, no preStop), only inference ports behind
 a Service, GPU pods on the CUDA image, a canary percent only in the canary overlay, threads and
 the concurrency target from the worker rule and the batching, requests = limits (a Guaranteed
-plain pod), and a locked-down security context. KServe's own rules are tests/test_kserve_admission.py's.
+plain pod), and a locked-down security context. Every value docs/deployment.md promises is held
+to tests/promised.py: each pod's CPUs, memory and GPU, replicas and scaling targets, protocols,
+the canary percent, the plain Service's ports, its HPA, PodDisruptionBudget and NetworkPolicy,
+and the uid. KServe's own rules are tests/test_kserve_admission.py's.
 
 Without kubectl on PATH the rendering tests skip and say what went unchecked.
 """
@@ -26,17 +29,20 @@ import kubernetes_validate
 import pydantic
 import pytest
 
+import promised
 from manifests import (
     CPU_TAG,
     DEPLOY_DIR,
     GPU,
     GPU_TAG,
     KSERVE_MODELS,
+    MODE_ANNOTATION,
     READY_COMMAND,
     SERVING_IMAGE,
     WRITABLE_PATHS,
     KServeModels,
     Serving,
+    annotations_of,
     batch_size,
     containers,
     differences,
@@ -59,15 +65,30 @@ from manifests import (
 # with (v1.32). Manifests valid for 1.32 stay valid on later releases unless an API they use is
 # removed, which bumping this constant would show.
 KUBERNETES_VERSION = "1.32.0"
-# Listeners that must stay inside the pod: TorchServe's management (REST 8081, gRPC 7071) and
-# metrics (8082, scraped from the pods).
-INTERNAL_PORTS = frozenset({8081, 7071, 8082})
-METRICS_PORT = 8082
+# Listeners that must stay inside the pod: TorchServe's management (REST and gRPC) and metrics
+# (scraped from the pods).
+INTERNAL_PORTS = frozenset({promised.MANAGEMENT_PORT, promised.GRPC_MANAGEMENT_PORT, promised.METRICS_PORT})
 SECRET_LIKE_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 # The one image the manifests run besides ours: KServe's storage initializer (plain Deployment).
 STORAGE_INITIALIZER = "kserve/storage-initializer:"
 GRACE_PERIOD_S = 30
 DRAIN_S = 5
+KSERVE_DIR = DEPLOY_DIR / "kserve"
+# Each kustomization that renders an InferenceService, with the deployment mode and protocol
+# docs/deployment.md promises for it (each overlay is the base plus one change).
+KSERVE_MODES_AND_PROTOCOLS = {
+    KSERVE_DIR / "base": ("Standard", "v2"),
+    KSERVE_DIR / "overlays" / "v1": ("Standard", "v1"),
+    KSERVE_DIR / "overlays" / "gpu": ("Standard", "v2"),
+    KSERVE_DIR / "overlays" / "knative": ("Knative", "v2"),
+    KSERVE_DIR / "overlays" / "canary": ("Knative", "v2"),
+}
+KSERVE_CPU_KUSTOMIZATIONS = [path for path in KSERVE_MODES_AND_PROTOCOLS if path.name != "gpu"]
+GPU_KUSTOMIZATIONS = [KSERVE_DIR / "overlays" / "gpu", DEPLOY_DIR / "kubernetes" / "overlays" / "gpu"]
+# The plain Deployment with its Service, HPA, PodDisruptionBudget and NetworkPolicy.
+PLAIN_KUSTOMIZATIONS = [DEPLOY_DIR / "kubernetes" / "base", DEPLOY_DIR / "kubernetes" / "overlays" / "gpu"]
+# The label Kubernetes gives every namespace, its name: what a NetworkPolicy selects a namespace by.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
 # --- Every file ----------------------------------------------------------------------------------
@@ -187,7 +208,9 @@ def test_podmonitors_scrape_their_own_pods_metrics(directory: Path) -> None:
                 if chosen:
                     for endpoint in monitor["spec"]["podMetricsEndpoints"]:
                         assert endpoint["path"] == "/metrics", name_of(monitor)
-                        assert scraped_port(endpoint, serving) == METRICS_PORT, f"{name_of(monitor)} on {serving.where}"
+                        assert scraped_port(endpoint, serving) == promised.METRICS_PORT, (
+                            f"{name_of(monitor)} on {serving.where}"
+                        )
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -220,8 +243,12 @@ def scraped_port(endpoint: dict[str, Any], serving: Serving) -> int | None:
 @needs_kubectl
 @directories
 def test_services_expose_only_inference_ports(directory: Path) -> None:
-    """Management and metrics stay off every Service, whether named by number or by port name."""
+    """Every Service exposes REST and gRPC inference, each on the container port of its number, and
+    nothing else: management and metrics stay off, whether named by number or by port name. The
+    plain Deployment has one."""
     objects = rendered(directory)
+    services = of_kind(objects, "Service")
+    assert services or directory not in PLAIN_KUSTOMIZATIONS, f"{relative(directory)}: no Service"
     named = {
         port["name"]: port["containerPort"]
         for deployment in of_kind(objects, "Deployment")
@@ -229,12 +256,17 @@ def test_services_expose_only_inference_ports(directory: Path) -> None:
         for port in container.get("ports", [])
         if "name" in port
     }
-    for service in of_kind(objects, "Service"):
+    for service in services:
+        exposed = set()
         for port in service["spec"]["ports"]:
             target = port.get("targetPort", port["port"])
             assert isinstance(target, int) or target in named, f"{name_of(service)}: no container port named {target!r}"
-            exposed = {port["port"], named.get(target, target)}
-            assert not exposed & INTERNAL_PORTS, f"{name_of(service)} exposes {sorted(exposed & INTERNAL_PORTS)}"
+            exposed.add((port["port"], named.get(target, target)))
+        internal = {number for pair in exposed for number in pair} & INTERNAL_PORTS
+        assert not internal, f"{name_of(service)} exposes {sorted(internal)}"
+        assert exposed == {(number, number) for number in promised.SERVICE_PORTS}, (
+            f"{name_of(service)}: (port, container port) {sorted(exposed)}"
+        )
 
 
 @needs_kubectl
@@ -256,12 +288,29 @@ def test_every_image_is_ours(directory: Path) -> None:
 @needs_kubectl
 @directories
 def test_gpus_and_gpu_images_go_together(directory: Path) -> None:
-    """A GPU pod runs the CUDA image and a CPU pod the CPU one; the GPU overlays request a GPU."""
+    """A GPU pod runs the CUDA image and a CPU pod the CPU one."""
     for serving in serving_containers(rendered(directory)):
         expected = f"{SERVING_IMAGE}:{GPU_TAG if serving.gpus() else CPU_TAG}"
         assert serving.image == expected, f"{serving.where}: {serving.gpus()} GPU(s) with {serving.image}"
-        if directory.name == "gpu":
-            assert serving.gpus() > 0, f"{serving.where}: the GPU overlay requests no {GPU}"
+
+
+@needs_kubectl
+@pytest.mark.parametrize("directory", GPU_KUSTOMIZATIONS, ids=relative)
+def test_gpu_pods_get_one_gpu_and_8_cpus_and_tolerate_the_gpu_taint(directory: Path) -> None:
+    (serving,) = serving_containers(rendered(directory))
+    for bound in ("requests", "limits"):
+        resources = serving.resources[bound]
+        assert (resources.get("cpu"), resources.get(GPU)) == (promised.GPU_POD_CPUS, promised.GPU_POD_GPUS), (
+            f"{serving.where} {bound}: {resources}"
+        )
+    tolerated = [
+        toleration
+        for toleration in serving.pod.get("tolerations", [])
+        if toleration.get("key") == promised.GPU_TAINT
+        and toleration.get("operator") == "Exists"
+        and toleration.get("effect") in (None, "NoSchedule")
+    ]
+    assert tolerated, f"{serving.where}: no toleration of the {promised.GPU_TAINT} taint"
 
 
 @needs_kubectl
@@ -275,7 +324,7 @@ def test_serving_containers_run_the_image_as_built(directory: Path) -> None:
         assert not {"command", "args", "lifecycle"} & container.keys(), f"{serving.where} overrides the image"
         for probe in ("startupProbe", "readinessProbe"):
             assert container[probe]["exec"]["command"] == READY_COMMAND, f"{serving.where} {probe}"
-        assert liveness_port(container) == 8080, f"{serving.where} livenessProbe"
+        assert liveness_port(container) == promised.INFERENCE_PORT, f"{serving.where} livenessProbe"
         assert container["securityContext"]["readOnlyRootFilesystem"] is True, serving.where
         volumes = {volume["name"]: volume for volume in serving.pod.get("volumes", [])}
         mounted = {mount["mountPath"]: volumes[mount["name"]] for mount in container.get("volumeMounts", [])}
@@ -314,14 +363,12 @@ def test_every_pod_drains_5_s_within_its_grace_period(directory: Path) -> None:
 @needs_kubectl
 @directories
 def test_canary_percent_only_in_the_canary_overlay(directory: Path) -> None:
-    """The canary overlay splits traffic (1 to 99% to the new revision); no other kustomization
-    does, so applying the base or another overlay never leaves a split behind."""
+    """The canary overlay sends 10% to the new revision; no other kustomization splits traffic, so
+    applying the base or another overlay never leaves a split behind."""
     for service in of_kind(rendered(directory), "InferenceService"):
         percent = service["spec"]["predictor"].get("canaryTrafficPercent")
         if directory.name == "canary":
-            assert isinstance(percent, int) and 1 <= percent <= 99, (
-                f"{name_of(service)}: canaryTrafficPercent {percent!r}"
-            )
+            assert percent == promised.CANARY_PERCENT, f"{name_of(service)}: canaryTrafficPercent {percent!r}"
         else:
             assert percent is None, f"{name_of(service)}: canaryTrafficPercent {percent} outside the canary overlay"
 
@@ -357,6 +404,110 @@ def test_concurrency_target_fills_the_default_versions_batches(directory: Path) 
 
 
 @needs_kubectl
+def test_every_inference_service_is_held_to_its_promised_mode_and_protocol() -> None:
+    """A new kustomization with an InferenceService needs its row in KSERVE_MODES_AND_PROTOCOLS."""
+    rendering = {directory for directory in kustomizations() if of_kind(rendered(directory), "InferenceService")}
+    assert rendering == KSERVE_MODES_AND_PROTOCOLS.keys()
+
+
+KSERVE_IDS = [relative(directory) for directory in KSERVE_MODES_AND_PROTOCOLS]
+
+
+@needs_kubectl
+@pytest.mark.parametrize(
+    ("directory", "protocol"),
+    [(directory, protocol) for directory, (_, protocol) in KSERVE_MODES_AND_PROTOCOLS.items()],
+    ids=KSERVE_IDS,
+)
+def test_kserve_advertises_its_promised_protocol(directory: Path, protocol: str) -> None:
+    (service,) = of_kind(rendered(directory), "InferenceService")
+    assert service["spec"]["predictor"]["model"].get("protocolVersion") == protocol, name_of(service)
+
+
+@needs_kubectl
+@pytest.mark.parametrize(
+    ("directory", "mode"),
+    [(directory, mode) for directory, (mode, _) in KSERVE_MODES_AND_PROTOCOLS.items()],
+    ids=KSERVE_IDS,
+)
+def test_kserve_scales_1_to_8_pods_on_70_percent_cpu_or_8_requests_in_flight(directory: Path, mode: str) -> None:
+    """Standard mode: KServe's HPA at 70% CPU; Knative mode: 8 requests in flight per pod (why 8:
+    test_concurrency_target_fills_the_default_versions_batches). 1 to 8 pods either way."""
+    (service,) = of_kind(rendered(directory), "InferenceService")
+    predictor = service["spec"]["predictor"]
+    assert annotations_of(service).get(MODE_ANNOTATION) == mode, name_of(service)
+    assert (predictor.get("minReplicas"), predictor.get("maxReplicas")) == promised.KSERVE_REPLICAS, name_of(service)
+    metric = (
+        ("cpu", promised.KSERVE_HPA_CPU_PERCENT)
+        if mode == "Standard"
+        else ("concurrency", promised.KNATIVE_CONCURRENCY_TARGET)
+    )
+    assert (predictor.get("scaleMetric"), predictor.get("scaleTarget")) == metric, name_of(service)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("directory", KSERVE_CPU_KUSTOMIZATIONS, ids=relative)
+def test_kserve_cpu_pods_get_4_cpus_and_6_gib(directory: Path) -> None:
+    (serving,) = serving_containers(rendered(directory))
+    size = {"cpu": promised.KSERVE_POD_CPUS, "memory": promised.KSERVE_POD_MEMORY}
+    assert serving.resources == {"requests": size, "limits": size}, serving.where
+
+
+@needs_kubectl
+@pytest.mark.parametrize("directory", PLAIN_KUSTOMIZATIONS, ids=relative)
+def test_the_plain_deployment_scales_2_to_8_pods_on_cpu(directory: Path) -> None:
+    objects = rendered(directory)
+    (deployment,) = of_kind(objects, "Deployment")
+    (autoscaler,) = of_kind(objects, "HorizontalPodAutoscaler")
+    spec = autoscaler["spec"]
+    target = spec["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert (spec.get("minReplicas"), spec["maxReplicas"]) == promised.PLAIN_REPLICAS
+    assert [
+        (metric["type"], metric["resource"]["name"], metric["resource"]["target"]["type"]) for metric in spec["metrics"]
+    ] == [("Resource", "cpu", "Utilization")]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("directory", PLAIN_KUSTOMIZATIONS, ids=relative)
+def test_a_node_drain_keeps_a_plain_replica_serving(directory: Path) -> None:
+    """The PodDisruptionBudget covers the Deployment's pods and lets evictions take one at a time,
+    and the HPA never runs fewer than two: a drain always leaves one serving."""
+    objects = rendered(directory)
+    (deployment,) = of_kind(objects, "Deployment")
+    (budget,) = of_kind(objects, "PodDisruptionBudget")
+    (autoscaler,) = of_kind(objects, "HorizontalPodAutoscaler")
+    assert selects(budget["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
+    assert budget["spec"].get("maxUnavailable") == 1 and "minAvailable" not in budget["spec"]
+    assert autoscaler["spec"].get("minReplicas", 1) >= 2
+
+
+@needs_kubectl
+@pytest.mark.parametrize("directory", PLAIN_KUSTOMIZATIONS, ids=relative)
+def test_the_network_policy_admits_inference_from_anywhere_and_metrics_from_monitoring(directory: Path) -> None:
+    """Inference from pods of any namespace, metrics only from the monitoring namespace, no other
+    port (management) from anywhere."""
+    objects = rendered(directory)
+    (deployment,) = of_kind(objects, "Deployment")
+    (policy,) = of_kind(objects, "NetworkPolicy")
+    spec = policy["spec"]
+    assert selects(spec["podSelector"], deployment["spec"]["template"]["metadata"]["labels"])
+    assert "Ingress" in spec["policyTypes"]
+    admitted: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for rule in spec.get("ingress", []):
+        assert "ports" in rule and "from" in rule, f"a rule without ports or sources admits them all: {rule}"
+        for port in rule["ports"]:
+            admitted.setdefault((port["port"], port.get("protocol", "TCP")), []).extend(rule["from"])
+    anywhere: list[dict[str, Any]] = [{"namespaceSelector": {}}]
+    monitoring = [{"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: promised.MONITORING_NAMESPACE}}}]
+    assert admitted == {
+        (promised.INFERENCE_PORT, "TCP"): anywhere,
+        (promised.GRPC_INFERENCE_PORT, "TCP"): anywhere,
+        (promised.METRICS_PORT, "TCP"): monitoring,
+    }
+
+
+@needs_kubectl
 @directories
 def test_serving_containers_request_their_limits(directory: Path) -> None:
     """Requests equal limits, and both name CPU and memory: no overcommit on the serving container."""
@@ -388,20 +539,24 @@ def requests_its_limits(container: dict[str, Any]) -> bool:
 @needs_kubectl
 @directories
 def test_every_container_runs_locked_down(directory: Path) -> None:
-    """Non-root, no privilege escalation, no capabilities, the runtime's seccomp profile: set on the
-    container or inherited from its pod (runAsNonRoot, seccompProfile), for init containers too."""
+    """uid 1000 and non-root, no privilege escalation, every capability dropped and none added back,
+    the runtime's seccomp profile: set on the container or inherited from its pod (runAsUser,
+    runAsNonRoot, seccompProfile), for init containers too."""
     for serving in serving_containers(rendered(directory)):
         pod = serving.pod.get("securityContext", {})
         for container in containers(serving.pod, init=True):
             context = container.get("securityContext", {})
-            effective = {key: context.get(key, pod.get(key)) for key in ("runAsNonRoot", "seccompProfile")}
+            effective = {key: context.get(key, pod.get(key)) for key in ("runAsUser", "runAsNonRoot", "seccompProfile")}
+            capabilities = context.get("capabilities", {})
             problems = [
                 problem
                 for problem, failed in (
+                    ("runAsUser", effective["runAsUser"] != promised.POD_UID),
                     ("runAsNonRoot", effective["runAsNonRoot"] is not True),
                     ("seccompProfile", (effective["seccompProfile"] or {}).get("type") != "RuntimeDefault"),
                     ("allowPrivilegeEscalation", context.get("allowPrivilegeEscalation") is not False),
-                    ("capabilities", context.get("capabilities", {}).get("drop") != ["ALL"]),
+                    ("capabilities dropped", capabilities.get("drop") != ["ALL"]),
+                    ("capabilities added", bool(capabilities.get("add"))),
                 )
                 if failed
             ]
