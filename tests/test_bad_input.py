@@ -12,6 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
+import promised
 from answers import same_answer
 from bad_requests import BAD_REQUESTS, JPEG
 from handler_config import HandlerConfig, InputLimits
@@ -20,9 +21,16 @@ from scripts.harness.in_process import InProcessModel, Request
 from scripts.paths import MODEL_CONFIG_DIR
 
 # Pillow refuses to open images over twice its MAX_IMAGE_PIXELS (about 179 MP) by itself; our
-# own limit (40 MP by default) must hold below that.
+# own limit (40 MP) must hold below that.
 # (cast: Pillow types it int | None, None meaning "no limit"; nothing here sets it.)
 PILLOW_REFUSES_ABOVE = 2 * cast(int, Image.MAX_IMAGE_PIXELS)
+PROMISED_LIMITS = {
+    "max_image_pixels": promised.MAX_IMAGE_PIXELS,
+    "max_aspect_ratio": promised.MAX_ASPECT_RATIO,
+    "max_images_per_request": promised.MAX_IMAGES_PER_REQUEST,
+    "max_explained_classes": promised.MAX_EXPLAINED_CLASSES,
+    "max_heatmaps_per_request": promised.MAX_HEATMAPS_PER_REQUEST,
+}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
@@ -43,15 +51,15 @@ def test_bad_requests_fail_alone_in_a_full_batch(model: InProcessModel) -> None:
     assert all(same_answer(r.body, responses[0].body) for r in responses[0::2])
 
 
-def test_the_test_bombs_straddle_our_limit_and_pillows(model: InProcessModel) -> None:
+def test_the_test_bombs_straddle_our_limit_and_pillows() -> None:
     """The 48 MP case must be one that only our check refuses."""
-    configured = model.handler.config.limits.max_image_pixels
-    assert configured < 8000 * 6000 < PILLOW_REFUSES_ABOVE < 50_000**2
+    assert promised.MAX_IMAGE_PIXELS < 8000 * 6000 < PILLOW_REFUSES_ABOVE < 50_000**2
 
 
-def test_the_archive_carries_the_configured_limits(model: InProcessModel) -> None:
+def test_the_model_config_and_the_archive_carry_the_promised_limits(model: InProcessModel) -> None:
     configured = yaml.safe_load((MODEL_CONFIG_DIR / "model-config.yaml").read_text())["handler"]["limits"]
-    assert dataclasses.asdict(model.handler.config.limits) == configured
+    assert configured == PROMISED_LIMITS
+    assert dataclasses.asdict(model.handler.config.limits) == PROMISED_LIMITS
 
 
 def test_limits_other_than_the_defaults_are_read_from_the_archive_config(model: InProcessModel) -> None:
@@ -66,9 +74,9 @@ def test_limits_other_than_the_defaults_are_read_from_the_archive_config(model: 
 def test_the_pixel_limit_is_inclusive_and_checked_before_decoding(model: InProcessModel) -> None:
     """At exactly the limit the header passes (and the bytes then fail to decode: they hold one
     pixel); one row more is refused on the header alone."""
-    limit = model.handler.config.limits.max_image_pixels
+    limit = promised.MAX_IMAGE_PIXELS
     width = 8000
-    assert limit % width == 0, "pick a width that divides the configured limit"
+    assert limit % width == 0, "pick a width that divides the promised limit"
     at_limit, over_limit = model.infer(
         [Request.raw(png_declaring(width, limit // width)), Request.raw(png_declaring(width, limit // width + 1))]
     )
@@ -87,10 +95,46 @@ def test_the_handler_applies_the_limit_it_is_configured_with(
     assert response.status == status
 
 
-@pytest.mark.parametrize(("ratio", "status"), [(20, 200), (21, 400)])
-def test_the_aspect_ratio_limit(model: InProcessModel, ratio: int, status: int) -> None:
-    [response] = model.infer([Request.raw(encode(sample_photo().resize((40 * ratio, 40)), "PNG"))])
+AT_THE_RATIO = 40 * promised.MAX_ASPECT_RATIO
+
+
+def size_id(value: object) -> str:
+    """A (width, height) parameter as its test id names it: 800x40."""
+    return "{}x{}".format(*value) if isinstance(value, tuple) else str(value)
+
+
+@pytest.mark.parametrize(
+    ("size", "status"),
+    [
+        ((AT_THE_RATIO, 40), 200),
+        ((AT_THE_RATIO + 1, 40), 400),
+        ((40, AT_THE_RATIO), 200),
+        ((40, AT_THE_RATIO + 1), 400),
+    ],
+    ids=size_id,
+)
+def test_the_aspect_ratio_limit_is_inclusive_either_way_round(
+    model: InProcessModel, size: tuple[int, int], status: int
+) -> None:
+    [response] = model.infer([Request.raw(encode(sample_photo().resize(size), "PNG"))])
     assert response.status == status
+    if status == 400:
+        assert response.body["type"] == "ExtremeAspectRatio"
+        assert f"the limit is {promised.MAX_ASPECT_RATIO}:1" in response.body["message"]
+
+
+@pytest.mark.parametrize(
+    ("size", "status"),
+    [((1, 1), 200), ((0, 10), 400), ((10, 0), 400)],
+    ids=size_id,
+)
+def test_an_image_of_one_pixel_is_classified_and_one_of_none_refused(
+    model: InProcessModel, size: tuple[int, int], status: int
+) -> None:
+    [response] = model.infer([Request.raw(png_declaring(*size))])
+    assert response.status == status
+    if status == 400:
+        assert response.body["type"] == "InvalidImage"
 
 
 def mutated(data: bytes, edits: list[tuple[int, int]]) -> bytes:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import compiled_forward
 from compiled_forward import CompiledForward, native_target, select_forward
 from handler_config import CompiledForwardConfig
 from model_identity import architecture
@@ -33,7 +34,8 @@ def test_the_archive_carries_a_forward_compiled_for_this_cpu(model: InProcessMod
 
 
 def test_batches_beyond_the_compiled_size_run_through_the_package_in_chunks(model: InProcessModel) -> None:
-    """Requests of several images make batches larger than batchSize; they stay compiled."""
+    """Requests of several images make batches larger than batchSize; they stay compiled (the
+    package answers a chunk smaller than its size), each image's answer in its place."""
     handler = model.handler
     compiled = CompiledForward(handler.config.compiled_forward["cpu"], CPU, str(model.model_dir))
     runner, seen = compiled.runner, []
@@ -43,13 +45,31 @@ def test_batches_beyond_the_compiled_size_run_through_the_package_in_chunks(mode
         return runner(batch)
 
     compiled.runner = counting
-    batch = torch.randn(19, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    batch = torch.randn(9, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         whole = compiled(batch)
-        first_eight = compiled(batch[:8])
-    assert seen == [8, 8, 3, 8]
-    assert whole.shape == (19, 1000)
-    assert torch.allclose(whole[:8], first_eight, atol=1e-4)
+        first_and_last = compiled(batch[[0, -1]])
+    assert seen == [8, 1, 2]
+    assert whole.shape == (9, 1000)
+    assert torch.allclose(whole[[0, -1]], first_and_last, atol=1e-4)
+
+
+@pytest.mark.parametrize(("size", "calls"), [(1, [1]), (8, [8]), (9, [8, 1]), (19, [8, 8, 3])])
+def test_a_batch_is_cut_in_chunks_of_the_compiled_size(
+    monkeypatch: pytest.MonkeyPatch, size: int, calls: list[int]
+) -> None:
+    """Up to the compiled size in one call, beyond it in order; a stand-in package shows which."""
+    seen: list[int] = []
+
+    def package(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(batch.shape[0])
+        return batch * 2
+
+    monkeypatch.setattr(compiled_forward, "load_package", lambda path, device: package)
+    config = CompiledForwardConfig(package="resnet50_cpu.pt2", target=native_target(CPU), max_batch=8)
+    answers = CompiledForward(config, CPU, "/nonexistent")(torch.arange(size).unsqueeze(1))
+    assert seen == calls
+    assert answers.squeeze(1).tolist() == [2 * row for row in range(size)]
 
 
 def test_a_package_compiled_for_another_cpu_is_not_used(caplog: pytest.LogCaptureFixture) -> None:

@@ -17,6 +17,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 import oip
+import promised
 from answers import HEATMAP_TOLERANCE, VERSION_WEIGHTS, grad_cam_by_hand, heatmaps, reference_model, same_answer
 from classification_transforms import ClassificationPreset
 from conftest import InProcessModels
@@ -121,7 +122,10 @@ def oip_request(images: list[bytes], binary: bool, classes: Any) -> Request:
     )
 
 
-@pytest.mark.parametrize("classes", [1000, -1, [3, 3], [1, 2, 3, 4, 5, 6], [2.5], "seven", [], True])
+ONE_CLASS_TOO_MANY = list(range(1, promised.MAX_EXPLAINED_CLASSES + 2))
+
+
+@pytest.mark.parametrize("classes", [1000, -1, [3, 3], ONE_CLASS_TOO_MANY, [2.5], "seven", [], True])
 def test_bad_classes_are_a_400_in_every_protocol(model: InProcessModel, classes: Any) -> None:
     responses = explain(
         model,
@@ -131,9 +135,19 @@ def test_bad_classes_are_a_400_in_every_protocol(model: InProcessModel, classes:
     )
     assert [r.status for r in responses] == [400] * 3
     assert responses[0].body["type"] == "InvalidClasses"
-    assert "'classes' must be 1 to 5 distinct class indices from 0 to 999" in responses[0].body["message"]
+    assert (
+        f"'classes' must be 1 to {promised.MAX_EXPLAINED_CLASSES} distinct class indices from 0 to 999"
+        in responses[0].body["message"]
+    )
     assert responses[1].body["error"].startswith("InvalidClasses: 'classes' must be")
     assert json.loads(responses[2].body)["error"].startswith("InvalidClasses: 'classes' must be")
+
+
+def test_one_image_may_name_5_classes_from_class_0_to_999(model: InProcessModel) -> None:
+    classes = [0, *range(500, 500 + promised.MAX_EXPLAINED_CLASSES - 2), 999]
+    [response] = explain(model, Request.json({"data": b64(PHOTO), "classes": classes}))
+    assert response.status == 200
+    assert [entry["index"] for entry in response.body["heatmaps"]] == classes
 
 
 def test_a_form_field_names_classes_as_text_and_a_bad_one_says_what_it_got(model: InProcessModel) -> None:
@@ -248,14 +262,25 @@ def test_the_crop_box_follows_exif_orientation(model: InProcessModel) -> None:
     assert rotated.body["crop_box"] == list(model.handler.preset.crop_box((width, height)))
 
 
+def test_a_request_may_ask_for_32_heatmaps(model: InProcessModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """8 images x 4 classes, each image's maps for the classes named. Grad-CAM itself is stubbed
+    out (32 passes take seconds here); the maps' values are the other tests' business."""
+    assert promised.MAX_HEATMAPS_PER_REQUEST == 8 * 4, "at the limit, not under it"
+    monkeypatch.setattr(model.handler, "grad_cam", lambda images, classes: torch.zeros(len(images), 7, 7))
+    [answered] = explain(model, Request.kserve({"instances": [b64(PHOTO)] * 8, "classes": [1, 2, 3, 4]}))
+    assert answered.status == 200
+    explanations = answered.body["explanations"]
+    assert [[entry["index"] for entry in answer["heatmaps"]] for answer in explanations] == [[1, 2, 3, 4]] * 8
+
+
 def test_too_many_heatmaps_are_a_413_before_any_work(model: InProcessModel) -> None:
     """A request may ask for 32 maps (images x classes): a batch's passes must fit in the response timeout."""
-    seven = {"instances": [b64(PHOTO)] * 7, "classes": [1, 2, 3, 4, 5]}
-    [refused] = explain(model, Request.kserve(seven))
+    eleven = {"instances": [b64(PHOTO)] * 11, "classes": [1, 2, 3]}
+    [refused] = explain(model, Request.kserve(eleven))
     assert refused.status == 413
     assert refused.body["error"] == (
-        "TooManyHeatmaps: the request asks for 35 heatmaps (7 images x 5 classes); "
-        "the limit is 32 per request. Send fewer images or classes"
+        "TooManyHeatmaps: the request asks for 33 heatmaps (11 images x 3 classes); "
+        f"the limit is {promised.MAX_HEATMAPS_PER_REQUEST} per request. Send fewer images or classes"
     )
 
 
@@ -293,3 +318,21 @@ def test_without_captum_a_worker_classifies_and_says_why_it_cannot_explain(
 def test_an_error_message_never_echoes_a_huge_value(model: InProcessModel) -> None:
     [refused] = explain(model, Request.json({"data": b64(PHOTO), "classes": ["x" * 100_000]}))
     assert refused.status == 400 and len(refused.body["message"]) < 200
+
+
+@pytest.mark.parametrize(
+    ("classes", "quoted"),
+    [
+        (list(range(1, 9)), "got [1, 2, 3, 4, 5, 6, 7, 8]"),
+        (list(range(1, 10)), "got [1, 2, 3, 4, 5, 6, 7, 8, ...]"),
+        (["x" * 38], "got '" + "x" * 38 + "'"),
+        (["x" * 39], "got '" + "x" * 36 + "..."),
+    ],
+    ids=["8 values", "9 values", "a value of 40 characters", "a value of 41 characters"],
+)
+def test_an_error_message_quotes_at_most_8_values_of_40_characters(
+    model: InProcessModel, classes: list[Any], quoted: str
+) -> None:
+    """The values as the client wrote them (repr: a string's quotes count), cut beyond those bounds."""
+    [refused] = explain(model, Request.json({"data": b64(PHOTO), "classes": classes}))
+    assert refused.status == 400 and refused.body["message"].endswith(quoted)

@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import oip
+import promised
 from answers import indices, same_answer, top5
 from handler_config import InputLimits
 from images import b64, encode, noise_image, photo_bytes
@@ -101,21 +103,26 @@ def test_the_answer_names_the_model_and_echoes_the_id(model: InProcessModel) -> 
     assert answer["outputs"][0]["parameters"] == {"binary_data_size": 4000}
 
 
+@pytest.mark.parametrize("k", [1, 3, 1000])
 @pytest.mark.parametrize("binary", [True, False])
 def test_the_classification_extension_answers_top_k_strings(
-    model: InProcessModel, reference: list[list[dict[str, Any]]], binary: bool
+    model: InProcessModel, reference: list[list[dict[str, Any]]], binary: bool, k: int
 ) -> None:
-    """The k most probable of the FP32 output, highest first, labelled as our REST answer labels them."""
+    """The k most probable of the FP32 output, highest first, labelled as our REST answer labels
+    them; k from 1 to every class (0 and 1001 are refused: BAD_OIP_REQUESTS)."""
     images = [oip.image_input([PHOTO, NOISE])]
-    ranked, plain = model.infer([oip.in_process(images, [oip.requested(binary, classes=3)]), oip.in_process(images)])
+    ranked, plain = model.infer([oip.in_process(images, [oip.requested(binary, classes=k)]), oip.in_process(images)])
     output = oip.result(ranked).get_output(oip.OUTPUT)
-    assert output["datatype"] == "BYTES" and output["shape"] == [2, 3]
+    assert output["datatype"] == "BYTES" and output["shape"] == [2, k]
     rows = oip.classifications(oip.result(ranked).as_numpy(oip.OUTPUT))
     for row, probabilities, expected in zip(rows, oip.result(plain).as_numpy(oip.OUTPUT), reference, strict=True):
-        best = np.argsort(probabilities)[::-1][:3]
-        assert [index for _, index, _ in row] == best.tolist()
-        assert [p for p, _, _ in row] == pytest.approx(probabilities[best].tolist(), abs=1e-5)
-        assert [label for _, _, label in row] == [p["label"] for p in expected[:3]]
+        ranked_indices, ranked_probabilities = [index for _, index, _ in row], [p for p, _, _ in row]
+        assert len(set(ranked_indices)) == k
+        assert ranked_probabilities == sorted(ranked_probabilities, reverse=True)
+        assert ranked_probabilities == pytest.approx(probabilities[ranked_indices].tolist(), abs=1e-5)
+        left_out = np.delete(probabilities, ranked_indices)
+        assert left_out.size == 0 or left_out.max() <= min(ranked_probabilities) + 1e-5
+        assert [label for _, _, label in row[:5]] == [p["label"] for p in expected[:k]]
 
 
 def test_binary_data_output_applies_when_no_output_is_named(model: InProcessModel) -> None:
@@ -313,6 +320,19 @@ BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
         "InvalidBinaryData",
         "Inference-Header-Content-Length",
     ),
+    # The whole body as the header is "JSON null with the binary header", below.
+    "header length one beyond the body": (
+        binary_request({}, b"", len(b"{}") + 1),
+        400,
+        "InvalidBinaryData",
+        "Inference-Header-Content-Length is '3', but the body is 2 bytes",
+    ),
+    "a header length of 0": (
+        binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO), 0),
+        400,
+        "InvalidBinaryData",
+        "Inference-Header-Content-Length is '0'",
+    ),
     "header length inside the JSON": (
         binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO), 10),
         400,
@@ -350,6 +370,12 @@ BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
         400,
         "InvalidBinaryData",
         "True",
+    ),
+    "a binary_data_size of -1": (
+        binary_request({"inputs": [{**BINARY_IMAGE, "parameters": {"binary_data_size": -1}}]}, length_prefixed(PHOTO)),
+        400,
+        "InvalidBinaryData",
+        "binary_data_size -1",
     ),
     "JSON nested 100,000 deep after the binary header": (
         binary_request({}, b"", None, b"[" * 100_000),
@@ -396,6 +422,7 @@ BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
         "true or false",
     ),
     "a shape of true": (oip_json([{**image_tensor([b64(PHOTO)]), "shape": [True]}]), 400, "InvalidInput", "[True]"),
+    "a shape of zero": (oip_json([image_tensor([])]), 400, "InvalidInput", "has shape [0]"),
     "two outputs": (
         oip_json([image_tensor([b64(PHOTO)])], outputs=[{"name": "probabilities"}] * 2),
         400,
@@ -410,6 +437,26 @@ BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
         "InvalidBinaryData",
         "declares 100 bytes",
     ),
+    "an element's length one beyond the data": (
+        binary_request(
+            {"inputs": [{**BINARY_IMAGE, "parameters": {"binary_data_size": 8}}]}, struct.pack("<I", 5) + b"abcd"
+        ),
+        400,
+        "InvalidBinaryData",
+        "declares 5 bytes, but only 4 are left",
+    ),
+    **{
+        f"{stray} of a length prefix's 4 bytes after the last element": (
+            binary_request(
+                {"inputs": [{**BINARY_IMAGE, "parameters": {"binary_data_size": 4 + len(PHOTO) + stray}}]},
+                length_prefixed(PHOTO) + b"\0" * stray,
+            ),
+            400,
+            "InvalidBinaryData",
+            "ends inside an element's 4-byte length prefix",
+        )
+        for stray in (1, 2, 3)
+    },
     "a bad image among good ones": (
         oip.in_process([oip.image_input([PHOTO, NOT_AN_IMAGE, PHOTO])]),
         400,
@@ -475,8 +522,30 @@ def test_over_grpc_a_refusal_is_an_error_output_holding_our_error(model: InProce
     assert error["message"].startswith("input 'image' element 1:")
 
 
+@pytest.mark.parametrize(
+    ("count", "status"), [(promised.MAX_IMAGES_PER_REQUEST, 200), (promised.MAX_IMAGES_PER_REQUEST + 1, 413)]
+)
+def test_a_request_of_32_images_is_answered_and_one_of_33_refused(
+    model: InProcessModel, monkeypatch: pytest.MonkeyPatch, count: int, status: int
+) -> None:
+    """Small images and no network: the count is checked before any image is decoded, and 64
+    images through ResNet-50 would take seconds here for nothing this test looks at."""
+    monkeypatch.setattr(model.handler, "forward", lambda batch: torch.zeros(len(batch), 1000))
+    tiny = encode(noise_image((16, 16)), "PNG")
+    v1, oip_binary = model.infer(
+        [Request.kserve({"instances": [b64(tiny)] * count}), oip.in_process([oip.image_input([tiny] * count)])]
+    )
+    assert (v1.status, oip_binary.status) == (status, status)
+    if status == 200:
+        assert len(v1.body["predictions"]) == count
+        assert oip.result(oip_binary).as_numpy(oip.OUTPUT).shape == (count, 1000)
+    else:
+        assert error_of(v1) == error_of(oip_binary) == (413, "TooManyImages")
+        assert f"the limit is {promised.MAX_IMAGES_PER_REQUEST} per request" in error_message(v1)
+
+
 @pytest.mark.parametrize(("count", "status"), [(2, 200), (3, 413)])
-def test_the_images_per_request_limit(
+def test_the_images_per_request_limit_is_the_one_configured(
     model: InProcessModel, monkeypatch: pytest.MonkeyPatch, count: int, status: int
 ) -> None:
     lowered = dataclasses.replace(model.handler.config, limits=InputLimits(max_images_per_request=2))
