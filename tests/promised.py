@@ -27,6 +27,8 @@ INFERENCE_PORT, MANAGEMENT_PORT, METRICS_PORT = 8080, 8081, 8082
 GRPC_INFERENCE_PORT, GRPC_MANAGEMENT_PORT = 7070, 7071
 MAX_REQUEST_BYTES = MAX_RESPONSE_BYTES = 10 * MIB
 TOKEN_EXPIRATION_MIN = 24 * 60
+PLAIN_START_WORKERS = (1, 1)  # minWorkers, maxWorkers of a plain `torchserve --start`
+DEVICE_TYPE = "gpu"  # a GPU when the server has one, else the CPU
 
 # docs/metrics.md: the handler's histograms.
 LATENCY_BUCKETS_RANGE = (0.001, 10.0)  # seconds, lowest and highest bound
@@ -72,6 +74,16 @@ STATEMENTS: tuple[tuple[str, str], ...] = (
         + (f"{MAX_REQUEST_BYTES // MIB} MiB each |" if MAX_REQUEST_BYTES == MAX_RESPONSE_BYTES else "unequal |"),
     ),
     ("docs/serving.md", f"| `token_expiration_min` | same file | {TOKEN_EXPIRATION_MIN // 60} h |"),
+    (
+        "docs/serving.md",
+        "| `minWorkers`, `maxWorkers` | same file; used by a plain `torchserve --start` only, `make serve` and "
+        "the bundle size workers with the rule | {}, {} |".format(*PLAIN_START_WORKERS),
+    ),
+    (
+        "docs/serving.md",
+        f"| `deviceType`, `deviceIds` | same file (TorchServe honours both) | `{DEVICE_TYPE}` (a GPU when the "
+        "server has one, else the CPU); unset: round-robin over the GPUs |",
+    ),
     ("docs/metrics.md", f"Buckets {LATENCY_BUCKETS_RANGE[0] * 1000:g} ms to {LATENCY_BUCKETS_RANGE[1]:g} s"),
     ("docs/metrics.md", "images per forward pass; buckets {} to {}".format(*BATCH_BUCKETS_RANGE)),
     (

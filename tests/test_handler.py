@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torchvision.models import WeightsEnum
 
+import promised
 from answers import VERSION_WEIGHTS, direct_probabilities, same_answer
 from conftest import InProcessModels
 from handler_config import HandlerConfig
@@ -70,7 +71,7 @@ def test_outputs_match_direct_torchvision_inference(model: InProcessModel) -> No
 
     for response, expected in zip(responses, probabilities, strict=True):
         assert response.status == 200
-        top = torch.topk(expected, k=5)
+        top = torch.topk(expected, k=promised.TOPK)
         assert [p["index"] for p in response.body] == top.indices.tolist()
         assert [p["probability"] for p in response.body] == pytest.approx(top.values.tolist(), abs=1e-4)
         assert [p["label"] for p in response.body] == [preset_label(model, i) for i in top.indices.tolist()]
@@ -84,7 +85,7 @@ def preset_label(model: InProcessModel, index: int) -> str:
 def test_topk_is_an_ordered_list_of_label_index_probability(model: InProcessModel) -> None:
     [response] = model.infer([Request.raw(photo_bytes())])
     assert response.status == 200
-    assert [set(p) for p in response.body] == [{"label", "index", "probability"}] * 5
+    assert [set(p) for p in response.body] == [{"label", "index", "probability"}] * promised.TOPK
     probabilities = [p["probability"] for p in response.body]
     assert probabilities == sorted(probabilities, reverse=True)
 

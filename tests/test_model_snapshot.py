@@ -11,16 +11,26 @@ from typing import Any
 
 import pytest
 
+import promised
 from conftest import served_versions
 from images import photo_bytes
 from scripts.client.rest_api import RestClient
 from scripts.endpoints import Ports, Server, properties_text, read_properties
-from scripts.model_config import model_snapshot
-from scripts.paths import CONFIG_DIR, MODEL_NAME, SERVED_VERSIONS
+from scripts.model_config import model_snapshot, version_settings
+from scripts.paths import CONFIG_DIR, MODEL_NAME, SERVED_VERSIONS, archive_name
 from scripts.server.lifecycle import environment, launch, stop, wait_until_ready, write_config
 from scripts.worker_plan import WorkerPlan
 
 CHECKED_IN = CONFIG_DIR / "config.properties"
+KSERVE_CONFIG = CONFIG_DIR / "kserve" / "config.properties"
+# What docs/serving.md's settings table promises each version of a plain start.
+PROMISED_ENTRY = {
+    "minWorkers": promised.PLAIN_START_WORKERS[0],
+    "maxWorkers": promised.PLAIN_START_WORKERS[1],
+    "batchSize": promised.BATCH_SIZE,
+    "maxBatchDelay": promised.MAX_BATCH_DELAY_MS,
+    "responseTimeout": promised.RESPONSE_TIMEOUT_S,
+}
 
 
 def snapshot_in(config: Path) -> dict[str, Any]:
@@ -28,10 +38,28 @@ def snapshot_in(config: Path) -> dict[str, Any]:
     return snapshot
 
 
+def promised_versions(workers: tuple[int, int] = promised.PLAIN_START_WORKERS) -> dict[str, Any]:
+    """The snapshot's versions as docs/serving.md promises them: 1.0 and 2.0, 2.0 the default,
+    with the settings table's values. No jobQueueSize: TorchServe's own applies."""
+    return {
+        version: {
+            "defaultVersion": version == "2.0",
+            "marName": archive_name(version),
+            **PROMISED_ENTRY,
+            "minWorkers": workers[0],
+            "maxWorkers": workers[1],
+        }
+        for version in ("1.0", "2.0")
+    }
+
+
 def test_the_checked_in_snapshot_is_the_model_configs() -> None:
     """config/config.properties carries the snapshot for a plain start; it must not drift from
-    config/models/resnet50/ (regenerate it with `python -m scripts.model_config`)."""
-    assert snapshot_in(CHECKED_IN) == model_snapshot()
+    config/models/resnet50/ (regenerate it with `python -m scripts.model_config`), and both carry
+    what the docs promise."""
+    snapshot = snapshot_in(CHECKED_IN)
+    assert snapshot == model_snapshot()
+    assert snapshot["models"][MODEL_NAME] == promised_versions()
 
 
 def test_a_served_config_sizes_the_same_snapshot_to_the_plan(tmp_path: Path) -> None:
@@ -39,14 +67,30 @@ def test_a_served_config_sizes_the_same_snapshot_to_the_plan(tmp_path: Path) -> 
     (A fresh machine has no run/ yet: writing the config makes it.)"""
     server = Server(run_dir=tmp_path / "run", ports=Ports.free())
     config = write_config(server, WorkerPlan(workers_per_version=3, number_of_gpu=0, threads_per_worker=1))
-    versions = snapshot_in(config)["models"][MODEL_NAME]
-    assert (
-        {entry["minWorkers"] for entry in versions.values()}
-        == {entry["maxWorkers"] for entry in versions.values()}
-        == {3}
-    )
-    checked_in = model_snapshot()["models"][MODEL_NAME]
-    assert {v: {**entry, "minWorkers": 1, "maxWorkers": 1} for v, entry in versions.items()} == checked_in
+    assert snapshot_in(config)["models"][MODEL_NAME] == promised_versions(workers=(3, 3))
+
+
+@pytest.mark.parametrize("version", ["1.0", "2.0"])
+def test_each_version_has_the_promised_settings(version: str) -> None:
+    settings = version_settings(version)
+    assert {key: settings[key] for key in (*PROMISED_ENTRY, "deviceType")} == {
+        **PROMISED_ENTRY,
+        "deviceType": promised.DEVICE_TYPE,
+    }
+    assert settings["handler"]["topk"] == promised.TOPK
+    assert "deviceIds" not in settings, "unset, TorchServe places workers round-robin over the GPUs"
+
+
+def test_no_config_sets_the_job_queue_size() -> None:
+    """docs/serving.md promises TorchServe's default queue (promised.JOB_QUEUE_SIZE): neither the
+    servers' properties nor any version's settings (which the snapshots carry) may set another."""
+    assert not any("job_queue_size" in read_properties(config) for config in (CHECKED_IN, KSERVE_CONFIG))
+    assert not any("jobQueueSize" in version_settings(version) for version in ("1.0", "2.0"))
+
+
+def test_a_snapshot_can_make_another_served_version_the_default() -> None:
+    versions = model_snapshot(("1.0", "2.0"), "1.0")["models"][MODEL_NAME]
+    assert {version: entry["defaultVersion"] for version, entry in versions.items()} == {"1.0": True, "2.0": False}
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,48 @@
+"""The archive's `handler:` section is validated when a worker loads it, not per request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from torchvision.models import ResNet50_Weights
+
+from handler_config import HandlerConfig
+
+CATEGORIES = ResNet50_Weights.IMAGENET1K_V2.meta["categories"]  # the 1000 ImageNet classes the archive carries
+
+
+def section(**changes: Any) -> dict[str, Any]:
+    """A `handler:` section as the archive build writes it, with `changes` made."""
+    return {
+        "weights": "IMAGENET1K_V2",
+        "preprocess": {
+            "resize_size": 232,
+            "crop_size": 224,
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+        },
+        "categories": CATEGORIES,
+        "topk": 5,
+        **changes,
+    }
+
+
+@pytest.mark.parametrize("topk", [1, 1000])
+def test_topk_from_1_to_the_number_of_classes_is_accepted(topk: int) -> None:
+    assert len(CATEGORIES) == 1000
+    assert HandlerConfig.from_yaml(section(topk=topk)).topk == topk
+
+
+@pytest.mark.parametrize("topk", [0, 1001])
+def test_topk_outside_1_to_the_number_of_classes_is_refused(topk: int) -> None:
+    with pytest.raises(ValueError, match=f"^topk must be between 1 and 1000, got {topk}$"):
+        HandlerConfig.from_yaml(section(topk=topk))
+
+
+@pytest.mark.parametrize("key", ["mean", "std"])
+@pytest.mark.parametrize("values", [[0.5, 0.5], [0.5, 0.5, 0.5, 0.5]])
+def test_a_normalisation_of_other_than_3_channels_is_refused(key: str, values: list[float]) -> None:
+    preprocess = {**section()["preprocess"], key: values}
+    with pytest.raises(ValueError, match=r"\(expected 3"):
+        HandlerConfig.from_yaml(section(preprocess=preprocess))
