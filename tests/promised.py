@@ -115,7 +115,6 @@ STATEMENTS: tuple[tuple[str, str], ...] = (
     ),
     (
         "docs/deployment.md",
-        "**Registration is off**, and `allowed_urls` matches "
-        + ("nothing" if ALLOWED_URLS == "(?!)" else f"`{ALLOWED_URLS}`"),
+        f"**Registration is off**, and `allowed_urls` matches nothing (`{ALLOWED_URLS}`)",
     ),
 )
