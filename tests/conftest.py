@@ -92,9 +92,10 @@ class InProcessModels:
 
     def __getitem__(self, version: str) -> InProcessModel:
         if version not in self._loaded:
-            model = mutants.preloaded(version) or InProcessModel(
-                self._model_store / archive_name(version), self._tmp_path_factory.mktemp(f"model-{version}")
-            )
+            with mutants.noting_what_a_load_runs():
+                model = mutants.preloaded(version) or InProcessModel(
+                    self._model_store / archive_name(version), self._tmp_path_factory.mktemp(f"model-{version}")
+                )
             self._loaded[version] = model, dict(vars(model.handler))
         return self._loaded[version][0]
 
@@ -140,6 +141,13 @@ def in_process_models_left_as_loaded(request: pytest.FixtureRequest) -> Iterator
     if models is not None:
         changed = models.changed()
         assert not changed, f"{request.node.nodeid} left these changed (undo them, e.g. with monkeypatch): {changed}"
+
+
+@pytest.fixture(autouse=True)
+def depends_on_the_load(request: pytest.FixtureRequest) -> None:
+    """Under `make mutants`: a test of the in-process models depends on their load (mutation_preload.py)."""
+    if "in_process_models" in request.fixturenames:
+        mutants.depends_on_the_load()
 
 
 def served_versions(server: Server) -> set[str]:

@@ -17,7 +17,7 @@ from answers import same_answer
 from bad_requests import BAD_REQUESTS, JPEG
 from handler_config import HandlerConfig, InputLimits
 from images import b64, encode, photo_bytes, png_declaring, sample_photo
-from scripts.harness.in_process import InProcessModel, Request
+from scripts.harness.in_process import PREDICTIONS_ROUTE, InProcessModel, Request
 from scripts.paths import MODEL_CONFIG_DIR
 
 # Pillow refuses to open images over twice its MAX_IMAGE_PIXELS (about 179 MP) by itself; our
@@ -40,6 +40,39 @@ def test_a_bad_request_gets_a_4xx_naming_the_problem(model: InProcessModel, case
     assert response.status == status
     assert response.body["code"] == status and response.body["type"] == kind
     assert len(response.body["message"]) > 10
+
+
+# What the frontend forwards for a body it parsed as form fields: the fields, no body.
+URL_ENCODED_FORM = Request(
+    (("a photo's bytes", "", b"parsed as form fields"),),
+    (("Content-Type", "application/x-www-form-urlencoded"), *PREDICTIONS_ROUTE),
+)
+
+
+@pytest.mark.parametrize(
+    ("request_", "kind", "message"),
+    [
+        (
+            URL_ENCODED_FORM,
+            "UnsupportedContentType",
+            "the body was sent as application/x-www-form-urlencoded (curl --data-binary's default); "
+            "add -H 'Content-Type: image/jpeg' or use -T image.jpg",
+        ),
+        (
+            Request.form(file=JPEG, image=JPEG),
+            "MissingField",
+            "no 'data' field in the form (fields sent: file, image); "
+            "send the image as -F 'data=@image.jpg' or as the raw request body",
+        ),
+    ],
+    ids=["url-encoded", "multipart without data"],
+)
+def test_a_form_without_an_image_says_what_to_send_instead(
+    model: InProcessModel, request_: Request, kind: str, message: str
+) -> None:
+    """curl's two ways of getting a form wrong: the answer names the cause and the command to use."""
+    [response] = model.infer([request_])
+    assert (response.status, response.body["type"], response.body["message"]) == (400, kind, message)
 
 
 def test_bad_requests_fail_alone_in_a_full_batch(model: InProcessModel) -> None:
