@@ -139,6 +139,18 @@ def test_the_bundle_is_laid_out_as_the_image_expects(bundle: Path) -> None:
     assert {entry["minWorkers"] for entry in versions.values()} == {POD.plan().workers_per_version} == {2}
 
 
+def test_a_bundle_rewritten_in_place_holds_only_the_versions_asked_for(tmp_path: Path) -> None:
+    """A bundle rewritten for a rollback must not keep the archive it rolls back from: the pod
+    would serve nothing else from it, but the upload would carry it, and `ls` would mislead."""
+    archives = {version: tmp_path / f"{version}.mar" for version in ("2.0", "2.1")}
+    for archive in archives.values():
+        archive.write_bytes(b"an archive")
+    out = tmp_path / "bundle"
+    write_bundle(archives, POD, out, default="2.1", recipes={"2.1": "2.0"})
+    write_bundle({"2.0": archives["2.0"]}, POD, out)
+    assert sorted(path.name for path in (out / "model-store").iterdir()) == [archive_name("2.0")]
+
+
 def test_a_canary_bundle_serves_its_new_version_as_the_default(
     model_store: Path, canary_archive: str, tmp_path: Path
 ) -> None:
