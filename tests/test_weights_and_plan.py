@@ -144,3 +144,15 @@ def test_an_environment_value_that_is_not_a_whole_number_is_refused_by_name(
 def test_a_pod_with_one_gpu_runs_two_workers_on_it() -> None:
     """What the GPU overlays (8 CPUs, one GPU) get from `make kserve-bundle POD_CPUS=8 POD_GPUS=1`."""
     assert Pod(cpus=8, gpus=1).plan() == WorkerPlan(workers_per_version=2, number_of_gpu=1, threads_per_worker=4)
+
+
+@pytest.mark.parametrize(
+    ("plan", "said"),
+    [
+        (WorkerPlan(2, 0, 4), "2 worker(s) per version on CPU, 4 CPU thread(s) each"),
+        (WorkerPlan(2, 1, None), "2 worker(s) per version on 1 GPU(s), all CPU thread(s) each"),
+    ],
+)
+def test_the_plan_is_said_as_make_serve_prints_it(plan: WorkerPlan, said: str) -> None:
+    """`make serve` prints it and the KServe bundle's config.properties records it: what a user reads."""
+    assert plan.describe() == said
