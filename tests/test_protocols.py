@@ -327,6 +327,12 @@ BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
         "InvalidBinaryData",
         "Inference-Header-Content-Length is '3', but the body is 2 bytes",
     ),
+    "a header length of 1, the least allowed": (
+        binary_request({}, b"", 1),
+        400,
+        "InvalidJSON",
+        "the first 1 bytes (Inference-Header-Content-Length) are not a JSON header",
+    ),
     "a header length of 0": (
         binary_request({"inputs": [BINARY_IMAGE]}, length_prefixed(PHOTO), 0),
         400,
@@ -370,6 +376,12 @@ BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
         400,
         "InvalidBinaryData",
         "True",
+    ),
+    "a binary_data_size of 0, the least allowed": (
+        binary_request({"inputs": [{**BINARY_IMAGE, "parameters": {"binary_data_size": 0}}]}, b""),
+        400,
+        "InvalidInput",
+        "input 'image' has shape [1] but holds 0 elements",
     ),
     "a binary_data_size of -1": (
         binary_request({"inputs": [{**BINARY_IMAGE, "parameters": {"binary_data_size": -1}}]}, length_prefixed(PHOTO)),
