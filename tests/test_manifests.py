@@ -410,29 +410,30 @@ def test_every_inference_service_is_held_to_its_promised_mode_and_protocol() -> 
     assert rendering == KSERVE_MODES_AND_PROTOCOLS.keys()
 
 
-KSERVE_IDS = [relative(directory) for directory in KSERVE_MODES_AND_PROTOCOLS]
+# Each kustomization with an InferenceService, with its promised (mode, protocol).
+EACH_KSERVE_KUSTOMIZATION = pytest.mark.parametrize(
+    ("directory", "promised_mode_and_protocol"),
+    KSERVE_MODES_AND_PROTOCOLS.items(),
+    ids=[relative(directory) for directory in KSERVE_MODES_AND_PROTOCOLS],
+)
 
 
 @needs_kubectl
-@pytest.mark.parametrize(
-    ("directory", "protocol"),
-    [(directory, protocol) for directory, (_, protocol) in KSERVE_MODES_AND_PROTOCOLS.items()],
-    ids=KSERVE_IDS,
-)
-def test_kserve_advertises_its_promised_protocol(directory: Path, protocol: str) -> None:
+@EACH_KSERVE_KUSTOMIZATION
+def test_kserve_advertises_its_promised_protocol(directory: Path, promised_mode_and_protocol: tuple[str, str]) -> None:
+    _, protocol = promised_mode_and_protocol
     (service,) = of_kind(rendered(directory), "InferenceService")
     assert service["spec"]["predictor"]["model"].get("protocolVersion") == protocol, name_of(service)
 
 
 @needs_kubectl
-@pytest.mark.parametrize(
-    ("directory", "mode"),
-    [(directory, mode) for directory, (mode, _) in KSERVE_MODES_AND_PROTOCOLS.items()],
-    ids=KSERVE_IDS,
-)
-def test_kserve_scales_1_to_8_pods_on_70_percent_cpu_or_8_requests_in_flight(directory: Path, mode: str) -> None:
+@EACH_KSERVE_KUSTOMIZATION
+def test_kserve_scales_1_to_8_pods_on_70_percent_cpu_or_8_requests_in_flight(
+    directory: Path, promised_mode_and_protocol: tuple[str, str]
+) -> None:
     """Standard mode: KServe's HPA at 70% CPU; Knative mode: 8 requests in flight per pod (why 8:
     test_concurrency_target_fills_the_default_versions_batches). 1 to 8 pods either way."""
+    mode, _ = promised_mode_and_protocol
     (service,) = of_kind(rendered(directory), "InferenceService")
     predictor = service["spec"]["predictor"]
     assert annotations_of(service).get(MODE_ANNOTATION) == mode, name_of(service)
