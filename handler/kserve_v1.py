@@ -50,7 +50,7 @@ class KServeV1Request(WireRequest):
         return Reply({"error": f"{error.kind}: {where}{error.message}"}, JSON)
 
     def named_classes(self) -> Any:
-        return self.body.get("classes") if isinstance(self.body, Mapping) else None
+        return self.body.get("classes")  # asked only of a request whose images() it answered: a Mapping
 
 
 def _instance_image(index: int, instance: Any) -> bytes:

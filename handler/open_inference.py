@@ -57,8 +57,9 @@ class OpenInferenceRequest(WireRequest):
             raise bad_request("InvalidJSON", 'an inference request must be a JSON object {"inputs": [...]}')
         if document.get("id") is not None:
             self.id = str(document["id"])
-        self.output = _requested_output(document, self.model.classes)
-        self.classes = _parameters(document, "the request").get("classes")
+        parameters = _parameters(document, "the request")
+        self.output = _requested_output(document, parameters, self.model.classes)
+        self.classes = parameters.get("classes")
         return _image_elements(document.get("inputs"), tail)
 
     def answer(self, scores: Scores) -> Reply:
@@ -87,23 +88,13 @@ class OpenInferenceRequest(WireRequest):
         return self.classes
 
     def _document(self) -> tuple[Any, bytes]:
-        """The JSON request and the binary data after it, if any."""
-        if isinstance(self.body, Mapping):  # TorchServe parsed it: sent as application/json
+        """The JSON request and the binary data after it. protocols.py sends this wire format a
+        body TorchServe parsed (application/json), or a raw one with the binary-data header
+        (TorchServe hands a text/* body over as str)."""
+        if isinstance(self.body, Mapping):
             return self.body, b""
-        if not isinstance(self.body, (bytes, bytearray, str)):
-            raise bad_request("InvalidJSON", 'an inference request must be a JSON object {"inputs": [...]}')
         raw = self.body.encode() if isinstance(self.body, str) else bytes(self.body)
-        length = header(self.headers, HEADER_LENGTH)
-        if length is not None:
-            return split_request(raw, length)
-        try:
-            return json.loads(raw), b""
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-            raise bad_request(
-                "InvalidJSON",
-                f"the body is not valid JSON ({error}); to send binary data, "
-                f"set {HEADER_LENGTH} to the JSON header's length",
-            ) from None
+        return split_request(raw, header(self.headers, HEADER_LENGTH) or "")
 
     def _reply(self, outputs: list[tuple[dict[str, Any], bytes | None]]) -> Reply:
         """The answer: each output in JSON with its data, or with its size and its bytes after the
@@ -163,18 +154,19 @@ def _elements(data: Any) -> list[Any]:
     return [item[0] if isinstance(item, list) and len(item) == 1 else item for item in data]
 
 
-def _requested_output(document: Mapping[str, Any], classes: int) -> RequestedOutput:
+def _requested_output(document: Mapping[str, Any], parameters: Mapping[str, Any], classes: int) -> RequestedOutput:
     """What the request asks for. Without `outputs` (or with an empty list), our only output."""
-    binary_default = _flag(_parameters(document, "the request"), "binary_data_output", False)
+    binary_default = _flag(parameters, "binary_data_output", False)
     outputs = document.get("outputs", [])
     if not isinstance(outputs, list) or len(outputs) > 1:
         raise _invalid_output(f'\'outputs\' must be a list of at most one output, {{"name": "{PROBABILITIES.name}"}}')
     if not outputs:
         return RequestedOutput(binary=binary_default, binary_by_default=binary_default)
     output = outputs[0]
-    if not isinstance(output, Mapping) or output.get("name") != PROBABILITIES.name:
-        name = output.get("name") if isinstance(output, Mapping) else output
-        raise _invalid_output(f"unknown output {name!r}: this model's output is '{PROBABILITIES.name}'")
+    if not isinstance(output, Mapping):
+        raise _invalid_output(f'an output must be a JSON object {{"name": "{PROBABILITIES.name}"}}, got {output!r}')
+    if output.get("name") != PROBABILITIES.name:
+        raise _invalid_output(f"unknown output {output.get('name')!r}: this model's output is '{PROBABILITIES.name}'")
     parameters = _parameters(output, f"output '{PROBABILITIES.name}'")
     k = parameters.get("classification")
     if k is not None and not (type(k) is int and 1 <= k <= classes):

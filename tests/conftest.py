@@ -6,6 +6,7 @@ flat; the tests do the same with handler/.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -148,6 +149,13 @@ def depends_on_the_load(request: pytest.FixtureRequest) -> None:
     """Under `make mutants`: a test of the in-process models depends on their load (mutation_preload.py)."""
     if "in_process_models" in request.fixturenames:
         mutants.depends_on_the_load()
+
+
+def each_version() -> list[str]:
+    """The versions a test of each version runs on. Under `make mutants`, the default only: both
+    archives run the same code, each with its settings (held by test_handler's preprocessing and
+    test_model_snapshot), so a second version would double every surviving mutant's cost."""
+    return [DEFAULT_VERSION] if os.environ.get(mutants.ENABLED) else list(SERVED_VERSIONS)
 
 
 def served_versions(server: Server) -> set[str]:

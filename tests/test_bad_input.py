@@ -17,6 +17,7 @@ from answers import same_answer
 from bad_requests import BAD_REQUESTS, JPEG
 from handler_config import HandlerConfig, InputLimits
 from images import b64, encode, photo_bytes, png_declaring, sample_photo
+from request_errors import bad_request
 from scripts.harness.in_process import PREDICTIONS_ROUTE, InProcessModel, Request
 from scripts.paths import MODEL_CONFIG_DIR
 
@@ -209,3 +210,8 @@ def test_fuzzed_bytes_never_escape_the_error_path(model: InProcessModel, data: b
 def test_base64_of_a_valid_image_in_json_is_classified(model: InProcessModel) -> None:
     [response] = model.infer([Request.json({"data": b64(JPEG)})])
     assert response.status == 200
+
+
+def test_a_request_error_reads_as_its_message_where_it_is_logged() -> None:
+    """An error that escaped to TorchServe's log would be printed as str(error)."""
+    assert str(bad_request("InvalidJSON", "the body is not valid JSON")) == "the body is not valid JSON"

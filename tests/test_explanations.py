@@ -20,7 +20,7 @@ import oip
 import promised
 from answers import HEATMAP_TOLERANCE, VERSION_WEIGHTS, grad_cam_by_hand, heatmaps, reference_model, same_answer
 from classification_transforms import ClassificationPreset
-from conftest import InProcessModels
+from conftest import InProcessModels, each_version
 from grad_cam import GradCam
 from handler_config import PreprocessConfig
 from images import b64, encode, exif_rotated_jpeg, jpeg_with_orientation, noise_image, photo_bytes, sample_photo
@@ -29,7 +29,7 @@ from scripts.harness.in_process import InProcessModel, Request, Response
 PHOTO = photo_bytes((640, 480))
 
 
-@pytest.fixture(scope="module", params=sorted(VERSION_WEIGHTS))
+@pytest.fixture(scope="module", params=each_version())
 def model(request: pytest.FixtureRequest, in_process_models: InProcessModels) -> InProcessModel:
     """Each version in turn, from the session's in-process models."""
     return in_process_models[request.param]
@@ -336,3 +336,20 @@ def test_an_error_message_quotes_at_most_8_values_of_40_characters(
     """The values as the client wrote them (repr: a string's quotes count), cut beyond those bounds."""
     [refused] = explain(model, Request.json({"data": b64(PHOTO), "classes": classes}))
     assert refused.status == 400 and refused.body["message"].endswith(quoted)
+
+
+def test_binary_data_output_is_the_default_for_the_outputs_a_request_does_not_name(model: InProcessModel) -> None:
+    """The request asks for every output in binary, and for its probabilities in JSON: the three
+    explanation outputs, which it cannot name, come in binary."""
+    document = {
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64(PHOTO)]}],
+        "parameters": {"binary_data_output": True},
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": False}}],
+    }
+    [response] = explain(model, Request.kserve(document))
+    answer = oip.result(response)
+    sent_binary = {
+        name: "binary_data_size" in answer.get_output(name).get("parameters", {})
+        for name in (oip.OUTPUT, "explained_classes", "heatmaps", "crop_boxes")
+    }
+    assert sent_binary == {oip.OUTPUT: False, "explained_classes": True, "heatmaps": True, "crop_boxes": True}

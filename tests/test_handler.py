@@ -11,14 +11,14 @@ from torchvision.models import WeightsEnum
 
 import promised
 from answers import VERSION_WEIGHTS, direct_probabilities, same_answer
-from conftest import InProcessModels
+from conftest import InProcessModels, each_version
 from handler_config import HandlerConfig
 from image_decoding import decode_rgb
 from images import b64, encode, photo_bytes, sample_photo
 from scripts.harness.in_process import InProcessModel, Request
 
 
-@pytest.fixture(scope="module", params=sorted(VERSION_WEIGHTS))
+@pytest.fixture(scope="module", params=each_version())
 def model(request: pytest.FixtureRequest, in_process_models: InProcessModels) -> InProcessModel:
     """Each version in turn, from the session's in-process models."""
     return in_process_models[request.param]

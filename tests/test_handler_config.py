@@ -5,23 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 from torchvision.models import ResNet50_Weights
+from torchvision.transforms import InterpolationMode, functional as F
+from torchvision.transforms._presets import ImageClassification
 
+from classification_transforms import ClassificationPreset
 from handler_config import HandlerConfig
+from images import noise_image
 
 CATEGORIES = ResNet50_Weights.IMAGENET1K_V2.meta["categories"]  # the 1000 ImageNet classes the archive carries
+PREPROCESS = {"resize_size": 232, "crop_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
 def section(**changes: Any) -> dict[str, Any]:
     """A `handler:` section as the archive build writes it, with `changes` made."""
     return {
         "weights": "IMAGENET1K_V2",
-        "preprocess": {
-            "resize_size": 232,
-            "crop_size": 224,
-            "mean": [0.485, 0.456, 0.406],
-            "std": [0.229, 0.224, 0.225],
-        },
+        "preprocess": PREPROCESS,
         "categories": CATEGORIES,
         "topk": 5,
         **changes,
@@ -46,3 +47,21 @@ def test_a_normalisation_of_other_than_3_channels_is_refused(key: str, values: l
     preprocess = {**section()["preprocess"], key: values}
     with pytest.raises(ValueError, match=r"\(expected 3"):
         HandlerConfig.from_yaml(section(preprocess=preprocess))
+
+
+def test_the_configured_interpolation_is_the_one_both_paths_resize_with() -> None:
+    """Weights trained with bicubic resizing say so in their preset: the CPU path then matches
+    torchvision's bicubic preset, and the GPU path resizes unlike a bilinear one."""
+    image = noise_image((300, 260))
+    presets = {
+        mode: ClassificationPreset(
+            HandlerConfig.from_yaml(section(preprocess={**PREPROCESS, "interpolation": mode})).preprocess
+        )
+        for mode in ("bilinear", "bicubic")
+    }
+    torchvision_bicubic = ImageClassification(crop_size=224, resize_size=232, interpolation=InterpolationMode.BICUBIC)
+    assert (presets["bicubic"](image) - torchvision_bicubic(image)).abs().max().item() <= 1e-5
+    pixels = F.pil_to_tensor(image)
+    assert not torch.allclose(
+        presets["bicubic"].tensor(pixels, torch.float32), presets["bilinear"].tensor(pixels, torch.float32)
+    )

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from answers import same_answer
-from image_decoding import decode_rgb
+from image_decoding import decode_rgb, load_rgb, upright_size
 from images import (
     encode,
     exif_rotated_jpeg,
@@ -196,3 +196,11 @@ def test_different_images_get_different_classes(model: InProcessModel) -> None:
     responses = model.infer([Request.raw(encode(image, "PNG")) for image in images])
     top1 = [response.body[0]["index"] for response in responses]
     assert len(set(top1)) == len(images), top1
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_the_size_checked_before_decoding_is_the_decoded_size(orientation: int) -> None:
+    """Limits are checked on upright_size, before decoding: it must be the size decoding gives,
+    for each of the 8 EXIF orientations (5 to 8 turn the picture a quarter)."""
+    stored = Image.open(io.BytesIO(jpeg_with_orientation(noise_image((48, 32)), orientation)))
+    assert upright_size(stored) == load_rgb(stored).size == ((32, 48) if orientation >= 5 else (48, 32))

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import promised
+import scripts.model_config
 from conftest import served_versions
 from images import photo_bytes
 from scripts.client.rest_api import RestClient
@@ -133,3 +134,20 @@ def test_plain_torchserve_start_serves_both_versions_with_2_0_the_default(plain:
         client.predict(MODEL_NAME, photo_bytes((320, 240)), version, "image/jpeg") for version in SERVED_VERSIONS
     ]
     assert all(len(answer) == 5 for answer in answers)
+
+
+@pytest.mark.parametrize(
+    ("shared", "own", "merged"),
+    [
+        ({"topk": 5}, None, {"topk": 5}),
+        (None, {"topk": 3}, {"topk": 3}),
+        ({"topk": 5, "x": 1}, {"topk": 3}, {"topk": 3, "x": 1}),
+    ],
+)
+def test_a_versions_handler_section_overlays_the_shared_one_and_either_may_be_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared: Any, own: Any, merged: dict[str, Any]
+) -> None:
+    for name, handler in (("model-config.yaml", shared), ("9.9.yaml", own)):
+        (tmp_path / name).write_text(json.dumps({"batchSize": 8} if handler is None else {"handler": handler}))
+    monkeypatch.setattr(scripts.model_config, "MODEL_CONFIG_DIR", tmp_path)
+    assert version_settings("9.9")["handler"] == merged

@@ -296,7 +296,31 @@ BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
         oip_json([image_tensor([b64(PHOTO)])], outputs=[{"name": "logits"}]),
         400,
         "InvalidOutput",
-        "'logits'",
+        "InvalidOutput: unknown output 'logits': this model's output is 'probabilities'",
+    ),
+    "an output named by a bare string": (
+        oip_json([image_tensor([b64(PHOTO)])], outputs=["probabilities"]),
+        400,
+        "InvalidOutput",
+        """InvalidOutput: an output must be a JSON object {"name": "probabilities"}, got 'probabilities'""",
+    ),
+    "data that is not a list": (
+        oip_json([{**image_tensor([]), "shape": [1], "data": b64(PHOTO)}]),
+        400,
+        "InvalidInput",
+        "InvalidInput: input 'image' data must be a list of base64 strings",
+    ),
+    "an element of two strings": (
+        oip_json([{**image_tensor([[b64(PHOTO), b64(PHOTO)]]), "shape": [1, 1]}]),
+        400,
+        "InvalidJSON",
+        "InvalidJSON: input 'image' element 0 must be a base64 string, got list",
+    ),
+    "binary_data_size in a request without binary data": (
+        oip_json([{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 4}}]),
+        400,
+        "InvalidBinaryData",
+        "InvalidBinaryData: input 'image' declares binary_data_size 4, but the body holds only 0 bytes of binary data",
     ),
     "classification 0": (
         oip_json(
@@ -387,7 +411,7 @@ BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
         binary_request({"inputs": [{**BINARY_IMAGE, "parameters": {"binary_data_size": -1}}]}, length_prefixed(PHOTO)),
         400,
         "InvalidBinaryData",
-        "binary_data_size -1",
+        "InvalidBinaryData: input 'image' declares binary_data_size -1; it must be a number of bytes",
     ),
     "JSON nested 100,000 deep after the binary header": (
         binary_request({}, b"", None, b"[" * 100_000),
@@ -455,7 +479,7 @@ BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
         ),
         400,
         "InvalidBinaryData",
-        "declares 5 bytes, but only 4 are left",
+        "InvalidBinaryData: input 'image' element 0 declares 5 bytes, but only 4 are left",
     ),
     **{
         f"{stray} of a length prefix's 4 bytes after the last element": (
@@ -465,7 +489,7 @@ BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
             ),
             400,
             "InvalidBinaryData",
-            "ends inside an element's 4-byte length prefix",
+            "InvalidBinaryData: input 'image' ends inside an element's 4-byte length prefix",
         )
         for stray in (1, 2, 3)
     },
@@ -504,6 +528,18 @@ BAD_V1_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
         400,
         "CorruptImage",
         "instance 0:",
+    ),
+    "an instance that is a number": (
+        Request.kserve({"instances": [12345]}),
+        400,
+        "InvalidJSON",
+        "InvalidJSON: instance 0 must be a base64 string, got int",
+    ),
+    "an empty instance": (
+        Request.kserve({"instances": [""]}),
+        400,
+        "EmptyBody",
+        "EmptyBody: instance 0 decodes to an empty image",
     ),
 }
 
@@ -599,3 +635,36 @@ def test_a_batch_of_mixed_protocols_and_bad_images_answers_each_request_alone(
     assert "element 1" in error_message(responses[1])
     assert "instance 1" in responses[3].body["error"]
     assert responses[5].body["type"] == "InvalidImage"
+
+
+def test_a_text_body_with_the_binary_header_is_read_as_text(model: InProcessModel) -> None:
+    """TorchServe hands a text/* body to the handler as str, not bytes: still one request."""
+    document = {"inputs": [image_tensor([b64(PHOTO)])]}
+    encoded = json.dumps(document).encode()
+    as_text, as_json = model.infer(
+        [
+            Request.kserve(encoded, content_type="text/plain", Inference_Header_Content_Length=str(len(encoded))),
+            oip_json(document["inputs"]),
+        ]
+    )
+    assert np.array_equal(oip.result(as_text).as_numpy(oip.OUTPUT), oip.result(as_json).as_numpy(oip.OUTPUT))
+
+
+def test_over_grpc_an_answer_to_a_request_without_an_id_has_an_empty_one(model: InProcessModel) -> None:
+    """TorchServe's gRPC frontend reads `id` from every answer, so it is there even when not asked."""
+    document = {"inputs": [image_tensor([b64(NOT_AN_IMAGE)])]}
+    [response] = model.infer([Request.grpc(document)])
+    assert json.loads(response.body)["id"] == ""
+
+
+def test_every_v1_answer_is_declared_json(model: InProcessModel) -> None:
+    """KServe's v1 client reads an answer, and an error, only from a body declared JSON."""
+    answer, explanation, error = model.infer(
+        [
+            Request.kserve({"instances": [b64(PHOTO)]}),
+            Request.kserve({"instances": [b64(PHOTO)]}).explaining(),
+            Request.kserve({"instances": [b64(NOT_AN_IMAGE)]}),
+        ]
+    )
+    assert [response.status for response in (answer, explanation, error)] == [200, 200, 400]
+    assert {response.headers.get("Content-Type") for response in (answer, explanation, error)} == {"application/json"}
