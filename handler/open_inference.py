@@ -47,9 +47,10 @@ class OpenInferenceRequest(WireRequest):
         self.headers = headers
         self.model = model
         self.over_grpc = not sent_over_http(headers)
+        # What images() reads from the request; nothing asks for them before it has.
         self.id: str | None = None
-        self.output = RequestedOutput()
-        self.classes: Any = None
+        self.output = RequestedOutput()  # pragma: no mutate
+        self.classes: Any = None  # pragma: no mutate
 
     def images(self) -> list[bytes]:
         document, tail = self._document()

@@ -50,4 +50,5 @@ BAD_REQUESTS: dict[str, tuple[Sent, int, str]] = {
     "invalid JSON": (Sent.json(b'{"data": '), 400, "InvalidJSON"),
     "JSON without data": (Sent.json({"image": "abc"}), 400, "InvalidJSON"),
     "form without the data field": (Sent(form={"file": JPEG}), 400, "MissingField"),
+    "text, not an image": (Sent(b"a photo of a cat", "text/plain"), 400, "InvalidImage"),  # TorchServe hands over str
 }

@@ -151,9 +151,15 @@ def test_one_image_may_name_5_classes_from_class_0_to_999(model: InProcessModel)
 
 
 def test_a_form_field_names_classes_as_text_and_a_bad_one_says_what_it_got(model: InProcessModel) -> None:
-    good, bad = explain(model, Request.form(data=PHOTO, classes=b" 12, 34 "), Request.form(data=PHOTO, classes=b"12,x"))
+    good, bad, undecodable = explain(
+        model,
+        Request.form(data=PHOTO, classes=b" 12, 34 "),
+        Request.form(data=PHOTO, classes=b"12,x"),
+        Request.form(data=PHOTO, classes=b"12,\xff"),  # not UTF-8: still a 400 that shows what it got
+    )
     assert [entry["index"] for entry in good.body["heatmaps"]] == [12, 34]
     assert bad.status == 400 and bad.body["message"].endswith("got 'x'")
+    assert undecodable.status == 400 and undecodable.body["message"].endswith("got '\ufffd'")
 
 
 def test_classes_on_a_prediction_route_change_nothing(model: InProcessModel) -> None:
@@ -220,6 +226,7 @@ def test_the_crop_box_is_where_the_preset_crops(size: tuple[int, int], resize: i
         )
 
     assert box == pytest.approx(torchvision_crop_box(size, config), abs=0.01)
+    assert box == tuple(round(value, 2) for value in box), "docs/explanations.md: to a hundredth of a pixel"
     error = (cut(*box) - crop).abs().mean().item()
     shift = 2 * (box[2] - box[0]) / 224  # two of the crop's pixels, sideways where there is room
     shift = shift if box[2] + shift <= size[0] else -shift
@@ -353,3 +360,12 @@ def test_binary_data_output_is_the_default_for_the_outputs_a_request_does_not_na
         for name in (oip.OUTPUT, "explained_classes", "heatmaps", "crop_boxes")
     }
     assert sent_binary == {oip.OUTPUT: False, "explained_classes": True, "heatmaps": True, "crop_boxes": True}
+
+
+def test_each_image_of_a_request_is_explained_for_its_own_top_class(model: InProcessModel) -> None:
+    """One request of two images, no classes named: each image's own top class, not the first's."""
+    images = [PHOTO, encode(noise_image((320, 240)))]
+    tops = [response.body[0]["index"] for response in model.infer([Request.raw(image) for image in images])]
+    [answer] = explain(model, Request.kserve({"instances": [b64(image) for image in images]}))
+    assert tops[0] != tops[1], "two images of different top classes, or this test shows nothing"
+    assert [explained["heatmaps"][0]["index"] for explained in answer.body["explanations"]] == tops

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 import torch
@@ -124,3 +125,17 @@ def test_a_bad_request_fails_alone_in_its_batch(model: InProcessModel) -> None:
     assert [r.status for r in responses] == [200, 400, 200]
     assert responses[1].body["type"] == "InvalidImage"
     assert same_answer(responses[0].body, responses[2].body)
+
+
+def test_a_json_body_declared_with_parameters_or_in_capitals_is_read_as_json(model: InProcessModel) -> None:
+    """TorchServe parses only an exact `application/json`; the handler reads JSON's other spellings."""
+    photo = photo_bytes((320, 240))
+    document = json.dumps({"data": b64(photo)}).encode()
+    charset, capitals, plain = model.infer(
+        [
+            Request.raw(document, "application/json; charset=utf-8"),
+            Request.raw(document, "Application/JSON"),
+            Request.raw(photo),
+        ]
+    )
+    assert same_answer(charset.body, plain.body) and same_answer(capitals.body, plain.body)

@@ -104,7 +104,8 @@ def test_a_snapshot_can_make_another_served_version_the_default() -> None:
 def test_a_snapshot_of_versions_it_cannot_serve_is_refused(
     versions: tuple[str, ...], default: str, error: type[Exception]
 ) -> None:
-    with pytest.raises(error, match=r"3.0 is not among|9.9.yaml does not exist"):
+    served = r"^the default version 3.0 is not among the versions served: 1.0, 2.0$"
+    with pytest.raises(error, match=rf"{served}|9.9.yaml does not exist"):
         model_snapshot(versions, default)
 
 

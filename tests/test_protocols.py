@@ -349,7 +349,8 @@ BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
         binary_request({}, b"", len(b"{}") + 1),
         400,
         "InvalidBinaryData",
-        "Inference-Header-Content-Length is '3', but the body is 2 bytes",
+        "InvalidBinaryData: Inference-Header-Content-Length is '3', but the body is 2 bytes; "
+        "it must be the length of the JSON header at the start of the body",
     ),
     "a header length of 1, the least allowed": (
         binary_request({}, b"", 1),
@@ -426,10 +427,10 @@ BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
         '{"inputs": [...]}',
     ),
     "JSON null with the binary header": (
-        Request.kserve(b"null", Inference_Header_Content_Length="4"),
+        Request.kserve(b"null", content_type=None, Inference_Header_Content_Length="4"),
         400,
         "InvalidJSON",
-        '{"inputs": [...]}',
+        'InvalidJSON: an inference request must be a JSON object {"inputs": [...]}',
     ),
     "request parameters not an object": (
         oip_json([image_tensor([b64(PHOTO)])], parameters=[1]),
@@ -472,6 +473,12 @@ BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
         400,
         "InvalidBinaryData",
         "declares 100 bytes",
+    ),
+    "an element of 0 bytes, its length prefix ending the data": (
+        binary_request({"inputs": [{**BINARY_IMAGE, "parameters": {"binary_data_size": 4}}]}, struct.pack("<I", 0)),
+        400,
+        "InvalidImage",
+        "InvalidImage: input 'image' element 0: the 0 bytes sent are not an image Pillow can read",
     ),
     "an element's length one beyond the data": (
         binary_request(
