@@ -62,9 +62,7 @@ class GpuPreprocessor:
             return []
         data = [torch.frombuffer(bytearray(payload), dtype=torch.uint8) for payload in payloads]
         try:
-            # GPU-only: on the CPU the device is the default, and a grey JPEG's one channel broadcasts alike.
-            decoded = torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)  # pragma: no mutate
-            return list(decoded)
+            return list(torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
         except RuntimeError as error:  # one bad stream fails the batched call: decode one by one
             logger.info("Batched JPEG decode failed (%s); decoding each image with Pillow", error)
             return [None] * len(payloads)
@@ -75,7 +73,6 @@ class GpuPreprocessor:
         except RequestError as error:
             return error
         tensor = F.pil_to_tensor(image)
-        # Only a GPU tells these lines' mutants apart: on the CPU the copy is the tensor itself.
-        if self.device.type == "cuda":  # pragma: no mutate
-            tensor = tensor.pin_memory()  # pragma: no mutate
-        return tensor.to(self.device, non_blocking=True)  # pragma: no mutate
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory()  # pragma: no mutate (runs on a GPU only)
+        return tensor.to(self.device, non_blocking=True)

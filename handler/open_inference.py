@@ -47,8 +47,8 @@ class OpenInferenceRequest(WireRequest):
         self.headers = headers
         self.model = model
         self.over_grpc = not sent_over_http(headers)
+        self.id: str | None = None  # echoed in every answer, a refusal too
         # What images() reads from the request; nothing asks for them before it has.
-        self.id: str | None = None
         self.output = RequestedOutput()  # pragma: no mutate
         self.classes: Any = None  # pragma: no mutate
 
@@ -58,9 +58,9 @@ class OpenInferenceRequest(WireRequest):
             raise bad_request("InvalidJSON", 'an inference request must be a JSON object {"inputs": [...]}')
         if document.get("id") is not None:
             self.id = str(document["id"])
-        parameters = _parameters(document, "the request")
-        self.output = _requested_output(document, parameters, self.model.classes)
-        self.classes = parameters.get("classes")
+        request_parameters = _parameters(document, "the request")
+        self.output = _requested_output(document, request_parameters, self.model.classes)
+        self.classes = request_parameters.get("classes")
         return _image_elements(document.get("inputs"), tail)
 
     def answer(self, scores: Scores) -> Reply:
@@ -90,8 +90,9 @@ class OpenInferenceRequest(WireRequest):
 
     def _document(self) -> tuple[Any, bytes]:
         """The JSON request and the binary data after it. protocols.py sends this wire format a
-        body TorchServe parsed (application/json), or a raw one with the binary-data header
-        (TorchServe hands a text/* body over as str)."""
+        parsed body (TorchServe's parse of application/json, gRPC ModelInfer, or JSON sent to a
+        KServe route without a content type), or a raw one with the binary-data header (TorchServe
+        hands a text/* body over as str)."""
         if isinstance(self.body, Mapping):
             return self.body, b""
         raw = self.body.encode() if isinstance(self.body, str) else bytes(self.body)
@@ -121,6 +122,9 @@ def _image_elements(inputs: Any, tail: bytes) -> list[bytes]:
     size = _parameters(tensor, f"input '{INPUT}'").get("binary_data_size")
     if size is not None:
         elements = bytes_elements(take(tail, size, INPUT), INPUT)
+        empty = next((index for index, element in enumerate(elements) if not element), None)
+        if empty is not None:  # as a base64 element decoding to nothing is
+            raise bad_request("EmptyBody", f"input '{INPUT}' element {empty} is empty")
         if len(tail) != size:
             raise invalid(f"the body holds {len(tail)} bytes of binary data, but the inputs declare {size}")
     elif "data" in tensor:
@@ -155,9 +159,12 @@ def _elements(data: Any) -> list[Any]:
     return [item[0] if isinstance(item, list) and len(item) == 1 else item for item in data]
 
 
-def _requested_output(document: Mapping[str, Any], parameters: Mapping[str, Any], classes: int) -> RequestedOutput:
-    """What the request asks for. Without `outputs` (or with an empty list), our only output."""
-    binary_default = _flag(parameters, "binary_data_output", False)
+def _requested_output(
+    document: Mapping[str, Any], request_parameters: Mapping[str, Any], classes: int
+) -> RequestedOutput:
+    """What the request asks for (its `parameters` read once, by the caller). Without `outputs`
+    (or with an empty list), our only output."""
+    binary_default = _flag(request_parameters, "binary_data_output", False)
     outputs = document.get("outputs", [])
     if not isinstance(outputs, list) or len(outputs) > 1:
         raise _invalid_output(f'\'outputs\' must be a list of at most one output, {{"name": "{PROBABILITIES.name}"}}')

@@ -193,13 +193,11 @@ class ResNet50Handler(BaseHandler):
     def inference(self, batch: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Forward the stacked batch and return class probabilities, computed (on a GPU, the wait
         for them is the forward's time, not the postprocess')."""
-        # The copy to the device, its layout and the wait change nothing a CPU can tell: not mutated.
         with torch.inference_mode():
-            batch = batch.to(self.device, self.dtype, non_blocking=True)  # pragma: no mutate
-            batch = batch.contiguous(memory_format=torch.channels_last)  # pragma: no mutate
+            batch = batch.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
             probabilities = torch.softmax(self.forward(batch), dim=1)
-        if self.device.type == "cuda":  # pragma: no mutate
-            torch.cuda.current_stream(self.device).synchronize()  # pragma: no mutate
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # pragma: no mutate (runs on a GPU only)
         return probabilities
 
     def postprocess(self, probabilities: torch.Tensor, counts: list[int]) -> list[Scores]:

@@ -62,7 +62,7 @@ def model_snapshot(
 
 def snapshot_line(snapshot: dict[str, Any]) -> str:
     """The snapshot as a config.properties line (one line of compact JSON)."""
-    return f"{SNAPSHOT_PROPERTY}={json.dumps(snapshot, separators=(',', ':'))}"  # pragma: no mutate (read alike)
+    return f"{SNAPSHOT_PROPERTY}={json.dumps(snapshot, separators=(',', ':'))}"  # pragma: no mutate (JSON alike)
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:

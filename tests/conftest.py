@@ -153,8 +153,9 @@ def depends_on_the_load(request: pytest.FixtureRequest) -> None:
 
 def each_version() -> list[str]:
     """The versions a test of each version runs on. Under `make mutants`, the default only: both
-    archives run the same code, each with its settings (held by test_handler's preprocessing and
-    test_model_snapshot), so a second version would double every surviving mutant's cost."""
+    archives run the same code, each with its settings (held for every version by
+    test_archive_carries_the_weights_preprocessing and test_model_snapshot), so a second version
+    would double every surviving mutant's cost."""
     return [DEFAULT_VERSION] if os.environ.get(mutants.ENABLED) else list(SERVED_VERSIONS)
 
 

@@ -52,7 +52,11 @@ def test_preprocessing_matches_torchvision(model: InProcessModel, size: tuple[in
     assert (ours - theirs).abs().max().item() <= 1e-5
 
 
-def test_archive_carries_the_weights_preprocessing(model: InProcessModel) -> None:
+@pytest.mark.parametrize("version", sorted(VERSION_WEIGHTS))
+def test_archive_carries_the_weights_preprocessing(in_process_models: InProcessModels, version: str) -> None:
+    """Every version, under `make mutants` too (each_version): its settings are what set the
+    versions apart."""
+    model = in_process_models[version]
     config: HandlerConfig = model.handler.config
     preset = reference_weights(model).transforms()
     assert config.preprocess.resize_size == preset.resize_size[0] == {"1.0": 256, "2.0": 232}[model.version]

@@ -420,12 +420,6 @@ BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
         "InvalidJSON",
         "not a JSON header",
     ),
-    "JSON nested 100,000 deep": (
-        Request.kserve(b"[" * 100_000, content_type=None),
-        400,
-        "InvalidJSON",
-        '{"inputs": [...]}',
-    ),
     "JSON null with the binary header": (
         Request.kserve(b"null", content_type=None, Inference_Header_Content_Length="4"),
         400,
@@ -477,8 +471,8 @@ BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
     "an element of 0 bytes, its length prefix ending the data": (
         binary_request({"inputs": [{**BINARY_IMAGE, "parameters": {"binary_data_size": 4}}]}, struct.pack("<I", 0)),
         400,
-        "InvalidImage",
-        "InvalidImage: input 'image' element 0: the 0 bytes sent are not an image Pillow can read",
+        "EmptyBody",
+        "EmptyBody: input 'image' element 0 is empty",
     ),
     "an element's length one beyond the data": (
         binary_request(
@@ -510,6 +504,13 @@ BAD_OIP_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
 BAD_V1_REQUESTS: dict[str, tuple[Request, int, str, str]] = {
     # Without the binary-data header, a body that is not JSON could be either protocol.
     "not JSON": (Request.kserve(b"{inputs", content_type=None), 400, "InvalidJSON", '{"inputs": [...]}'),
+    "JSON nested 100,000 deep": (
+        Request.kserve(b"[" * 100_000, content_type=None),
+        400,
+        "InvalidJSON",
+        'InvalidJSON: a KServe v1 request must be JSON {"instances": ["<base64 image>", ...]}, '
+        'and an Open Inference Protocol request {"inputs": [...]}',
+    ),
     "instances not a list": (Request.kserve({"instances": b64(PHOTO)}), 400, "InvalidJSON", "non-empty list"),
     "no instances": (Request.kserve({"instances": []}), 400, "InvalidJSON", "non-empty list"),
     "an instance without its key": (

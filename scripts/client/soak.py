@@ -69,10 +69,18 @@ class SoakReport:
         return sum(1 for worker, pid in self.workers_before.items() if self.workers_after.get(worker) != pid)
 
     def memory_growth_mib(self, since_fraction: float) -> float:
-        """The largest growth of any worker's memory from `since_fraction` of the run to its end."""
-        start = next((usage for t, usage in self.memory_mib if t >= since_fraction * self.seconds), {})
-        end = self.memory_mib[-1][1] if self.memory_mib else {}
-        return max((end.get(worker, 0.0) - mib for worker, mib in start.items()), default=0.0)
+        """The largest rise of any worker's peak memory: its peak from `since_fraction` of the run
+        to the end, over its peak before. Peaks, not single samples: a worker's resident memory
+        swings by about 100 MiB as batches of different sizes come and go, and a leak raises the
+        peak too."""
+        split = since_fraction * self.seconds
+        before = [usage for t, usage in self.memory_mib if t < split]
+        after = [usage for t, usage in self.memory_mib if t >= split]
+        workers = set().union(*before) & set().union(*after)
+        return max(
+            (max(usage.get(w, 0.0) for usage in after) - max(usage.get(w, 0.0) for usage in before) for w in workers),
+            default=0.0,
+        )
 
     def summary(self) -> str:
         series = "\n".join(
