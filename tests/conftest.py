@@ -6,7 +6,6 @@ flat; the tests do the same with handler/.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -156,7 +155,7 @@ def each_version() -> list[str]:
     archives run the same code, each with its settings (held for every version by
     test_archive_carries_the_weights_preprocessing and test_model_snapshot), so a second version
     would double every surviving mutant's cost."""
-    return [DEFAULT_VERSION] if os.environ.get(mutants.ENABLED) else list(SERVED_VERSIONS)
+    return [DEFAULT_VERSION] if mutants.running() else list(SERVED_VERSIONS)
 
 
 def served_versions(server: Server) -> set[str]:

@@ -37,6 +37,11 @@ _preloaded: dict[str, InProcessModel] = {}
 _run_by_a_load: set[str] = set()
 
 
+def running() -> bool:
+    """Whether this process is part of `make mutants`."""
+    return bool(os.environ.get(ENABLED))
+
+
 def mutant() -> str:
     """The mutant this process tests; "" outside `make mutants` and outside a mutant's tests."""
     name = os.environ.get("MUTANT_UNDER_TEST", "")
@@ -45,13 +50,13 @@ def mutant() -> str:
 
 def in_the_fork_server(config: pytest.Config) -> bool:
     """mutmut's fork server warms up with a --collect-only session, before it has any mutant."""
-    return bool(os.environ.get(ENABLED)) and config.option.collectonly and os.environ.get("MUTANT_UNDER_TEST") == ""
+    return running() and config.option.collectonly and os.environ.get("MUTANT_UNDER_TEST") == ""
 
 
 @contextmanager
 def noting_what_a_load_runs() -> Iterator[None]:
     """Under `make mutants`, note which of mutmut's original functions run inside (a load)."""
-    if not os.environ.get(ENABLED):
+    if not running():
         yield
         return
 
@@ -81,7 +86,7 @@ def depends_on_the_load() -> None:
     function to the tests during which it ran, and a session fixture loads once, during the first
     test that asks: without this, a mutant of the load would meet that one test only, never the
     explanation or metrics tests that catch it."""
-    if os.environ.get(ENABLED) and os.environ.get("MUTANT_UNDER_TEST") == "stats":
+    if running() and os.environ.get("MUTANT_UNDER_TEST") == "stats":
         for name in _run_by_a_load:
             record_trampoline_hit(name)
 

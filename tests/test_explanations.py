@@ -103,11 +103,15 @@ def test_every_payload_form_explains_alike(model: InProcessModel) -> None:
         assert np.allclose(answer.as_numpy("heatmaps")[1], heatmaps(second).numpy(), atol=HEATMAP_TOLERANCE)
         assert np.allclose(answer.as_numpy("crop_boxes"), [first["crop_box"], second["crop_box"]], atol=1e-3)
         assert answer.as_numpy(oip.OUTPUT).shape == (2, 1000)
-        sent_binary = {
-            name: "binary_data_size" in answer.get_output(name).get("parameters", {})
-            for name in (oip.OUTPUT, "explained_classes", "heatmaps", "crop_boxes")
-        }
-        assert set(sent_binary.values()) == {response is v2_binary}
+        assert set(sent_in_binary(answer).values()) == {response is v2_binary}
+
+
+def sent_in_binary(answer: Any) -> dict[str, bool]:
+    """For each output of an OIP explanation (a tritonclient InferResult): whether it came in binary."""
+    return {
+        name: "binary_data_size" in answer.get_output(name).get("parameters", {})
+        for name in (oip.OUTPUT, "explained_classes", "heatmaps", "crop_boxes")
+    }
 
 
 def oip_request(images: list[bytes], binary: bool, classes: Any) -> Request:
@@ -355,11 +359,12 @@ def test_binary_data_output_is_the_default_for_the_outputs_a_request_does_not_na
     }
     [response] = explain(model, Request.kserve(document))
     answer = oip.result(response)
-    sent_binary = {
-        name: "binary_data_size" in answer.get_output(name).get("parameters", {})
-        for name in (oip.OUTPUT, "explained_classes", "heatmaps", "crop_boxes")
+    assert sent_in_binary(answer) == {
+        oip.OUTPUT: False,
+        "explained_classes": True,
+        "heatmaps": True,
+        "crop_boxes": True,
     }
-    assert sent_binary == {oip.OUTPUT: False, "explained_classes": True, "heatmaps": True, "crop_boxes": True}
 
 
 def test_each_image_of_a_request_is_explained_for_its_own_top_class(model: InProcessModel) -> None:
