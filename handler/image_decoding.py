@@ -66,21 +66,32 @@ def is_plain_jpeg(image: Image.Image) -> bool:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to RGB the way a viewer would show it.
 
-    Transparent pixels are composited on white (a plain convert turns them black), and 16-bit
-    samples are scaled to 8 bits (a plain convert clips everything above 255 to white).
+    Transparent pixels are composited on white (a plain convert turns them black), whether an
+    alpha channel or a PNG's transparent colour (tRNS) marks them, and 16-bit samples are scaled to
+    8 bits (a plain convert clips everything above 255 to white).
     """
+    if image.mode in _SIXTEEN_BIT_MODES:
+        image = _eight_bit(image)
+    if "transparency" in image.info:  # a transparent colour: of a palette, a grey or an RGB PNG
+        image = image.convert("RGBA")
     if image.mode == "RGB":  # pragma: no mutate (a shortcut: converting RGB to RGB copies it)
         return image
-    if image.mode in _SIXTEEN_BIT_MODES:
-        samples = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.clip(np.rint(samples), 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")  # paste() copies an LA image's bands as stored: not RGB for _eight_bit's
         background = Image.new("RGB", image.size, _WHITE)
-        background.paste(image, mask=image.convert("RGBA").getchannel("A"))
+        background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit grey image at the nearest 8-bit levels, with its transparent grey as alpha (LA)."""
+    samples = np.asarray(image)
+    grey = Image.fromarray(np.clip(np.rint(samples / 257.0), 0, 255).astype(np.uint8), mode="L")
+    transparent = image.info.get("transparency")
+    if transparent is None:
+        return grey
+    return Image.merge("LA", (grey, Image.fromarray(np.where(samples == transparent, 0, 255).astype(np.uint8))))
 
 
 def _open(data: bytes) -> Image.Image:

@@ -45,7 +45,7 @@ def model_snapshot(
     `workers` per version, or the model config's own minWorkers/maxWorkers; `recipes` maps a
     version built like another (2.1 like 2.0) to the version whose settings it has.
     """
-    if versions and default not in versions:
+    if default not in versions:
         raise ValueError(f"the default version {default} is not among the versions served: {', '.join(versions)}")
     entries = {}
     for version in versions:
@@ -57,7 +57,7 @@ def model_snapshot(
             "maxWorkers": workers or int(settings["maxWorkers"]),
             **{key: int(settings[key]) for key in SNAPSHOT_SETTINGS},
         }
-    return {"name": "startup.cfg", "modelCount": len(entries), "models": {MODEL_NAME: entries} if entries else {}}
+    return {"name": "startup.cfg", "modelCount": len(entries), "models": {MODEL_NAME: entries}}
 
 
 def snapshot_line(snapshot: dict[str, Any]) -> str:

@@ -284,6 +284,17 @@ def test_a_request_may_ask_for_32_heatmaps(model: InProcessModel, monkeypatch: p
     assert [[entry["index"] for entry in answer["heatmaps"]] for answer in explanations] == [[1, 2, 3, 4]] * 8
 
 
+def test_a_full_request_may_be_explained_for_each_images_top_class(
+    model: InProcessModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No classes named: one map per image, so a request of the most images allowed is answered."""
+    assert promised.MAX_IMAGES_PER_REQUEST == promised.MAX_HEATMAPS_PER_REQUEST, "at the limit, not under it"
+    monkeypatch.setattr(model.handler, "grad_cam", lambda images, classes: torch.zeros(len(images), 7, 7))
+    [answered] = explain(model, Request.kserve({"instances": [b64(PHOTO)] * promised.MAX_IMAGES_PER_REQUEST}))
+    assert answered.status == 200
+    assert [len(answer["heatmaps"]) for answer in answered.body["explanations"]] == [1] * 32
+
+
 def test_too_many_heatmaps_are_a_413_before_any_work(model: InProcessModel) -> None:
     """A request may ask for 32 maps (images x classes): a batch's passes must fit in the response timeout."""
     eleven = {"instances": [b64(PHOTO)] * 11, "classes": [1, 2, 3]}

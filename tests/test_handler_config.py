@@ -11,7 +11,7 @@ from torchvision.transforms import InterpolationMode, functional as F
 from torchvision.transforms._presets import ImageClassification
 
 from classification_transforms import ClassificationPreset
-from handler_config import HandlerConfig
+from handler_config import HandlerConfig, InputLimits
 from images import noise_image
 
 CATEGORIES = ResNet50_Weights.IMAGENET1K_V2.meta["categories"]  # the 1000 ImageNet classes the archive carries
@@ -27,6 +27,14 @@ def section(**changes: Any) -> dict[str, Any]:
         "topk": 5,
         **changes,
     }
+
+
+def test_a_section_of_only_the_required_keys_takes_the_defaults() -> None:
+    """Official weights (no random-weights warning), top 5, bilinear, the default limits, eager."""
+    required = {key: value for key, value in section().items() if key != "topk"}
+    config = HandlerConfig.from_yaml(required)
+    assert (config.topk, config.random_weights, config.preprocess.interpolation) == (5, False, "bilinear")
+    assert (config.limits, config.compiled_forward) == (InputLimits(), {})
 
 
 @pytest.mark.parametrize("topk", [1, 1000])

@@ -133,6 +133,22 @@ def test_a_palette_image_keeps_its_transparent_colour_white(model: InProcessMode
     assert np.array_equal(handler_pixels(model, data), expected)
 
 
+@pytest.mark.parametrize("mode", ["L", "RGB", "I;16"])
+def test_a_pngs_transparent_colour_is_white_in_every_mode(model: InProcessModel, mode: str) -> None:
+    """A grey, RGB or 16-bit grey PNG may name one colour transparent (tRNS), as a palette may."""
+    picture = sample_photo().resize((320, 240)).quantize(32).convert("RGB" if mode == "RGB" else "L")
+    pixels = np.asarray(picture).reshape(240 * 320, -1)
+    colours, counts = np.unique(pixels, axis=0, return_counts=True)
+    key = colours[counts.argmax()]  # the most common colour
+    is_transparent = (pixels == key).all(axis=1).reshape(240, 320)
+    expected = np.where(is_transparent[..., None], WHITE, np.asarray(picture.convert("RGB")))
+    if mode == "I;16":
+        picture, key = Image.fromarray(np.asarray(picture).astype(np.uint16) * 257), key.astype(np.uint16) * 257
+    transparency = tuple(map(int, key)) if mode == "RGB" else int(key[0])
+    data = encode(picture, "PNG", transparency=transparency)
+    assert np.array_equal(handler_pixels(model, data), expected)
+
+
 def test_an_animated_gif_is_classified_by_its_first_frame(model: InProcessModel) -> None:
     first = sample_photo().resize((200, 240)).quantize(64)
     data = encode(first, "GIF", save_all=True, append_images=[Image.new("RGB", (200, 240), "red")], duration=100)
