@@ -2,6 +2,7 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 WEIGHTS ?= official
+ENGINE ?= torchserve
 PY := $(VENV)/bin/python
 
 export VENV PYTHON
@@ -10,7 +11,7 @@ export VENV PYTHON
 
 setup: $(VENV)/.setup-done
 
-$(VENV)/.setup-done: requirements.txt requirements-serving.txt requirements-dev.txt requirements-kserve.txt requirements-java.txt \
+$(VENV)/.setup-done: requirements.txt requirements-serving.txt requirements-dev.txt requirements-kserve.txt requirements-java.txt requirements-ray.txt \
 		scripts/setup.sh scripts/client/grpc_stubs.py
 	scripts/setup.sh
 	touch $@
@@ -18,8 +19,9 @@ $(VENV)/.setup-done: requirements.txt requirements-serving.txt requirements-dev.
 archives: setup
 	$(PY) -m scripts.packaging.build_archives --weights $(WEIGHTS)
 
+# ENGINE: torchserve (default) or ray, the same archives on Ray Serve (docs/engines.md).
 serve: setup
-	$(PY) -m scripts.server.serve --weights $(WEIGHTS)
+	$(PY) -m scripts.server.serve --weights $(WEIGHTS) --engine $(ENGINE)
 
 # The folder to upload to a KServe InferenceService's storageUri: build/kserve/
 # (scripts/packaging/kserve_bundle.py; docs/deployment.md). POD_CPUS, POD_GPUS: what each replica gets;

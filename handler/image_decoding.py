@@ -72,22 +72,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """
     if image.mode in _SIXTEEN_BIT_MODES:
         image = _eight_bit(image)
-    if "transparency" in image.info:  # a transparent colour: of a palette, a grey or an RGB PNG
-        image = image.convert("RGBA")
-    if image.mode == "RGB":  # pragma: no mutate (a shortcut: converting RGB to RGB copies it)
-        return image
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if image.has_transparency_data:  # an alpha channel, or a transparent colour (a PNG's tRNS)
         rgba = image.convert("RGBA")  # paste() copies an LA image's bands as stored: not RGB for _eight_bit's
         background = Image.new("RGB", image.size, _WHITE)
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
+    if image.mode == "RGB":  # pragma: no mutate (a shortcut: converting RGB to RGB copies it)
+        return image
     return image.convert("RGB")
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:
     """A 16-bit grey image at the nearest 8-bit levels, with its transparent grey as alpha (LA)."""
     samples = np.asarray(image)
-    grey = Image.fromarray(np.clip(np.rint(samples / 257.0), 0, 255).astype(np.uint8), mode="L")
+    grey = Image.fromarray(np.clip(np.rint(samples / 257.0), 0, 255).astype(np.uint8))  # 32-bit "I" may pass 0-65535
     transparent = image.info.get("transparency")
     if transparent is None:
         return grey

@@ -1,6 +1,7 @@
 """The project's tooling. The modules at this level are shared (paths, endpoints, model_config,
 worker_plan); each folder imports them and, so that no two folders import each other, only:
-server/ -> client/ and packaging/; client/, packaging/ and harness/ -> nothing else.
+server/ -> client/, packaging/ and ray_serve/; ray_serve/ -> client/ and harness/ (its replicas run
+the handler as harness/in_process.py does); client/, packaging/ and harness/ -> nothing else.
 
 The handler's modules are put on the path here, and imported flat (`from model_identity import
 NAME`), as TorchServe puts an archive's folder on a worker's path: one name for each module, so

@@ -20,6 +20,22 @@ HOST = "127.0.0.1"
 DEFAULT_MAX_REQUEST_SIZE = 6553500  # TorchServe's own default
 
 
+def log_excerpt_of(paths: list[Path], lines: int = 30) -> str:
+    """The lines of these logs that explain a failure: each log's errors, or the tail of the
+    first log that has no error lines."""
+    excerpt: list[str] = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace").splitlines()
+        relevant = [line for line in text if any(word in line for word in ("ERROR", "Error", "Traceback", "Exception"))]
+        chosen = (relevant or text)[-lines:]
+        if chosen:
+            excerpt.append(f"--- {path} ---")
+            excerpt.extend(chosen)
+    return "\n".join(excerpt)
+
+
 class ServerError(RuntimeError):
     """The server did not start or stop as asked; the message says why and where to look."""
 

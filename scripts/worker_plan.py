@@ -57,7 +57,7 @@ def plan_workers(
     gpus = len(machine.gpu_memory_gib) if num_gpus is None else min(num_gpus, len(machine.gpu_memory_gib))
     if workers is None:
         if gpus:
-            fits = min(int(memory // GPU_MEMORY_PER_WORKER_GIB) for memory in machine.gpu_memory_gib[:gpus])
+            fits = min(int(memory / GPU_MEMORY_PER_WORKER_GIB) for memory in machine.gpu_memory_gib[:gpus])
             workers = gpus * max(1, min(WORKERS_PER_GPU, fits))
         else:
             workers = max(1, machine.cores // CORES_PER_CPU_WORKER)

@@ -43,6 +43,11 @@ def test_a_bad_request_gets_a_4xx_naming_the_problem(model: InProcessModel, case
     assert len(response.body["message"]) > 10
 
 
+def test_a_json_bodys_bad_base64_is_named_by_its_field(model: InProcessModel) -> None:
+    [response] = model.infer([BAD_REQUESTS["invalid base64"][0].in_process()])
+    assert response.body["message"].startswith("'data' is not valid base64: ")
+
+
 # What the frontend forwards for a body it parsed as form fields: the fields, no body.
 URL_ENCODED_FORM = Request(
     (("a photo's bytes", "", b"parsed as form fields"),),

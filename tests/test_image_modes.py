@@ -168,6 +168,15 @@ def test_sixteen_bit_samples_are_scaled_not_clipped(model: InProcessModel) -> No
     assert np.array_equal(decoded, np.repeat(expected_grey[..., None], 3, axis=2))
 
 
+def test_thirty_two_bit_samples_outside_sixteen_bits_are_black_or_white(model: InProcessModel) -> None:
+    """A 32-bit integer TIFF (Pillow's mode "I") is scaled as 16-bit samples: below 0 is black,
+    above 65535 white, not wrapped around."""
+    samples = np.tile(np.array([-70_000, -1, 0, 257, 65_535, 65_536, 70_000, 2**31 - 1], dtype=np.int32), (64, 8))
+    data = encode(Image.fromarray(samples, "I"), "TIFF")
+    expected = np.repeat(np.tile(np.array([0, 0, 0, 1, 255, 255, 255, 255]), (64, 8))[..., None], 3, axis=2)
+    assert np.array_equal(handler_pixels(model, data), expected)
+
+
 def test_a_sixteen_bit_photo_matches_its_eight_bit_original(model: InProcessModel) -> None:
     grey = np.asarray(sample_photo().convert("L"), dtype=np.int64)
     data = sixteen_bit_png(grey * 257)

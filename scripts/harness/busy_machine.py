@@ -32,6 +32,7 @@ SERVED_TESTS = (
     "test_kserve_bundle",
     "test_model_snapshot",
     "test_prometheus_server",
+    "test_ray_engine",
     "test_serving_image",
     "test_smoke",
 )

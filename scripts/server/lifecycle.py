@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 
 from scripts.client.rest_api import ApiError, RestClient
-from scripts.endpoints import Server, ServerError, properties_text, read_properties
+from scripts.endpoints import Server, ServerError, log_excerpt_of, properties_text, read_properties
 from scripts.model_config import model_snapshot, snapshot_line
 from scripts.paths import CONFIG_DIR, DEFAULT_VERSION, MODEL_NAME
 from scripts.server.java_runtime import java_home
@@ -175,15 +175,5 @@ def stop(server: Server, timeout: float = 60.0) -> bool:
 
 def log_excerpt(server: Server, lines: int = 30) -> str:
     """The lines of TorchServe's logs that explain a failure: errors first, then the tail."""
-    excerpt: list[str] = []
-    for name in ("model_log.log", "ts_log.log", "console.log"):
-        path = server.log_dir / name
-        if not path.is_file():
-            continue
-        text = path.read_text(errors="replace").splitlines()
-        relevant = [line for line in text if any(word in line for word in ("ERROR", "Error", "Traceback", "Exception"))]
-        chosen = (relevant or text)[-lines:]
-        if chosen:
-            excerpt.append(f"--- {path} ---")
-            excerpt.extend(chosen)
-    return "\n".join(excerpt) or f"(no logs in {server.log_dir})"
+    logs = [server.log_dir / name for name in ("model_log.log", "ts_log.log", "console.log")]
+    return log_excerpt_of(logs, lines) or f"(no logs in {server.log_dir})"

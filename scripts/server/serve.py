@@ -1,4 +1,5 @@
-"""`make serve`: build the archives, start TorchServe serving 1.0 and 2.0, classify a photo.
+"""`make serve`: build the archives, serve 1.0 and 2.0 (TorchServe, or Ray Serve with
+`--engine ray`), classify a photo.
 
 Exits non-zero with the relevant log lines if anything fails, and leaves no server behind then.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,27 @@ from scripts.endpoints import Ports, Server, ServerError
 from scripts.packaging import build_archives
 from scripts.packaging.weights import OFFICIAL, RANDOM, WeightsError
 from scripts.paths import DEFAULT_VERSION, MODEL_NAME, MODEL_STORE, RUN_DIR, SERVED_VERSIONS, sample_photo
-from scripts.server.lifecycle import log_excerpt, start, stop
+from scripts.ray_serve import lifecycle as ray_engine
+from scripts.server import lifecycle as torchserve_engine
 from scripts.worker_plan import Machine, WorkerPlan, plan_from_environment
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What serves the archives, and how to start and stop it."""
+
+    name: str
+    start: Callable[[Server, WorkerPlan], None]
+    stop: Callable[[Server], bool]
+    log_excerpt: Callable[[Server], str]
+    has_management_api: bool  # TorchServe's; Ray Serve manages versions its own way (docs/engines.md)
+
+
+TORCHSERVE = Engine("TorchServe", torchserve_engine.start, torchserve_engine.stop, torchserve_engine.log_excerpt, True)
+ENGINES = {
+    "torchserve": TORCHSERVE,
+    "ray": Engine("Ray Serve", ray_engine.start, ray_engine.stop, ray_engine.log_excerpt, False),
+}
 
 
 def format_predictions(predictions: list[dict[str, Any]]) -> str:
@@ -31,22 +53,21 @@ def curl_command(server: Server, photo: Path) -> str:
     return f'curl -H "Authorization: Bearer {token}" -T {photo} {server.inference_url}/predictions/{MODEL_NAME}'
 
 
-def serve(weights: str, server: Server, plan: WorkerPlan) -> int:
+def serve(weights: str, server: Server, plan: WorkerPlan, engine: Engine = TORCHSERVE) -> int:
     for version in SERVED_VERSIONS:
         print(f"archive: {build_archives.build(version, weights, server.model_store)}")
     print(f"workers: {plan.describe()}")
-    start(server, plan)
+    engine.start(server, plan)
     try:
         client = RestClient.for_server(server)
-        served = client.describe(MODEL_NAME)[0]["modelVersion"]
-        if served != DEFAULT_VERSION:
+        if engine.has_management_api and (served := client.describe(MODEL_NAME)[0]["modelVersion"]) != DEFAULT_VERSION:
             raise ServerError(f"asked for default version {DEFAULT_VERSION} but TorchServe serves {served}")
         photo = sample_photo()
         predictions = client.predict(MODEL_NAME, photo.read_bytes(), content_type="image/jpeg")
     except (ApiError, ServerError) as error:
-        print(f"error: {error}\n{log_excerpt(server)}", file=sys.stderr)
-        stop(server)
-        print("TorchServe was stopped.", file=sys.stderr)
+        print(f"error: {error}\n{engine.log_excerpt(server)}", file=sys.stderr)
+        engine.stop(server)
+        print(f"{engine.name} was stopped.", file=sys.stderr)
         return 1
     if weights == RANDOM:
         print("\n!!! SEEDED RANDOM WEIGHTS: these labels are meaningless. Use WEIGHTS=official. !!!")
@@ -70,11 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("WEIGHTS") or OFFICIAL,
         help="official (default), random, or a folder holding torchvision's files",
     )
+    parser.add_argument(
+        "--engine", choices=sorted(ENGINES), default=os.environ.get("ENGINE") or "torchserve", help="what serves them"
+    )
     args = parser.parse_args(argv)
     server = Server(run_dir=RUN_DIR, model_store=MODEL_STORE, ports=Ports())
     try:
         plan = plan_from_environment(Machine.detect())
-        return serve(args.weights, server, plan)
+        return serve(args.weights, server, plan, ENGINES[args.engine])
     except (WeightsError, ServerError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

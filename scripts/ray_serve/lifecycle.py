@@ -1,0 +1,169 @@
+"""Start, wait for and stop the Ray Serve engine for one run folder: a one-node Ray cluster on
+loopback, the application deployed on it, and TorchServe's key file and listener lines written
+where clients look for them (scripts/endpoints.py), so that they work unchanged."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from scripts.client.rest_api import ApiError, RestClient
+from scripts.endpoints import HOST, Server, ServerError, log_excerpt_of, properties_text
+from scripts.paths import DEFAULT_VERSION, MODEL_NAME, ROOT, archive_name
+from scripts.worker_plan import WorkerPlan
+
+RAY = str(Path(sys.executable).with_name("ray"))  # the Ray of this interpreter's environment
+# Ray puts a node on the address other machines reach it by, even when told 127.0.0.1, unless
+# clusters are off (the switch Ray uses on macOS and Windows): then every listener it opens for
+# the node is on loopback.
+ONE_MACHINE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# Serve gives its HTTP proxy 5 s to say it is ready, 3 times, then kills it: on two busy cores
+# (tests/test_ray_engine.py under `make test-busy`) a starting proxy needs longer.
+PATIENT_PROXY = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
+
+
+def start(server: Server, plan: WorkerPlan, timeout: float = 300.0) -> None:
+    """Start a Ray cluster for `server`, deploy both versions and return once each answers."""
+    if members(server):
+        raise ServerError(
+            f"a Ray Serve engine is already running from {server.run_dir}; stop it first with `make stop`"
+        )
+    server.log_dir.mkdir(parents=True, exist_ok=True)
+    _write_key_file(server)
+    server.config_file.write_text(
+        "# The Ray Serve engine's listeners (scripts/ray_serve/lifecycle.py)\n"
+        + properties_text({**server.listeners(), "model_store": server.model_store.resolve()})
+    )
+    env = _environment(server, plan)
+    gcs_port = _free_port()
+    try:
+        _run(
+            [
+                RAY,
+                "start",
+                "--head",
+                f"--node-ip-address={HOST}",
+                f"--port={gcs_port}",
+                f"--temp-dir={_temp_dir(server)}",
+                "--include-dashboard=false",
+                f"--metrics-export-port={server.ports.metrics}",
+                f"--num-cpus={os.cpu_count() or 1}",
+                "--disable-usage-stats",
+            ],
+            server,
+            env,
+        )
+        app = {
+            "archives": {
+                version: str((server.model_store / archive_name(version)).resolve()) for version in server.versions
+            },
+            "default": DEFAULT_VERSION,
+            "model": MODEL_NAME,
+            "key_file": str(server.key_file.resolve()),
+            "replicas": plan.workers_per_version,
+            "threads": plan.threads_per_worker,
+        }
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "scripts.ray_serve.deploy",
+                f"--address={HOST}:{gcs_port}",
+                f"--http-port={server.ports.inference}",
+                f"--app={json.dumps(app)}",
+            ],
+            server,
+            env,
+        )
+        wait_until_ready(server, timeout)
+    except ServerError:
+        stop(server)  # an engine that did not come up is not left running behind the error
+        raise
+
+
+def wait_until_ready(server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    client = RestClient.for_server(server, timeout=5)
+    while time.monotonic() < deadline:
+        try:
+            client.ping()
+            return
+        except ApiError:
+            time.sleep(0.5)
+    raise ServerError(f"Ray Serve did not answer ping within {timeout:g} s; see {server.log_dir}")
+
+
+def members(server: Server) -> list[psutil.Process]:
+    """Every process of this instance's Ray cluster: each writes its logs into the cluster's temp
+    folder (Ray's processes retitle themselves, which blanks their environment and command line)."""
+    folder = str(_temp_dir(server)) + os.sep
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if any(file.path.startswith(folder) for file in process.open_files()):
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def stop(server: Server, timeout: float = 30.0) -> bool:
+    """Stop every process of this run folder's Ray cluster; returns False if none was running."""
+    processes = members(server)
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    for process in alive:
+        process.kill()
+    psutil.wait_procs(alive, timeout=10)
+    return bool(processes)
+
+
+def log_excerpt(server: Server, lines: int = 30) -> str:
+    """The lines of the engine's logs that explain a failure: Serve's, then `ray start`'s."""
+    serve_logs = sorted((_temp_dir(server) / "session_latest" / "logs" / "serve").glob("*.log"))
+    return log_excerpt_of([*serve_logs, server.log_dir / "ray-console.log"], lines) or f"(no logs in {server.log_dir})"
+
+
+def _environment(server: Server, plan: WorkerPlan) -> dict[str, str]:
+    env = dict(os.environ, **ONE_MACHINE, **PATIENT_PROXY, PYTHONPATH=str(ROOT))
+    if plan.threads_per_worker:
+        env["OMP_NUM_THREADS"] = str(plan.threads_per_worker)
+    return env
+
+
+def _write_key_file(server: Server) -> None:
+    """Fresh keys in TorchServe's key_file.json format, readable by this user only."""
+    keys = {kind: {"key": secrets.token_urlsafe(24)} for kind in ("management", "inference", "API")}
+    server.key_file.unlink(missing_ok=True)
+    descriptor = os.open(server.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        json.dump(keys, file)
+
+
+def _temp_dir(server: Server) -> Path:
+    """Short: Ray's socket paths live under it, and a socket's path may not pass 107 bytes."""
+    return Path("/tmp") / f"resnet50-ray-{server.ports.inference}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _run(command: list[str], server: Server, env: dict[str, str]) -> None:
+    with open(server.log_dir / "ray-console.log", "ab") as console:
+        done = subprocess.run(command, cwd=ROOT, env=env, stdout=console, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise ServerError(f"{' '.join(command[:3])} failed; see {server.log_dir / 'ray-console.log'}")
