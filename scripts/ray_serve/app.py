@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -21,8 +20,9 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response as HttpResponse
 
+from scripts.client.rest_api import Tokens
 from scripts.harness.in_process import InProcessModel, Request, Response
-from scripts.ray_serve.http_edge import answer_body, bearer_token, frontend_error, route, wire_request
+from scripts.ray_serve.http_edge import answer_body, bearer_token, frontend_json, route, wire_request
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,8 @@ class Batching:
 class VersionReplica:
     """One version's handler. Batches wait up to the archive's maxBatchDelay for batchSize requests."""
 
-    def __init__(self, archive: str) -> None:
+    def __init__(self, archive: str, batching: Batching) -> None:
         self.model = InProcessModel(Path(archive), Path(tempfile.mkdtemp(prefix="resnet50-replica-")))
-        batching = Batching.of(Path(archive))
         batched: Any = self.run_batch  # @serve.batch's method, which its type does not say
         batched.set_max_batch_size(batching.size)
         batched.set_batch_wait_timeout_s(batching.max_delay_s)
@@ -68,7 +67,7 @@ class Frontend:
         self.versions = versions
         self.default = default
         self.model = model
-        self.inference_key = json.loads(Path(key_file).read_text())["inference"]["key"]
+        self.inference_key = Tokens.from_key_file(Path(key_file)).inference
 
     async def __call__(self, http: HttpRequest) -> HttpResponse:
         headers = http.headers.items()
@@ -76,7 +75,7 @@ class Frontend:
         if token is None or not hmac.compare_digest(token.encode(), self.inference_key.encode()):
             return _refusal(400, "InvalidKeyException", TOKEN_REFUSED)  # before anything else, as TorchServe
         if http.url.path == "/ping":
-            return HttpResponse(json.dumps({"status": "Healthy"}, indent=2) + "\n", media_type="application/json")
+            return HttpResponse(frontend_json({"status": "Healthy"}), media_type="application/json")
         found = route(http.url.path)
         if found is None:
             return _refusal(404, "ResourceNotFoundException", NO_SUCH_RESOURCE)
@@ -98,7 +97,8 @@ NO_SUCH_RESOURCE = "Requested resource is not found, please refer to API documen
 
 
 def _refusal(status: int, kind: str, message: str) -> HttpResponse:
-    status, body = frontend_error(status, kind, message)
+    """A refusal of the frontend's own, in TorchServe's shape."""
+    body = frontend_json({"code": status, "type": kind, "message": message})
     return HttpResponse(body, status_code=status, media_type="application/json")
 
 
@@ -107,16 +107,17 @@ def build(args: dict[str, Any]) -> Application:
     "key_file": path, "replicas": per version, "threads": per replica or None}: Serve's builder
     form, for `serve run` and a RayService's serveConfigV2."""
     env_vars = {"OMP_NUM_THREADS": str(args["threads"])} if args.get("threads") else {}
+    batching = {version: Batching.of(Path(archive)) for version, archive in args["archives"].items()}
     versions = {
         version: _deployment(
             VersionReplica,
             name=f"{args['model']}-{version}",
             num_replicas=args["replicas"],
             # Room for a batch filling while another runs (Serve's default, 5, is under a batch of 8).
-            max_ongoing_requests=2 * Batching.of(Path(archive)).size,
+            max_ongoing_requests=2 * batching[version].size,
             # The worker rule sizes replicas and their threads (scripts/worker_plan.py), not Ray's CPU count.
             ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env_vars}},
-        ).bind(archive)
+        ).bind(archive, batching[version])
         for version, archive in args["archives"].items()
     }
     frontend = _deployment(Frontend, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})

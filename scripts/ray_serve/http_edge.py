@@ -58,12 +58,13 @@ def wire_request(found: Route, headers: Headers, body: bytes) -> Request:
     """The request as the frontend forwards it to a worker: every HTTP header, then its own (a
     client's header of the same name loses), and the body whole or, for a form, a parameter a field."""
     content_type = _header(headers, "content-type") or ""
+    mime_type = content_type.split(";")[0]  # the type without its parameters
     if content_type.startswith(FORM) and "boundary=" in content_type:
         parameters = _form_fields(content_type, body)
-    elif content_type.split(";")[0].lower() == URL_ENCODED:
+    elif mime_type.lower() == URL_ENCODED:
         parameters = tuple((name, "", value.encode()) for name, value in parse_qsl(body.decode("latin-1")))
     else:
-        parameters = (("body", content_type.split(";")[0], body),)  # the type without its parameters
+        parameters = (("body", mime_type, body),)
     added = (*(PREDICTIONS_ROUTE if found.torchserve else ()), (EXPLAIN_HEADER, str(found.explains)))
     return Request(parameters, (*headers, *added))
 
@@ -97,9 +98,10 @@ def answer_body(response: Response) -> bytes:
     return json.dumps(body, indent=2).encode()
 
 
-def frontend_error(status: int, kind: str, message: str) -> tuple[int, bytes]:
-    """A refusal of the frontend's own, as TorchServe writes it: indented JSON and a newline."""
-    return status, (json.dumps({"code": status, "type": kind, "message": message}, indent=2) + "\n").encode()
+def frontend_json(document: Any) -> bytes:
+    """An answer of the frontend's own (a refusal, /ping), as TorchServe writes it: indented JSON
+    and a newline."""
+    return (json.dumps(document, indent=2) + "\n").encode()
 
 
 def _header(headers: Headers, name: str) -> str | None:
