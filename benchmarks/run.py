@@ -86,7 +86,7 @@ def measure_in_process(
     archive: Path, inputs: Path, device: torch.device, batch_size: int, seconds: float, out: Path
 ) -> InProcess:
     print(f"in-process on {device}")
-    handler = InProcessModel(archive, out / "in-process", batch_size, gpu_id=device.index)
+    handler = InProcessModel.from_archive(archive, out / "in-process", batch_size, gpu_id=device.index)
     images = [path.read_bytes() for path in sorted(inputs.glob("*.jpg"))]
     figures = InProcess(
         eager=compute.eager_forward(device, sorted({EXTRA_EAGER_BATCH[device.type], batch_size}), seconds),

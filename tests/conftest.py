@@ -40,6 +40,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         mutants.preload(TEST_MODEL_STORE)
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Under `make mutants`, note the test that killed a mutant (mutation_preload.py)."""
+    if report.failed:
+        mutants.note_a_kill(report.nodeid)
+
+
 @pytest.fixture(scope="session")
 def model_store() -> Path:
     """Archives of seeded random weights, kept between runs: an unchanged archive (same
@@ -93,7 +99,7 @@ class InProcessModels:
     def __getitem__(self, version: str) -> InProcessModel:
         if version not in self._loaded:
             with mutants.noting_what_a_load_runs():
-                model = mutants.preloaded(version) or InProcessModel(
+                model = mutants.preloaded(version) or InProcessModel.from_archive(
                     self._model_store / archive_name(version), self._tmp_path_factory.mktemp(f"model-{version}")
                 )
             self._loaded[version] = model, dict(vars(model.handler))
@@ -145,8 +151,8 @@ def in_process_models_left_as_loaded(request: pytest.FixtureRequest) -> Iterator
 
 @pytest.fixture(autouse=True)
 def depends_on_the_load(request: pytest.FixtureRequest) -> None:
-    """Under `make mutants`: a test of the in-process models depends on their load (mutation_preload.py)."""
-    if "in_process_models" in request.fixturenames:
+    """Under `make mutants`: a test marked checks_the_load depends on the load (mutation_preload.py)."""
+    if request.node.get_closest_marker("checks_the_load"):
         mutants.depends_on_the_load()
 
 

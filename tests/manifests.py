@@ -1,7 +1,9 @@
 """Reading the manifests under deploy/ as tests/test_manifests.py and tests/test_kserve_admission.py
 check them: the YAML files and kustomizations there, what `kubectl kustomize` renders from each,
 the pod KServe builds from an InferenceService and its ServingRuntime, the serving container of
-every pod, kserve's own deserializer, and the PodMonitor schema of the Prometheus Operator."""
+every pod (a RayService's Ray nodes included), the Service KubeRay makes for a RayService,
+kserve's own deserializer, and the PodMonitor and RayService schemas of the Prometheus Operator
+and of KubeRay."""
 
 from __future__ import annotations
 
@@ -52,6 +54,12 @@ RUNTIME_POD_FIELDS = ("nodeSelector", "affinity", "tolerations", "volumes", "ima
 # The PodMonitor spec schema of the oldest Prometheus Operator the manifests support (0.79, the
 # first with portNumber), descriptions removed: see its $comment.
 PODMONITOR_SCHEMA = ROOT / "tests" / "podmonitor_spec_schema.json"
+# The RayService spec schema of KubeRay v1.7.0, descriptions and pod templates removed: see its $comment.
+RAYSERVICE_SCHEMA = ROOT / "tests" / "rayservice_spec_schema.json"
+# KubeRay's names: the container port its Serve Service targets (the name, or this prefix).
+SERVE_PORT_NAME = "serve"
+# Where `ray start` writes unless told otherwise.
+RAY_TEMP_DIR = "/tmp/ray"
 
 Objects = tuple[dict[str, Any], ...]
 
@@ -131,6 +139,11 @@ def containers(pod_spec: dict[str, Any], init: bool = False) -> list[dict[str, A
     return found
 
 
+def declared_ports(container: dict[str, Any]) -> dict[str, int]:
+    """A container's named ports: what a Service's or a probe's port name resolves to."""
+    return {port["name"]: port["containerPort"] for port in container.get("ports", []) if "name" in port}
+
+
 # --- The pod KServe builds ---------------------------------------------------------------------
 
 
@@ -192,8 +205,9 @@ def kserve_pod_labels(isvc: dict[str, Any], runtime: dict[str, Any]) -> dict[str
 
 @dataclass(frozen=True)
 class Serving:
-    """The container that runs TorchServe, in the pod that runs it: a KServe predictor's
-    kserve-container (the runtime's, with the model merged in) or the Deployment's container."""
+    """The container that serves the model, in the pod that runs it: TorchServe in a KServe
+    predictor's kserve-container (the runtime's, with the model merged in) or in the Deployment's
+    container, or Ray on a RayService's node (RayNode)."""
 
     where: str
     source: dict[str, Any]
@@ -215,6 +229,17 @@ class Serving:
     def resources(self) -> dict[str, Any]:
         resources: dict[str, Any] = self.container.get("resources", {})
         return resources
+
+    @property
+    def mounts(self) -> dict[str, dict[str, Any]]:
+        """The pod's volumes, by the path the container mounts each at."""
+        volumes = {volume["name"]: volume for volume in self.pod.get("volumes", [])}
+        return {mount["mountPath"]: volumes[mount["name"]] for mount in self.container.get("volumeMounts", [])}
+
+    @property
+    def writable_paths(self) -> tuple[str, ...]:
+        """Where the container writes: the image's paths."""
+        return WRITABLE_PATHS
 
     @property
     def env(self) -> dict[str, str]:
@@ -251,6 +276,83 @@ def serving_containers(objects: Objects) -> list[Serving]:
         (container,) = [container for container in containers(pod) if container["name"] == name]
         found.append(Serving(f"{name_of(obj)} container {name}", obj, container, pod, labels))
     return found
+
+
+@dataclass(frozen=True)
+class RayNode(Serving):
+    """The Ray container of a RayService's head group or of one of its worker groups, from which
+    KubeRay makes `count` pods, each a Ray node on which Serve may place replicas."""
+
+    group: dict[str, Any]
+    count: int
+
+    @property
+    def start_params(self) -> dict[str, str]:
+        """`ray start`'s flags, as KubeRay passes them."""
+        params: dict[str, str] = self.group.get("rayStartParams", {})
+        return params
+
+    @property
+    def writable_paths(self) -> tuple[str, ...]:
+        """The image's paths and Ray's temp dir (sessions, logs, the object store's spill files)."""
+        return (*WRITABLE_PATHS, self.start_params.get("temp-dir", RAY_TEMP_DIR))
+
+
+def ray_nodes(objects: Objects) -> list[RayNode]:
+    """Every RayService's head (one pod) and worker groups (`replicas` pods each). KubeRay runs
+    Ray in a pod template's first container (utils.RayContainerIndex)."""
+    found = []
+    for service in of_kind(objects, "RayService"):
+        cluster = service["spec"]["rayClusterConfig"]
+        groups = [("head", cluster["headGroupSpec"], 1)] + [
+            (f"worker group {group['groupName']}", group, group["replicas"])
+            for group in cluster.get("workerGroupSpecs", [])
+        ]
+        for role, group, count in groups:
+            template = group["template"]
+            container = template["spec"]["containers"][0]
+            where = f"{name_of(service)} {role} container {container['name']}"
+            found.append(
+                RayNode(where, service, container, template["spec"], template["metadata"]["labels"], group, count)
+            )
+    return found
+
+
+def pod_template(node: RayNode) -> dict[str, Any]:
+    """A Ray node's pod template as a core v1 PodTemplate, which kubernetes-validate has the schema of."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PodTemplate",
+        "metadata": {"name": node.where},
+        "template": node.group["template"],
+    }
+
+
+def serve_service(service: dict[str, Any]) -> dict[str, Any]:
+    """The Service KubeRay puts in front of a RayService's Serve proxies (BuildServeService,
+    ray-operator/controllers/ray/common/service.go, v1.7.0): spec.serveService, whose ports are,
+    for each head container port named serve or serve-*, serveService's port of that name or else
+    one of KubeRay's on the container's number; serveService's own ports where the head names none."""
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    given = service["spec"].get("serveService", {"metadata": {"name": f"{service['metadata']['name']}-serve-svc"}})
+    own = {port.get("name"): port for port in given.get("spec", {}).get("ports", [])}
+    serving = [
+        own.get(name, {"name": name, "port": number})
+        for name, number in declared_ports(head).items()
+        if name == SERVE_PORT_NAME or name.startswith(f"{SERVE_PORT_NAME}-")
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": given["metadata"],
+        "spec": {**given.get("spec", {}), "ports": serving or list(own.values())},
+    }
+
+
+def serve_config(service: dict[str, Any]) -> dict[str, Any]:
+    """A RayService's Serve applications and options: serveConfigV2, which the CRD keeps as a string."""
+    config: dict[str, Any] = yaml.safe_load(service["spec"]["serveConfigV2"])
+    return config
 
 
 def batch_size() -> int:
@@ -342,4 +444,10 @@ def closed(schema: dict[str, Any]) -> dict[str, Any]:
 @functools.cache
 def podmonitor_spec_schema() -> dict[str, Any]:
     schema: dict[str, Any] = closed(json.loads(PODMONITOR_SCHEMA.read_text()))
+    return schema
+
+
+@functools.cache
+def rayservice_spec_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = closed(json.loads(RAYSERVICE_SCHEMA.read_text()))
     return schema

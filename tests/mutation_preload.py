@@ -1,13 +1,20 @@
 """The archives loaded once for `make mutants` (docs/testing.md#mutation-testing), not once a mutant.
 
 mutmut runs each mutant's tests in a new pytest session, in a process forked from a fork server
-that collected the tests once. A load takes about 4 s, and there are thousands of mutants, so the
+that collected the tests once. A load takes seconds, and there are thousands of mutants, so the
 fork server loads each version here and every mutant's session takes that copy, unless the mutant
 is in a function the load itself runs: then the preloaded model was built by the original code,
-and the session loads its own. In mutmut's stats run, every test of the in-process models is
-tied to the functions the load runs, so that such a mutant meets every test that could catch it.
-This is a module of its own, not part of conftest.py, because
-pytest imports conftest.py afresh in every session.
+and the session loads its own, from the archive the fork server extracted.
+
+mutmut ties a function to the tests during which it ran, and a session fixture loads once, during
+the first test that asks: a mutant of the load would meet that one test only. So in mutmut's stats
+run the tests marked `checks_the_load` (one or more for each thing a load sets up: the config and
+its limits, the weights and preprocessing, the compiled forward, Grad-CAM, the model's name) are
+tied to every function the load runs. Not every test of the models: each would load afresh, and a
+mutant no test catches would run all 190 (about 110 s on two busy cores), where it runs these in
+about 20. Tests that load a model themselves (metrics, the GPU branch) are tied by mutmut's own
+tracing. This is a module of its own, not part of conftest.py, because pytest imports conftest.py
+afresh in every session.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import pytest
 from mutmut.stats import record_trampoline_hit
 
 from scripts.harness.in_process import InProcessModel
+from scripts.harness.mutants import KILLERS
 from scripts.paths import BUILD_DIR, SERVED_VERSIONS, archive_name
 
 ENABLED = "RESNET50_MUTANTS"  # set by `make mutants`: without it nothing here happens
@@ -72,27 +80,46 @@ def noting_what_a_load_runs() -> Iterator[None]:
         sys.setprofile(None)
 
 
+def extracted(version: str) -> Path:
+    """Where the fork server extracts `version`'s archive: a mutant that loads afresh loads from
+    there, without extracting 200 MB again. Not a tmp_path: pytest would prune the fork server's."""
+    return BUILD_DIR / "mutants-preloaded" / version
+
+
 def preload(model_store: Path) -> None:
     """Load every served version in the fork server."""
     with noting_what_a_load_runs():
         for version in SERVED_VERSIONS:
-            folder = BUILD_DIR / "mutants-preloaded" / version  # pytest would prune a tmp_path of the fork server's
-            shutil.rmtree(folder, ignore_errors=True)
-            _preloaded[version] = InProcessModel(model_store / archive_name(version), folder)
+            shutil.rmtree(extracted(version), ignore_errors=True)
+            _preloaded[version] = InProcessModel.from_archive(model_store / archive_name(version), extracted(version))
 
 
 def depends_on_the_load() -> None:
-    """In mutmut's stats run, tie the running test to every function a load runs. mutmut ties a
-    function to the tests during which it ran, and a session fixture loads once, during the first
-    test that asks: without this, a mutant of the load would meet that one test only, never the
-    explanation or metrics tests that catch it."""
+    """In mutmut's stats run, tie the running test to every function a load runs."""
     if running() and os.environ.get("MUTANT_UNDER_TEST") == "stats":
         for name in _run_by_a_load:
             record_trampoline_hit(name)
 
 
 def preloaded(version: str) -> InProcessModel | None:
-    """The fork server's model of `version`, where this process's mutant leaves a load unchanged."""
-    if mutant().partition("__mutmut_")[0] in _run_by_a_load:
+    """The fork server's model of `version`, or, where this process's mutant is in a function a
+    load runs, the archive the fork server extracted, loaded afresh by the mutated code."""
+    if version not in _preloaded:
         return None
-    return _preloaded.get(version)
+    if mutated_function() in _run_by_a_load:
+        return InProcessModel(extracted(version))
+    return _preloaded[version]
+
+
+def mutated_function() -> str:
+    """mutmut's name of the function this process's mutant changes ("" outside a mutant's tests)."""
+    return mutant().partition("__mutmut_")[0]
+
+
+def note_a_kill(test: str) -> None:
+    """Record the test that killed this process's mutant, where scripts/harness/mutants.py reads
+    the tests to run first for the next mutant of the same function."""
+    killers = os.environ.get(KILLERS)
+    if killers and mutant():
+        with (Path(killers) / mutated_function()).open("a") as record:
+            record.write(f"{test}\n")

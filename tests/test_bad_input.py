@@ -35,6 +35,7 @@ PROMISED_LIMITS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+@pytest.mark.checks_the_load
 def test_a_bad_request_gets_a_4xx_naming_the_problem(model: InProcessModel, case: str) -> None:
     sent, status, kind = BAD_REQUESTS[case]
     [response] = model.infer([sent.in_process()])
@@ -95,12 +96,14 @@ def test_the_test_bombs_straddle_our_limit_and_pillows() -> None:
     assert promised.MAX_IMAGE_PIXELS < 8000 * 6000 < PILLOW_REFUSES_ABOVE < 50_000**2
 
 
+@pytest.mark.checks_the_load
 def test_the_model_config_and_the_archive_carry_the_promised_limits(model: InProcessModel) -> None:
     configured = yaml.safe_load((MODEL_CONFIG_DIR / "model-config.yaml").read_text())["handler"]["limits"]
     assert configured == PROMISED_LIMITS
     assert dataclasses.asdict(model.handler.config.limits) == PROMISED_LIMITS
 
 
+@pytest.mark.checks_the_load
 def test_limits_other_than_the_defaults_are_read_from_the_archive_config(model: InProcessModel) -> None:
     """The shipped limits equal the defaults, so the test above alone would pass if they were ignored."""
     section = {
@@ -110,6 +113,7 @@ def test_limits_other_than_the_defaults_are_read_from_the_archive_config(model: 
     assert HandlerConfig.from_yaml(section).limits == InputLimits(max_image_pixels=1234, max_aspect_ratio=3.0)
 
 
+@pytest.mark.checks_the_load
 def test_the_pixel_limit_is_inclusive_and_checked_before_decoding(model: InProcessModel) -> None:
     """At exactly the limit the header passes (and the bytes then fail to decode: they hold one
     pixel); one row more is refused on the header alone."""
@@ -125,6 +129,7 @@ def test_the_pixel_limit_is_inclusive_and_checked_before_decoding(model: InProce
 
 
 @pytest.mark.parametrize(("limit", "status"), [(640 * 480 - 1, 413), (640 * 480, 200)])
+@pytest.mark.checks_the_load
 def test_the_handler_applies_the_limit_it_is_configured_with(
     model: InProcessModel, monkeypatch: pytest.MonkeyPatch, limit: int, status: int
 ) -> None:
@@ -152,6 +157,7 @@ def size_id(value: object) -> str:
     ],
     ids=size_id,
 )
+@pytest.mark.checks_the_load
 def test_the_aspect_ratio_limit_is_inclusive_either_way_round(
     model: InProcessModel, size: tuple[int, int], status: int
 ) -> None:

@@ -11,13 +11,17 @@ import pytest
 import torch
 
 import compiled_forward
-from compiled_forward import CompiledForward, native_target, select_forward
+from answers import same_answer
+from compiled_forward import CompiledForward, for_inference, inference_dtype, native_target, select_forward
 from handler_config import CompiledForwardConfig
+from images import photo_bytes
 from model_identity import architecture
-from scripts.harness.in_process import InProcessModel
+from scripts.harness.in_process import InProcessModel, Request
 from scripts.packaging.compile_forward import missing_compiler
+from scripts.paths import archive_name
 
 CPU = torch.device("cpu")
+PHOTO = photo_bytes((500, 400))
 
 
 def eager_model() -> torch.nn.Module:
@@ -25,6 +29,7 @@ def eager_model() -> torch.nn.Module:
 
 
 @pytest.mark.skipif(missing_compiler() is not None, reason="no C++ compiler: archives are built eager-only")
+@pytest.mark.checks_the_load
 def test_the_archive_carries_a_forward_compiled_for_this_cpu(model: InProcessModel) -> None:
     handler = model.handler
     package = handler.config.compiled_forward["cpu"]
@@ -33,6 +38,7 @@ def test_the_archive_carries_a_forward_compiled_for_this_cpu(model: InProcessMod
     assert isinstance(handler.forward, CompiledForward)
 
 
+@pytest.mark.checks_the_load
 def test_batches_beyond_the_compiled_size_run_through_the_package_in_chunks(model: InProcessModel) -> None:
     """Requests of several images make batches larger than batchSize; they stay compiled (the
     package answers a chunk smaller than its size), each image's answer in its place."""
@@ -52,6 +58,20 @@ def test_batches_beyond_the_compiled_size_run_through_the_package_in_chunks(mode
     assert seen == [8, 1, 2]
     assert whole.shape == (9, 1000)
     assert torch.allclose(whole[[0, -1]], first_and_last, atol=1e-4)
+
+
+def test_an_archive_compiled_for_another_cpu_serves_the_same_answers_eagerly(
+    model: InProcessModel, model_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loaded where its package does not fit, the archive serves its eager model, whose answers are
+    the compiled one's."""
+    monkeypatch.setattr(compiled_forward, "native_target", lambda device: "ANOTHER-CPU")
+    with InProcessModel.from_archive(model_store / archive_name(model.version), tmp_path) as eager:
+        assert not isinstance(eager.handler.forward, CompiledForward)
+        [answer] = eager.infer([Request.raw(PHOTO)])
+    [compiled] = model.infer([Request.raw(PHOTO)])
+    assert answer.status == compiled.status == 200
+    assert same_answer(answer.body, compiled.body)
 
 
 @pytest.mark.parametrize(("size", "calls"), [(1, [1]), (8, [8]), (9, [8, 1]), (19, [8, 8, 3])])
@@ -93,8 +113,9 @@ def test_a_package_compiled_with_another_torch_is_not_used(caplog: pytest.LogCap
 @pytest.fixture
 def an_sm_80_gpu(monkeypatch: pytest.MonkeyPatch) -> torch.device:
     """A GPU of compute capability 8.0 (an A100), as torch would describe it."""
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    return torch.device("cuda", 0)
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", {gpu: (8, 0)}.__getitem__)  # of that GPU only
+    return gpu
 
 
 @pytest.mark.parametrize(
@@ -116,6 +137,30 @@ def test_a_gpu_package_is_loaded_only_on_its_own_architecture(
         assert select_forward(packages, an_sm_80_gpu, "/nonexistent", eager) is eager
     ours = [record.getMessage() for record in caplog.records if record.name == "compiled_forward"]
     assert len(ours) == 1 and warning in ours[0]
+
+
+def test_a_gpu_runs_fp16_and_a_cpu_fp32() -> None:
+    assert inference_dtype(torch.device("cuda", 0)) == torch.float16
+    assert inference_dtype(CPU) == torch.float32
+
+
+def test_a_model_for_inference_is_on_its_device_in_its_devices_precision() -> None:
+    """On the meta device (no memory, no GPU needed), which like a CPU runs float32."""
+    model = for_inference(eager_model(), torch.device("meta"))
+    assert {(weight.device.type, weight.dtype) for weight in model.parameters()} == {("meta", torch.float32)}
+
+
+@pytest.mark.parametrize(("device", "index"), [(CPU, -1), (torch.device("cuda", 1), 1)])
+def test_a_package_is_loaded_for_its_devices_index(
+    monkeypatch: pytest.MonkeyPatch, device: torch.device, index: int
+) -> None:
+    """AOTInductor takes -1 for a device without an index (the CPU)."""
+    loaded: list[tuple[str, int]] = []
+    monkeypatch.setattr(
+        torch._inductor, "aoti_load_package", lambda path, device_index: loaded.append((path, device_index))
+    )
+    compiled_forward.load_package("resnet50.pt2", device)
+    assert loaded == [("resnet50.pt2", index)]
 
 
 def test_an_archive_without_a_gpu_package_runs_eager_on_a_gpu(

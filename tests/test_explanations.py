@@ -39,6 +39,18 @@ def explain(model: InProcessModel, *requests: Request) -> list[Response]:
     return model.infer([request.explaining() for request in requests])
 
 
+@pytest.mark.checks_the_load
+def test_explaining_leaves_the_weights_without_gradients(model: InProcessModel) -> None:
+    """The weights ask for no gradient (they are shared with the forward pass), so Grad-CAM's
+    backward pass stops at the explained layer and keeps nothing in them."""
+    [answer] = explain(model, Request.raw(PHOTO))
+    assert answer.status == 200
+    weights = list(model.handler.grad_cam.method.forward_func.parameters())
+    assert not any(weight.requires_grad for weight in weights)
+    assert all(weight.grad is None for weight in weights)
+
+
+@pytest.mark.checks_the_load
 def test_heatmaps_match_grad_cam_computed_by_hand(model: InProcessModel) -> None:
     """The top class of each photo, and three named classes of one: the same maps as Grad-CAM
     by hand on torchvision's model with the archive's weights, on torchvision's preprocessing."""
@@ -147,6 +159,7 @@ def test_bad_classes_are_a_400_in_every_protocol(model: InProcessModel, classes:
     assert json.loads(responses[2].body)["error"].startswith("InvalidClasses: 'classes' must be")
 
 
+@pytest.mark.checks_the_load
 def test_one_image_may_name_5_classes_from_class_0_to_999(model: InProcessModel) -> None:
     classes = [0, *range(500, 500 + promised.MAX_EXPLAINED_CLASSES - 2), 999]
     [response] = explain(model, Request.json({"data": b64(PHOTO), "classes": classes}))
@@ -273,6 +286,7 @@ def test_the_crop_box_follows_exif_orientation(model: InProcessModel) -> None:
     assert rotated.body["crop_box"] == list(model.handler.preset.crop_box((width, height)))
 
 
+@pytest.mark.checks_the_load
 def test_a_request_may_ask_for_32_heatmaps(model: InProcessModel, monkeypatch: pytest.MonkeyPatch) -> None:
     """8 images x 4 classes, each image's maps for the classes named. Grad-CAM itself is stubbed
     out (32 passes take seconds here); the maps' values are the other tests' business."""
@@ -295,6 +309,7 @@ def test_a_full_request_may_be_explained_for_each_images_top_class(
     assert [len(answer["heatmaps"]) for answer in answered.body["explanations"]] == [1] * 32
 
 
+@pytest.mark.checks_the_load
 def test_too_many_heatmaps_are_a_413_before_any_work(model: InProcessModel) -> None:
     """A request may ask for 32 maps (images x classes): a batch's passes must fit in the response timeout."""
     eleven = {"instances": [b64(PHOTO)] * 11, "classes": [1, 2, 3]}
@@ -323,6 +338,7 @@ def test_a_failing_explanation_fails_only_the_requests_that_asked(
     assert predicted.status == 200 and same_answer(predicted.body, plain.body)
 
 
+@pytest.mark.checks_the_load
 def test_without_captum_a_worker_classifies_and_says_why_it_cannot_explain(
     model: InProcessModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -22,6 +22,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.models import ResNet
 from torchvision.transforms import v2
 
+import compiled_forward
 from answers import HEATMAP_TOLERANCE, direct_probabilities, grad_cam_by_hand, reference_model
 from classification_transforms import ClassificationPreset
 from compiled_forward import for_inference
@@ -31,6 +32,7 @@ from image_decoding import decode_rgb, is_plain_jpeg, open_checked
 from images import encode, exif_rotated_jpeg, noise_image, photo_bytes, sample_photo
 from model_identity import architecture, weight_sets
 from request_errors import RequestError
+from resnet50_handler import ResNet50Handler
 from scripts.harness.in_process import InProcessModel, Request
 
 WEIGHTS = weight_sets()["IMAGENET1K_V2"]
@@ -192,6 +194,40 @@ def test_the_handlers_fp16_path_agrees_with_fp32(
         assert [p["probability"] for p in fp16.body] == pytest.approx(
             [p["probability"] for p in fp32.body], abs=FP16_TOLERANCE
         )
+
+
+def test_the_fp16_forward_is_made_from_a_copy_of_the_fp32_model(
+    model: InProcessModel, as_on_a_gpu: Callable[[torch.dtype], None]
+) -> None:
+    """Grad-CAM explains with the fp32 model the fp16 forward is made from: it must stay fp32."""
+    as_on_a_gpu(torch.float16)
+    fp32 = model.handler._load_model(model.service.context)
+    model.handler._eager(fp32)
+    assert {weight.dtype for weight in fp32.parameters()} == {torch.float32}
+
+
+def test_the_explained_model_is_fp32_on_the_workers_device(
+    model: InProcessModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever precision the device's forward runs in (fp16 on a GPU, as patched here); the meta
+    device stands in for the GPU."""
+    monkeypatch.setattr(model.handler, "device", torch.device("meta"))
+    monkeypatch.setattr(compiled_forward, "inference_dtype", lambda device: torch.float16)
+    explained = model.handler._load_model(model.service.context)
+    assert {(weight.device.type, weight.dtype) for weight in explained.parameters()} == {("meta", torch.float32)}
+
+
+def test_torchserves_gpu_id_selects_that_gpu_and_without_cuda_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    selected: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", selected.append)
+    handler = ResNet50Handler()
+    assert handler._select_device(1) == torch.device("cuda", 1)
+    assert selected == [1]
+    assert handler._select_device(None) == CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert handler._select_device(0) == CPU
+    assert selected == [1]
 
 
 def test_the_model_for_inference_on_a_gpu_is_fp16_and_channels_last() -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -43,6 +46,7 @@ def reference_weights(model: InProcessModel) -> WeightsEnum:
         ((400, 300), "RGBA"),
     ],
 )
+@pytest.mark.checks_the_load
 def test_preprocessing_matches_torchvision(model: InProcessModel, size: tuple[int, int], mode: str) -> None:
     image = sample_photo().resize(size).convert(mode)
     data = encode(image, "PNG" if mode in ("P", "RGBA") else "JPEG" if mode != "CMYK" else "TIFF")
@@ -53,6 +57,7 @@ def test_preprocessing_matches_torchvision(model: InProcessModel, size: tuple[in
 
 
 @pytest.mark.parametrize("version", sorted(VERSION_WEIGHTS))
+@pytest.mark.checks_the_load
 def test_archive_carries_the_weights_preprocessing(in_process_models: InProcessModels, version: str) -> None:
     """Every version, under `make mutants` too (each_version): its settings are what set the
     versions apart."""
@@ -63,9 +68,11 @@ def test_archive_carries_the_weights_preprocessing(in_process_models: InProcessM
     assert config.preprocess.crop_size == 224
     assert list(config.preprocess.mean) == preset.mean and list(config.preprocess.std) == preset.std
     assert list(config.categories) == reference_weights(model).meta["categories"]
+    assert config.weights == reference_weights(model).name == {"1.0": "IMAGENET1K_V1", "2.0": "IMAGENET1K_V2"}[version]
     assert config.random_weights
 
 
+@pytest.mark.checks_the_load
 def test_outputs_match_direct_torchvision_inference(model: InProcessModel) -> None:
     photos = [photo_bytes((640, 480)), photo_bytes((300, 450)), photo_bytes((800, 800))]
     responses = model.infer([Request.raw(data) for data in photos])
@@ -87,6 +94,7 @@ def preset_label(model: InProcessModel, index: int) -> str:
     return label
 
 
+@pytest.mark.checks_the_load
 def test_topk_is_an_ordered_list_of_label_index_probability(model: InProcessModel) -> None:
     [response] = model.infer([Request.raw(photo_bytes())])
     assert response.status == 200
@@ -95,6 +103,7 @@ def test_topk_is_an_ordered_list_of_label_index_probability(model: InProcessMode
     assert probabilities == sorted(probabilities, reverse=True)
 
 
+@pytest.mark.checks_the_load
 def test_labels_carry_their_class_index(model: InProcessModel) -> None:
     """ImageNet names repeat in some lists ("crane", "maillot"): the index is what identifies a class."""
     [response] = model.infer([Request.raw(photo_bytes())])
@@ -135,11 +144,30 @@ def test_a_json_body_declared_with_parameters_or_in_capitals_is_read_as_json(mod
     """TorchServe parses only an exact `application/json`; the handler reads JSON's other spellings."""
     photo = photo_bytes((320, 240))
     document = json.dumps({"data": b64(photo)}).encode()
-    charset, capitals, plain = model.infer(
+    charset, two, capitals, plain = model.infer(
         [
             Request.raw(document, "application/json; charset=utf-8"),
+            Request.raw(document, "application/json; charset=utf-8; q=1"),
             Request.raw(document, "Application/JSON"),
             Request.raw(photo),
         ]
     )
-    assert same_answer(charset.body, plain.body) and same_answer(capitals.body, plain.body)
+    assert all(same_answer(answer.body, plain.body) for answer in (charset, two, capitals))
+
+
+class RunsCodeOnLoad:
+    """What a tampered weights file can hold: unpickling it calls print, as it could call anything."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return print, ("this ran while the weights loaded",)
+
+
+def test_weights_that_would_run_code_on_load_are_refused(model: InProcessModel, tmp_path: Path) -> None:
+    """The weights are read as data only (torch.load's weights_only), so a file that would call
+    something on load fails to load instead."""
+    torch.save({"conv1.weight": RunsCodeOnLoad()}, tmp_path / "weights.pth")
+    context = SimpleNamespace(
+        system_properties={"model_dir": str(tmp_path)}, manifest={"model": {"serializedFile": "weights.pth"}}
+    )
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        model.handler._load_model(context)

@@ -37,6 +37,18 @@ def test_a_section_of_only_the_required_keys_takes_the_defaults() -> None:
     assert (config.limits, config.compiled_forward) == (InputLimits(), {})
 
 
+@pytest.mark.parametrize("missing", [None, {}])
+def test_an_archive_without_a_handler_section_is_refused_with_what_to_do(missing: dict[str, Any] | None) -> None:
+    with pytest.raises(ValueError, match=r"^model-config\.yaml has no 'handler:' section; rebuild the archive$"):
+        HandlerConfig.from_yaml(missing)
+
+
+def test_a_section_missing_a_key_is_refused_naming_it() -> None:
+    without_weights = {key: value for key, value in section().items() if key != "weights"}
+    with pytest.raises(ValueError, match=r"^invalid 'handler:' section in model-config\.yaml: KeyError\('weights'\)$"):
+        HandlerConfig.from_yaml(without_weights)
+
+
 @pytest.mark.parametrize("topk", [1, 1000])
 def test_topk_from_1_to_the_number_of_classes_is_accepted(topk: int) -> None:
     assert len(CATEGORIES) == 1000

@@ -2,26 +2,33 @@
 
 Every YAML file parses and holds no literal secret; every kustomization (each base, overlay and
 monitoring kustomization) renders with `kubectl kustomize`; every Kubernetes object it renders
-validates against the API schemas of KUBERNETES_VERSION, unknown fields included; every
-InferenceService and ServingRuntime goes through kserve's own model and comes back with no field
-lost; every PodMonitor validates against the Prometheus Operator's schema and scrapes its own
-pods' metrics; and the decisions the manifests' comments justify still hold: our serving image
-everywhere, run as built (its probes, a read-only root, no preStop), only inference ports behind
-a Service, GPU pods on the CUDA image, a canary percent only in the canary overlay, threads and
+validates against the API schemas of KUBERNETES_VERSION, unknown fields included, and so does
+every pod template a RayService embeds; every InferenceService and ServingRuntime goes through
+kserve's own model and comes back with no field lost; every PodMonitor and RayService validates
+against its operator's schema, every PodMonitor scrapes its own pods' metrics, and every
+RayService's Serve config goes through Ray Serve's own schema with no field lost; and the
+decisions the manifests' comments justify still hold: our serving image everywhere, run as built
+(its probes, no preStop), a read-only root, only inference ports behind a Service (KubeRay's
+included), GPU pods on the CUDA image, a canary percent only in the canary overlay, threads and
 the concurrency target from the worker rule and the batching, requests = limits (a Guaranteed
-plain pod), and a locked-down security context. Every value docs/deployment.md promises is held
-to tests/promised.py: each pod's CPUs, memory and GPU, replicas and scaling targets, protocols,
-the canary percent, the plain Service's ports, its HPA, PodDisruptionBudget and NetworkPolicy,
-and the uid. KServe's own rules are tests/test_kserve_admission.py's.
+plain or Ray pod), a locked-down security context, and Ray Serve running our application on the
+pinned Ray, its replicas and threads from the worker rule, on the ports its pods declare. Every
+value docs/deployment.md promises is held to tests/promised.py: each pod's CPUs, memory and GPU,
+replicas and scaling targets, protocols, the canary percent, the plain Service's ports, its HPA,
+PodDisruptionBudget and NetworkPolicy, and the uid. KServe's own rules are
+tests/test_kserve_admission.py's.
 
 Without kubectl on PATH the rendering tests skip and say what went unchecked.
 """
 
 from __future__ import annotations
 
+import ast
+import posixpath
 import re
+import warnings
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jsonschema
@@ -38,13 +45,15 @@ from manifests import (
     KSERVE_MODELS,
     MODE_ANNOTATION,
     READY_COMMAND,
+    SERVE_PORT_NAME,
     SERVING_IMAGE,
-    WRITABLE_PATHS,
     KServeModels,
+    Objects,
     Serving,
     annotations_of,
     batch_size,
     containers,
+    declared_ports,
     differences,
     documents,
     is_kubernetes_api,
@@ -52,24 +61,41 @@ from manifests import (
     name_of,
     needs_kubectl,
     of_kind,
+    pod_template,
     podmonitor_spec_schema,
+    ray_nodes,
+    rayservice_spec_schema,
     relative,
     rendered,
+    serve_config,
+    serve_service,
     serving_containers,
     walk,
     yaml_files,
 )
+from scripts.paths import DEFAULT_VERSION, MODEL_NAME, ROOT, SERVED_VERSIONS, archive_name
+
+with warnings.catch_warnings():
+    # Ray Serve 2.60 declares its config with pydantic 1's Field() extras: a deprecation warning
+    # per field at import, none of them ours.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from ray.serve.schema import ServeDeploySchema
 
 # The Kubernetes API the manifests are validated against: of the schema sets kubernetes-validate
 # 1.37 ships (1.25 to 1.37), the one matching the kubectl client these manifests are rendered
 # with (v1.32). Manifests valid for 1.32 stay valid on later releases unless an API they use is
 # removed, which bumping this constant would show.
 KUBERNETES_VERSION = "1.32.0"
-# Listeners that must stay inside the pod: TorchServe's management (REST and gRPC) and metrics
-# (scraped from the pods).
-INTERNAL_PORTS = frozenset({promised.MANAGEMENT_PORT, promised.GRPC_MANAGEMENT_PORT, promised.METRICS_PORT})
+# Listeners that must stay inside the cluster: TorchServe's management (REST and gRPC) and metrics
+# (scraped from the pods), and Ray's on every Ray node: the GCS, the dashboard (which runs
+# submitted jobs), Ray Client and the dashboard agent (KubeRay's defaults,
+# ray-operator/controllers/ray/utils/constant.go; Ray's metrics are on METRICS_PORT, rayStartParams).
+RAY_INTERNAL_PORTS = frozenset({6379, 8265, 10001, 52365})
+INTERNAL_PORTS = (
+    frozenset({promised.MANAGEMENT_PORT, promised.GRPC_MANAGEMENT_PORT, promised.METRICS_PORT}) | RAY_INTERNAL_PORTS
+)
 SECRET_LIKE_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
-# The one image the manifests run besides ours: KServe's storage initializer (plain Deployment).
+# The one image the manifests run besides ours: KServe's storage initializer (plain Deployment, Ray pods).
 STORAGE_INITIALIZER = "kserve/storage-initializer:"
 GRACE_PERIOD_S = 30
 DRAIN_S = 5
@@ -89,6 +115,27 @@ GPU_KUSTOMIZATIONS = [KSERVE_DIR / "overlays" / "gpu", DEPLOY_DIR / "kubernetes"
 PLAIN_KUSTOMIZATIONS = [DEPLOY_DIR / "kubernetes" / "base", DEPLOY_DIR / "kubernetes" / "overlays" / "gpu"]
 # The label Kubernetes gives every namespace, its name: what a NetworkPolicy selects a namespace by.
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+# Each kustomization that renders a RayService (Ray Serve under KubeRay).
+RAY_KUSTOMIZATIONS = [DEPLOY_DIR / "ray" / "base"]
+# Serve's HTTP proxy in a Ray pod (its default), behind TorchServe's REST port on the Service.
+RAY_SERVE_PORT = 8000
+# What each tree's Services expose, as (Service port, container port): the same ports as
+# TorchServe's in the plain Deployment, only REST under Ray Serve (gRPC is not built there).
+EXPOSED_PORTS = {
+    "kubernetes": {(number, number) for number in promised.SERVICE_PORTS},
+    "ray": {(promised.INFERENCE_PORT, RAY_SERVE_PORT)},
+}
+# The application builder a RayService deploys, and the Ray the project pins for it.
+RAY_APPLICATION = "scripts.ray_serve.app:build"
+RAY_PIN = re.search(r"^ray\[serve\]==(\S+)$", (ROOT / "requirements-ray.txt").read_text(), re.MULTILINE)
+# Where every pod mounts the bundle (the serving image's default, scripts/server/container_entry.py).
+BUNDLE_DIR = "/mnt/models"
+# The schema of each operator's kind, from its CRD and closed to unknown fields, with the
+# apiVersion it is for.
+OPERATOR_SCHEMAS: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
+    "PodMonitor": ("monitoring.coreos.com/v1", podmonitor_spec_schema),
+    "RayService": ("ray.io/v1", rayservice_spec_schema),
+}
 
 
 # --- Every file ----------------------------------------------------------------------------------
@@ -140,12 +187,12 @@ def test_kustomization_renders(directory: Path) -> None:
 @needs_kubectl
 @directories
 def test_every_object_is_checked_by_a_schema(directory: Path) -> None:
-    """Each rendered object is a built-in kind, a KServe kind or a PodMonitor, each checked below;
-    a new kind needs a check before it lands."""
+    """Each rendered object is a built-in kind, a KServe kind, a PodMonitor or a RayService, each
+    checked below; a new kind needs a check before it lands."""
     unchecked = [
         name_of(obj)
         for obj in rendered(directory)
-        if not is_kubernetes_api(obj) and obj["kind"] not in {*KSERVE_MODELS, "PodMonitor"}
+        if not is_kubernetes_api(obj) and obj["kind"] not in {*KSERVE_MODELS, *OPERATOR_SCHEMAS}
     ]
     assert not unchecked, f"no schema check for {unchecked}"
 
@@ -153,9 +200,11 @@ def test_every_object_is_checked_by_a_schema(directory: Path) -> None:
 @needs_kubectl
 @directories
 def test_kubernetes_objects_match_the_api_schema(directory: Path) -> None:
-    """Strict schemas: a misspelled or misplaced field fails here, not at `kubectl apply`."""
+    """Strict schemas: a misspelled or misplaced field fails here, not at `kubectl apply`. A
+    RayService's pod templates are Kubernetes' own type, checked here as core PodTemplates."""
+    objects = rendered(directory)
     errors = []
-    for obj in filter(is_kubernetes_api, rendered(directory)):
+    for obj in [*filter(is_kubernetes_api, objects), *map(pod_template, ray_nodes(objects))]:
         try:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as error:
@@ -182,16 +231,32 @@ def test_kserve_objects_round_trip_through_kserve(directory: Path) -> None:
 
 @needs_kubectl
 @directories
-def test_podmonitors_match_the_operator_schema(directory: Path) -> None:
-    """The Prometheus Operator's own schema (tests/podmonitor_spec_schema.json), closed to unknown
-    fields: a misspelled field, or one newer than the oldest operator supported, fails here."""
-    for monitor in of_kind(rendered(directory), "PodMonitor"):
-        assert monitor["apiVersion"] == "monitoring.coreos.com/v1", name_of(monitor)
+def test_operator_kinds_match_their_operators_schema(directory: Path) -> None:
+    """The operators' own schemas, closed to unknown fields: the Prometheus Operator's for a
+    PodMonitor (tests/podmonitor_spec_schema.json; a field newer than the oldest operator
+    supported fails too) and KubeRay's for a RayService (tests/rayservice_spec_schema.json). A
+    misspelled or misplaced field fails here."""
+    for obj in of_kind(rendered(directory), *OPERATOR_SCHEMAS):
+        api_version, schema = OPERATOR_SCHEMAS[obj["kind"]]
+        assert obj["apiVersion"] == api_version, name_of(obj)
         errors = [
             f"spec.{'.'.join(map(str, error.path))}: {error.message}"
-            for error in jsonschema.Draft7Validator(podmonitor_spec_schema()).iter_errors(monitor["spec"])
+            for error in jsonschema.Draft7Validator(schema()).iter_errors(obj["spec"])
         ]
-        assert not errors, f"{name_of(monitor)}:\n" + "\n".join(errors)
+        assert not errors, f"{name_of(obj)}:\n" + "\n".join(errors)
+
+
+@needs_kubectl
+@directories
+def test_serve_configs_round_trip_through_ray_serve(directory: Path) -> None:
+    """A RayService's serveConfigV2 is a string to KubeRay's schema: Ray Serve's own
+    (ServeDeploySchema, what the dashboard deploys it with) keeps every field, where a misspelled
+    one would be dropped without a word."""
+    for service in of_kind(rendered(directory), "RayService"):
+        config = serve_config(service)
+        returned = ServeDeploySchema.model_validate(config).model_dump(mode="json", exclude_unset=True)
+        lost = differences(config, returned)
+        assert not lost, f"{name_of(service)} serveConfigV2 through Ray Serve's ServeDeploySchema:\n" + "\n".join(lost)
 
 
 @needs_kubectl
@@ -243,18 +308,17 @@ def scraped_port(endpoint: dict[str, Any], serving: Serving) -> int | None:
 @needs_kubectl
 @directories
 def test_services_expose_only_inference_ports(directory: Path) -> None:
-    """Every Service exposes REST and gRPC inference, each on the container port of its number, and
-    nothing else: management and metrics stay off, whether named by number or by port name. The
-    plain Deployment has one."""
+    """Every Service exposes its tree's inference ports (EXPOSED_PORTS), and nothing else:
+    TorchServe's management and metrics and Ray's GCS, dashboard and metrics stay off, whether
+    named by number or by port name. The plain Deployment has one; KubeRay makes one for each
+    RayService, from its serveService and its head's ports named serve."""
     objects = rendered(directory)
-    services = of_kind(objects, "Service")
+    services = of_kind(objects, "Service") + [serve_service(service) for service in of_kind(objects, "RayService")]
     assert services or directory not in PLAIN_KUSTOMIZATIONS, f"{relative(directory)}: no Service"
     named = {
-        port["name"]: port["containerPort"]
-        for deployment in of_kind(objects, "Deployment")
-        for container in containers(deployment["spec"]["template"]["spec"])
-        for port in container.get("ports", [])
-        if "name" in port
+        name: number
+        for serving in (*serving_containers(objects), *ray_nodes(objects))
+        for name, number in declared_ports(serving.container).items()
     }
     for service in services:
         exposed = set()
@@ -264,7 +328,7 @@ def test_services_expose_only_inference_ports(directory: Path) -> None:
             exposed.add((port["port"], named.get(target, target)))
         internal = {number for pair in exposed for number in pair} & INTERNAL_PORTS
         assert not internal, f"{name_of(service)} exposes {sorted(internal)}"
-        assert exposed == {(number, number) for number in promised.SERVICE_PORTS}, (
+        assert exposed == EXPOSED_PORTS[relative(directory).split("/")[1]], (
             f"{name_of(service)}: (port, container port) {sorted(exposed)}"
         )
 
@@ -288,8 +352,8 @@ def test_every_image_is_ours(directory: Path) -> None:
 @needs_kubectl
 @directories
 def test_gpus_and_gpu_images_go_together(directory: Path) -> None:
-    """A GPU pod runs the CUDA image and a CPU pod the CPU one."""
-    for serving in serving_containers(rendered(directory)):
+    """A GPU pod runs the CUDA image and a CPU pod the CPU one, Ray's included."""
+    for serving in every_serving_container(rendered(directory)):
         expected = f"{SERVING_IMAGE}:{GPU_TAG if serving.gpus() else CPU_TAG}"
         assert serving.image == expected, f"{serving.where}: {serving.gpus()} GPU(s) with {serving.image}"
 
@@ -317,26 +381,37 @@ def test_gpu_pods_get_one_gpu_and_8_cpus_and_tolerate_the_gpu_taint(directory: P
 @directories
 def test_serving_containers_run_the_image_as_built(directory: Path) -> None:
     """The image's own command, its readiness check for startup and readiness, a TCP liveness
-    check on 8080, no preStop (process 1 stops TorchServe on SIGTERM), a read-only root and an
-    emptyDir at each path the image writes."""
+    check on 8080, and no preStop (process 1 stops TorchServe on SIGTERM). (KubeRay replaces the
+    command of a Ray node's container with `ray start`.)"""
     for serving in serving_containers(rendered(directory)):
         container = serving.container
         assert not {"command", "args", "lifecycle"} & container.keys(), f"{serving.where} overrides the image"
         for probe in ("startupProbe", "readinessProbe"):
             assert container[probe]["exec"]["command"] == READY_COMMAND, f"{serving.where} {probe}"
         assert liveness_port(container) == promised.INFERENCE_PORT, f"{serving.where} livenessProbe"
-        assert container["securityContext"]["readOnlyRootFilesystem"] is True, serving.where
-        volumes = {volume["name"]: volume for volume in serving.pod.get("volumes", [])}
-        mounted = {mount["mountPath"]: volumes[mount["name"]] for mount in container.get("volumeMounts", [])}
-        for path in WRITABLE_PATHS:
-            assert "emptyDir" in mounted.get(path, {}), f"{serving.where}: no emptyDir at {path}"
 
 
 def liveness_port(container: dict[str, Any]) -> int | None:
     """The port of the container's TCP liveness check, resolved from a port name."""
     port = container["livenessProbe"]["tcpSocket"]["port"]
-    named = {declared.get("name"): declared["containerPort"] for declared in container.get("ports", [])}
-    return port if isinstance(port, int) else named.get(port)
+    return port if isinstance(port, int) else declared_ports(container).get(port)
+
+
+@needs_kubectl
+@directories
+def test_serving_containers_write_only_to_emptydirs(directory: Path) -> None:
+    """A read-only root, and an emptyDir at or above each path the container writes: the image's,
+    and on a Ray node Ray's temp dir."""
+    for serving in every_serving_container(rendered(directory)):
+        assert serving.container["securityContext"]["readOnlyRootFilesystem"] is True, serving.where
+        for path in serving.writable_paths:
+            on = [volume for mount, volume in serving.mounts.items() if PurePosixPath(path).is_relative_to(mount)]
+            assert on and "emptyDir" in on[-1], f"{serving.where}: no emptyDir at {path}"
+
+
+def every_serving_container(objects: Objects) -> list[Serving]:
+    """TorchServe's container in each pod that runs it, and Ray's on each RayService node."""
+    return [*serving_containers(objects), *ray_nodes(objects)]
 
 
 @needs_kubectl
@@ -511,24 +586,28 @@ def test_the_network_policy_admits_inference_from_anywhere_and_metrics_from_moni
 @needs_kubectl
 @directories
 def test_serving_containers_request_their_limits(directory: Path) -> None:
-    """Requests equal limits, and both name CPU and memory: no overcommit on the serving container."""
-    for serving in serving_containers(rendered(directory)):
+    """Requests equal limits, and both name CPU and memory: no overcommit on the serving container,
+    TorchServe's or Ray's."""
+    for serving in every_serving_container(rendered(directory)):
         assert requests_its_limits(serving.container), f"{serving.where}: {serving.resources}"
 
 
 @needs_kubectl
 @directories
-def test_plain_pods_are_guaranteed(directory: Path) -> None:
-    """Every container of the plain Deployment's pod, the storage initializer included, requests
-    its limits: Kubernetes counts init containers too, so this makes the pod Guaranteed. (Under
-    KServe the containers it injects decide; the manifests say so.)"""
-    for deployment in of_kind(rendered(directory), "Deployment"):
+def test_plain_and_ray_pods_are_guaranteed(directory: Path) -> None:
+    """Every container of the plain Deployment's pod and of each Ray node's, the storage
+    initializer included, requests its limits: Kubernetes counts init containers too, so this
+    makes the pod Guaranteed. (KubeRay's own wait-gcs-ready requests its limits; under KServe the
+    containers it injects decide, as the manifests say.)"""
+    objects = rendered(directory)
+    pods = [
+        (name_of(deployment), deployment["spec"]["template"]["spec"]) for deployment in of_kind(objects, "Deployment")
+    ]
+    for where, pod in pods + [(node.where, node.pod) for node in ray_nodes(objects)]:
         burstable = [
-            container["name"]
-            for container in containers(deployment["spec"]["template"]["spec"], init=True)
-            if not requests_its_limits(container)
+            container["name"] for container in containers(pod, init=True) if not requests_its_limits(container)
         ]
-        assert not burstable, f"{name_of(deployment)}: requests below limits in {burstable}"
+        assert not burstable, f"{where}: requests below limits in {burstable}"
 
 
 def requests_its_limits(container: dict[str, Any]) -> bool:
@@ -542,8 +621,8 @@ def requests_its_limits(container: dict[str, Any]) -> bool:
 def test_every_container_runs_locked_down(directory: Path) -> None:
     """uid 1000 and non-root, no privilege escalation, every capability dropped and none added back,
     the runtime's seccomp profile: set on the container or inherited from its pod (runAsUser,
-    runAsNonRoot, seccompProfile), for init containers too."""
-    for serving in serving_containers(rendered(directory)):
+    runAsNonRoot, seccompProfile), for init containers too, in every serving pod and Ray node."""
+    for serving in every_serving_container(rendered(directory)):
         pod = serving.pod.get("securityContext", {})
         for container in containers(serving.pod, init=True):
             context = container.get("securityContext", {})
@@ -562,3 +641,117 @@ def test_every_container_runs_locked_down(directory: Path) -> None:
                 if failed
             ]
             assert not problems, f"{serving.where}, pod container {container['name']}: {problems}"
+
+
+# --- Ray Serve under KubeRay ---------------------------------------------------------------------
+
+
+@needs_kubectl
+def test_every_rayservice_is_held_to_the_ray_checks() -> None:
+    """A new kustomization with a RayService needs its place in RAY_KUSTOMIZATIONS."""
+    rendering = {directory for directory in kustomizations() if of_kind(rendered(directory), "RayService")}
+    assert rendering == set(RAY_KUSTOMIZATIONS)
+
+
+each_ray_kustomization = pytest.mark.parametrize("directory", RAY_KUSTOMIZATIONS, ids=relative)
+
+
+@needs_kubectl
+@each_ray_kustomization
+def test_rayservice_serves_our_application_on_the_pinned_ray(directory: Path) -> None:
+    """KubeRay starts the Ray of requirements-ray.txt, and Serve builds scripts/ray_serve/app.py's
+    application with every argument build() requires and none it does not read: both archives of
+    the bundle, which every node's storage initializer puts at BUNDLE_DIR, 2.0 the default,
+    TorchServe's request-size limit, and the key every node mounts from a Secret."""
+    objects = rendered(directory)
+    (service,) = of_kind(objects, "RayService")
+    (application,) = serve_config(service)["applications"]
+    args = application["args"]
+    required, read = builder_keys(RAY_APPLICATION)
+    assert RAY_PIN and service["spec"]["rayClusterConfig"].get("rayVersion") == RAY_PIN[1], name_of(service)
+    assert application["import_path"] == RAY_APPLICATION and read, f"{name_of(service)}: no {RAY_APPLICATION}"
+    assert required <= args.keys() <= read, f"build() requires {sorted(required)}, reads {sorted(read)}: {sorted(args)}"
+    assert args["archives"] == {
+        version: f"{BUNDLE_DIR}/model-store/{archive_name(version)}" for version in SERVED_VERSIONS
+    }
+    assert (args["default"], args["model"]) == (DEFAULT_VERSION, MODEL_NAME), name_of(service)
+    assert args["max_request_size"] == promised.MAX_REQUEST_BYTES, name_of(service)
+    for node in ray_nodes(objects):
+        assert "emptyDir" in node.mounts.get(BUNDLE_DIR, {}), f"{node.where}: no bundle at {BUNDLE_DIR}"
+        assert [
+            init["args"][-1]
+            for init in node.pod.get("initContainers", [])
+            if init["image"].startswith(STORAGE_INITIALIZER)
+        ] == [BUNDLE_DIR], f"{node.where}: no storage initializer filling {BUNDLE_DIR}"
+        assert "secret" in node.mounts.get(posixpath.dirname(args["key_file"]), {}), f"{node.where}: no key"
+
+
+def builder_keys(import_path: str) -> tuple[set[str], set[str]]:
+    """The keys the application builder `package.module:name` requires of its argument (indexes
+    and never .get()s) and every key it reads; both empty if the module has no such function.
+    Read from the source rather than imported: the module imports Ray Serve and TorchServe."""
+    module, _, name = import_path.partition(":")
+    tree = ast.parse((ROOT / f"{module.replace('.', '/')}.py").read_text())
+    for function in tree.body:
+        if isinstance(function, ast.FunctionDef) and function.name == name:
+            args = function.args.args[0].arg
+            nodes = list(ast.walk(function))
+            indexed = {
+                key
+                for node in nodes
+                if isinstance(node, ast.Subscript) and is_name(node.value, args) and (key := string_of(node.slice))
+            }
+            got = {
+                key
+                for node in nodes
+                if isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "get"
+                and is_name(node.func.value, args)
+                and node.args
+                and (key := string_of(node.args[0]))
+            }
+            return indexed - got, indexed | got
+    return set(), set()
+
+
+def is_name(node: ast.expr, name: str) -> bool:
+    return isinstance(node, ast.Name) and node.id == name
+
+
+def string_of(node: ast.expr) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+@needs_kubectl
+@each_ray_kustomization
+def test_ray_replicas_and_threads_follow_the_worker_rule(directory: Path) -> None:
+    """Every node is the same size, and Serve runs as many replicas of each version as the worker
+    rule gives that many TorchServe pods of that size, each with its threads: one pod's worth per
+    node, as Serve spreads replicas over the nodes."""
+    objects = rendered(directory)
+    (service,) = of_kind(objects, "RayService")
+    (application,) = serve_config(service)["applications"]
+    nodes = ray_nodes(objects)
+    (plan,) = {node.plan() for node in nodes}
+    pods = sum(node.count for node in nodes)
+    assert application["args"]["replicas"] == pods * plan.workers_per_version, f"{pods} pods, {plan.describe()}"
+    assert application["args"]["threads"] == plan.threads_per_worker, plan.describe()
+
+
+@needs_kubectl
+@each_ray_kustomization
+def test_ray_listens_on_the_ports_its_pods_declare(directory: Path) -> None:
+    """Serve's HTTP proxy on every node's serve port (the Service's target), Ray's metrics on
+    every node's metrics port, which is TorchServe's; the head declares the ports KubeRay finds
+    the GCS and the dashboard by."""
+    objects = rendered(directory)
+    (service,) = of_kind(objects, "RayService")
+    http = serve_config(service)["http_options"]
+    head, *_ = nodes = ray_nodes(objects)  # the head first
+    assert {"gcs-server", "dashboard"} <= declared_ports(head.container).keys(), head.where
+    for node in nodes:
+        ports = declared_ports(node.container)
+        assert ports.get(SERVE_PORT_NAME) == http["port"] == RAY_SERVE_PORT, f"{node.where}: {ports}, {http}"
+        metrics = int(node.start_params["metrics-export-port"])
+        assert ports.get("metrics") == metrics == promised.METRICS_PORT, f"{node.where}: {ports}, {metrics}"

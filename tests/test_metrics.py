@@ -53,7 +53,7 @@ def archive(model_store: Path) -> Path:
 def test_a_worker_counts_its_start_and_each_batch_by_protocol_outcome_and_stage(
     archive: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO), InProcessModel(archive, tmp_path) as model:
+    with caplog.at_level(logging.INFO), InProcessModel.from_archive(archive, tmp_path) as model:
         assert total(printed(caplog), "handler_worker_starts_total", ModelName="resnet50", ModelVersion="2.0") == 1
         caplog.clear()
         answers = model.infer(
@@ -112,7 +112,7 @@ def test_without_our_metrics_config_the_handler_serves_and_says_its_metrics_are_
     """TorchServe's own metrics config declares none of ours: a server started with it still serves."""
     with (
         caplog.at_level(logging.INFO),
-        InProcessModel(archive, tmp_path, metrics_config=TORCHSERVE_DEFAULT_METRICS) as model,
+        InProcessModel.from_archive(archive, tmp_path, metrics_config=TORCHSERVE_DEFAULT_METRICS) as model,
     ):
         [answer] = model.infer([Request.raw(PHOTO)])
     assert answer.status == 200

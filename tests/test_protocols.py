@@ -96,6 +96,7 @@ def test_every_protocol_classifies_alike(model: InProcessModel, reference: list[
             assert row[top] == pytest.approx([p["probability"] for p in expected], abs=1e-4)
 
 
+@pytest.mark.checks_the_load
 def test_the_answer_names_the_model_and_echoes_the_id(model: InProcessModel) -> None:
     [response] = model.infer([oip.in_process([oip.image_input([PHOTO])], request_id="req-7")])
     answer = oip.result(response).get_response()
@@ -559,6 +560,7 @@ BAD_REQUESTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+@pytest.mark.checks_the_load
 def test_a_bad_request_gets_a_4xx_naming_the_problem(model: InProcessModel, case: str) -> None:
     request, status, kind, words = BAD_REQUESTS[case]
     [response] = model.infer([request])
@@ -566,6 +568,7 @@ def test_a_bad_request_gets_a_4xx_naming_the_problem(model: InProcessModel, case
     assert words in error_message(response)
 
 
+@pytest.mark.checks_the_load
 def test_over_grpc_a_refusal_is_an_error_output_holding_our_error(model: InProcessModel) -> None:
     """TorchServe's OIP gRPC frontend drops a request's status and needs a well-formed answer."""
     [response] = model.infer([grpc_request([PHOTO, NOT_AN_IMAGE], request_id="bad")])
@@ -581,6 +584,7 @@ def test_over_grpc_a_refusal_is_an_error_output_holding_our_error(model: InProce
 @pytest.mark.parametrize(
     ("count", "status"), [(promised.MAX_IMAGES_PER_REQUEST, 200), (promised.MAX_IMAGES_PER_REQUEST + 1, 413)]
 )
+@pytest.mark.checks_the_load
 def test_a_request_of_32_images_is_answered_and_one_of_33_refused(
     model: InProcessModel, monkeypatch: pytest.MonkeyPatch, count: int, status: int
 ) -> None:
@@ -601,6 +605,7 @@ def test_a_request_of_32_images_is_answered_and_one_of_33_refused(
 
 
 @pytest.mark.parametrize(("count", "status"), [(2, 200), (3, 413)])
+@pytest.mark.checks_the_load
 def test_the_images_per_request_limit_is_the_one_configured(
     model: InProcessModel, monkeypatch: pytest.MonkeyPatch, count: int, status: int
 ) -> None:

@@ -1,7 +1,8 @@
 """The Ray Serve engine (scripts/ray_serve/, docs/engines.md) serves the same archives with the
 same handler: both versions, 2.0 the default; on every inference route the same bytes,
-status and content type as TorchServe for the same request; TorchServe's token; and stopping it
-leaves no process of it behind."""
+status and content type as TorchServe for the same request; TorchServe's token and request-size
+limit; the Open Inference Protocol routes TorchServe lacks, read by an unmodified tritonclient;
+and stopping it leaves no process of it behind."""
 
 from __future__ import annotations
 
@@ -12,15 +13,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import pytest
 import requests
+import tritonclient.http as triton
 
+import promised
 from conftest import TEST_PLAN, inference_auth
 from images import encode, noise_image, photo_bytes
+from model_signature import IMAGE, PROBABILITIES
+from oip import image_input, requested
 from scripts.client.rest_api import RestClient
 from scripts.endpoints import HOST, Ports, Server
-from scripts.paths import MODEL_NAME
+from scripts.paths import MODEL_NAME, SERVED_VERSIONS
 from scripts.ray_serve import lifecycle as ray_engine
 
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}
@@ -93,6 +99,12 @@ ROUTES: dict[str, dict[str, Any]] = {
         "headers": v2_binary(NOISE)[1],
     },
     "a bad image": {"path": f"predictions/{MODEL_NAME}", "data": b"%PDF-1.4 not a photo"},
+    # The promised limit (tests/promised.py): a body of exactly that reaches the handler, one byte more does not.
+    "a body at the size limit": {"path": f"predictions/{MODEL_NAME}", "data": b"\xff" * promised.MAX_REQUEST_BYTES},
+    "a body over the size limit": {
+        "path": f"predictions/{MODEL_NAME}",
+        "data": b"\xff" * (promised.MAX_REQUEST_BYTES + 1),
+    },
     "an unknown version": {"path": f"predictions/{MODEL_NAME}/9.9", "data": PHOTO},
 }
 
@@ -124,6 +136,18 @@ def test_a_request_without_the_inference_token_is_refused_alike(
     assert answers[1].content == answers[0].content
 
 
+def test_a_body_over_the_size_limit_is_refused_before_the_token_is_read(server: Server, ray_server: Server) -> None:
+    """TorchServe's HTTP layer answers 413, with no body, before its token check runs."""
+    answers = [
+        requests.post(
+            f"{s.inference_url}/predictions/{MODEL_NAME}", data=b"\xff" * (promised.MAX_REQUEST_BYTES + 1), timeout=120
+        )
+        for s in (server, ray_server)
+    ]
+    assert [answer.status_code for answer in answers] == [413, 413]
+    assert answers[1].content == answers[0].content == b""
+
+
 def test_every_listener_of_the_engine_is_on_loopback(ray_server: Server) -> None:
     """Ray opens a dozen ports for one node (GCS, raylet, agents, each replica's gRPC server), on
     the node's network address unless told otherwise (lifecycle.py, loopback.py)."""
@@ -137,9 +161,64 @@ def test_every_listener_of_the_engine_is_on_loopback(ray_server: Server) -> None
     assert {entry for entry in listening if entry[1] not in LOOPBACK} == set()
 
 
-def test_ping_answers_alike(server: Server, ray_server: Server) -> None:
+@pytest.mark.parametrize("path", ["ping", "v2/health/live", "v2/health/ready"])
+def test_health_answers_alike(server: Server, ray_server: Server, path: str) -> None:
     answers = [
-        requests.get(f"{s.inference_url}/ping", headers=inference_auth(s), timeout=60) for s in (server, ray_server)
+        requests.get(f"{s.inference_url}/{path}", headers=inference_auth(s), timeout=60) for s in (server, ray_server)
     ]
     assert [answer.status_code for answer in answers] == [200, 200]
     assert answers[1].content == answers[0].content
+
+
+@pytest.fixture(scope="module")
+def tritonclient_on_ray(ray_server: Server) -> Iterator[triton.InferenceServerClient]:
+    """tritonclient, unmodified, on Ray Serve's inference port, sending the token with each call."""
+    client = triton.InferenceServerClient(ray_server.inference_url.removeprefix("http://"))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def test_tritonclient_finds_the_server_and_the_model_ready(
+    ray_server: Server, tritonclient_on_ray: triton.InferenceServerClient
+) -> None:
+    """What TorchServe 0.12 answers 404 (docs/protocols.md): a model's readiness, each version's."""
+    auth = inference_auth(ray_server)
+    assert tritonclient_on_ray.is_server_live(headers=auth)
+    assert tritonclient_on_ray.is_server_ready(headers=auth)
+    assert tritonclient_on_ray.is_model_ready(MODEL_NAME, headers=auth)
+    assert all(tritonclient_on_ray.is_model_ready(MODEL_NAME, version, headers=auth) for version in SERVED_VERSIONS)
+    assert not tritonclient_on_ray.is_model_ready(MODEL_NAME, "9.9", headers=auth)
+    extensions = tritonclient_on_ray.get_server_metadata(headers=auth)["extensions"]
+    assert extensions == ["binary_tensor_data", "classification"]
+
+
+def test_tritonclient_reads_the_models_signature(
+    ray_server: Server, tritonclient_on_ray: triton.InferenceServerClient
+) -> None:
+    """The model metadata is the signature every route serves (model_signature.py), with -1 for
+    the batch dimension, and names both versions."""
+    metadata = tritonclient_on_ray.get_model_metadata(MODEL_NAME, headers=inference_auth(ray_server))
+    assert metadata["name"] == MODEL_NAME
+    assert metadata["versions"] == list(SERVED_VERSIONS)
+    assert metadata["inputs"] == [{"name": IMAGE.name, "datatype": "BYTES", "shape": [-1]}]
+    assert metadata["outputs"] == [{"name": PROBABILITIES.name, "datatype": "FP32", "shape": [-1, 1000]}]
+
+
+@pytest.mark.parametrize("version", SERVED_VERSIONS)
+def test_tritonclient_infers_on_a_named_version_as_predictions_does(
+    ray_server: Server, tritonclient_on_ray: triton.InferenceServerClient, version: str
+) -> None:
+    """TorchServe answers /v2/models/{m}/versions/{v}/infer 501; Ray Serve serves the version named,
+    the same probabilities as /predictions/{m}/{v} gives for the same image."""
+    auth = inference_auth(ray_server)
+    answer = tritonclient_on_ray.infer(
+        MODEL_NAME, [image_input([PHOTO])], model_version=version, outputs=[requested()], headers=auth
+    )
+    ranked = RestClient.for_server(ray_server).predict(MODEL_NAME, PHOTO, version=version)
+    probabilities = answer.as_numpy(PROBABILITIES.name)[0]
+    assert [entry["index"] for entry in ranked] == list(np.argsort(-probabilities)[: len(ranked)])
+    assert [entry["probability"] for entry in ranked] == pytest.approx(
+        [float(probabilities[entry["index"]]) for entry in ranked], abs=1e-6
+    )

@@ -95,24 +95,32 @@ class InProcessModel:
     model unless close() finalizes it."""
 
     def __init__(
-        self,
-        archive: Path,
-        extract_to: Path,
-        batch_size: int = 8,
-        gpu_id: int | None = None,
-        metrics_config: Path = METRICS_CONFIG,
+        self, model_dir: Path, batch_size: int = 8, gpu_id: int | None = None, metrics_config: Path = METRICS_CONFIG
     ) -> None:
-        with zipfile.ZipFile(archive) as mar:
-            mar.extractall(extract_to)
-        self.model_dir = extract_to
+        """Load an archive already extracted to `model_dir`, as a worker loads it."""
+        self.model_dir = model_dir
         self.service = TsModelLoader().load(
             MODEL_NAME,
-            str(extract_to),
+            str(model_dir),
             handler="resnet50_handler",
             gpu_id=gpu_id,
             batch_size=batch_size,
             metrics_cache=metrics_cache(metrics_config),
         )
+
+    @classmethod
+    def from_archive(
+        cls,
+        archive: Path,
+        extract_to: Path,
+        batch_size: int = 8,
+        gpu_id: int | None = None,
+        metrics_config: Path = METRICS_CONFIG,
+    ) -> InProcessModel:
+        """Extract the archive to `extract_to`, as TorchServe does, and load it."""
+        with zipfile.ZipFile(archive) as mar:
+            mar.extractall(extract_to)
+        return cls(extract_to, batch_size, gpu_id, metrics_config)
 
     @property
     def handler(self) -> Any:

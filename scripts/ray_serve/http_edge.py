@@ -21,8 +21,9 @@ _ROUTES = (  # the inference routes: (pattern, a TorchServe route rather than KS
     (re.compile(r"^/explanations/(?P<model>[^/]+)(?:/(?P<version>[^/]+))?$"), True, True),
     (re.compile(r"^/v1/models/(?P<model>[^/:]+):predict$"), False, False),
     (re.compile(r"^/v1/models/(?P<model>[^/:]+):explain$"), False, True),
-    (re.compile(r"^/v2/models/(?P<model>[^/]+)/infer$"), False, False),
-    (re.compile(r"^/v2/models/(?P<model>[^/]+)/explain$"), False, True),
+    # TorchServe answers a version on these 501; here it is served, as the protocol describes.
+    (re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$"), False, False),
+    (re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/explain$"), False, True),
 )
 _BEARER = re.compile(r"^Bearer\s+(\S+)$")  # TorchServe's: the scheme's case matters
 # What a TorchServe worker does not get as one body: the frontend splits these into fields.

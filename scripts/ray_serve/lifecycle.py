@@ -17,8 +17,16 @@ from pathlib import Path
 import psutil
 
 from scripts.client.rest_api import ApiError, RestClient
-from scripts.endpoints import HOST, Server, ServerError, log_excerpt_of, properties_text
-from scripts.paths import DEFAULT_VERSION, MODEL_NAME, ROOT, archive_name
+from scripts.endpoints import (
+    DEFAULT_MAX_REQUEST_SIZE,
+    HOST,
+    Server,
+    ServerError,
+    log_excerpt_of,
+    properties_text,
+    read_properties,
+)
+from scripts.paths import CONFIG_DIR, DEFAULT_VERSION, MODEL_NAME, ROOT, archive_name
 from scripts.worker_plan import WorkerPlan
 
 RAY = str(Path(sys.executable).with_name("ray"))  # the Ray of this interpreter's environment
@@ -39,9 +47,19 @@ def start(server: Server, plan: WorkerPlan, timeout: float = 300.0) -> None:
         )
     server.log_dir.mkdir(parents=True, exist_ok=True)
     _write_key_file(server)
+    # The request-size limit TorchServe reads from config/config.properties, where the clients read it.
+    max_request_size = int(
+        read_properties(CONFIG_DIR / "config.properties").get("max_request_size", DEFAULT_MAX_REQUEST_SIZE)
+    )
     server.config_file.write_text(
-        "# The Ray Serve engine's listeners (scripts/ray_serve/lifecycle.py)\n"
-        + properties_text({**server.listeners(), "model_store": server.model_store.resolve()})
+        "# The Ray Serve engine's listeners and limits (scripts/ray_serve/lifecycle.py)\n"
+        + properties_text(
+            {
+                **server.listeners(),
+                "model_store": server.model_store.resolve(),
+                "max_request_size": max_request_size,
+            }
+        )
     )
     env = _environment(server, plan)
     gcs_port = _free_port()
@@ -69,6 +87,7 @@ def start(server: Server, plan: WorkerPlan, timeout: float = 300.0) -> None:
             "default": DEFAULT_VERSION,
             "model": MODEL_NAME,
             "key_file": str(server.key_file.resolve()),
+            "max_request_size": max_request_size,
             "replicas": plan.workers_per_version,
             "threads": plan.threads_per_worker,
         }
