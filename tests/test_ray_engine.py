@@ -190,6 +190,10 @@ def test_tritonclient_finds_the_server_and_the_model_ready(
     assert tritonclient_on_ray.is_model_ready(MODEL_NAME, headers=auth)
     assert all(tritonclient_on_ray.is_model_ready(MODEL_NAME, version, headers=auth) for version in SERVED_VERSIONS)
     assert not tritonclient_on_ray.is_model_ready(MODEL_NAME, "9.9", headers=auth)
+    ready = requests.get(
+        f"{ray_server.inference_url}/v2/models/{MODEL_NAME}/versions/1.0/ready", headers=auth, timeout=60
+    )
+    assert ready.json() == {"name": MODEL_NAME, "version": "1.0", "ready": True}
     extensions = tritonclient_on_ray.get_server_metadata(headers=auth)["extensions"]
     assert extensions == ["binary_tensor_data", "classification"]
 
