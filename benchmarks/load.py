@@ -5,13 +5,14 @@ per-request counters, and the handler's time per batch in each stage."""
 from __future__ import annotations
 
 import csv
+import math
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.client.prometheus_scrape import increase, scrape
+from scripts.client.prometheus_scrape import increase, settled_scrape
 from scripts.client.rest_api import RestClient
 from scripts.endpoints import Server
 from scripts.paths import ROOT
@@ -54,7 +55,7 @@ def locust_processes(users: int) -> int:
 def run_locust(
     server: Server, model: str, protocol: str, users: int, seconds: float, inputs: Path, out: Path, target: str
 ) -> LoadResult:
-    before = scrape(server.metrics_url)
+    before = settled_scrape(server.metrics_url, report_s=server.metrics_report_s)
     prefix = out / f"{target}-{protocol}-c{users}"
     token = RestClient.for_server(server).tokens.inference
     env = dict(
@@ -99,12 +100,13 @@ def run_locust(
     )
     with open(f"{prefix}_stats.csv") as stats:
         row = next(r for r in csv.DictReader(stats) if r["Name"] == "Aggregated")
-    after = scrape(server.metrics_url)
+    after = settled_scrape(server.metrics_url, report_s=server.metrics_report_s)
 
     def grew(name: str, **labels: str) -> float:
         return increase(before, after, name, ModelName=model, **labels)
 
-    served = max(1.0, increase(before, after, "ts_inference_requests_total", model_name=model))
+    # TorchServe's own per-request counters; none on the Ray Serve engine, whose figures are n/a.
+    served = increase(before, after, "ts_inference_requests_total", model_name=model) or math.nan
     batches = grew("handler_stage_seconds_count", Stage="handler")
     stages = (
         {stage: 1000 * grew("handler_stage_seconds_sum", Stage=stage) / batches for stage in STAGES} if batches else {}

@@ -4,6 +4,7 @@ side-by-side ratios at the highest concurrency."""
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import platform
 import sys
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 import torchvision
 
+from benchmarks.footprint import Footprint
 from benchmarks.load import STAGES, LoadResult
 
 if TYPE_CHECKING:
@@ -43,14 +45,12 @@ def write_report(
     device: torch.device,
     in_process: InProcess,
     results: list[LoadResult],
+    footprints: dict[str, Footprint],
     setup: list[str],
     concurrencies: list[int],
 ) -> Path:
     top = max(concurrencies)
-    ours, stock = (
-        next((r for r in results if r.target == target and r.concurrency == top and r.protocol == "REST"), None)
-        for target in ("ours", "stock")
-    )
+    ours, stock = (_step(results, target, top, "REST") for target in ("ours", "stock"))
     lines = [
         f"# Benchmark: {datetime.date.today().isoformat()}",
         "",
@@ -80,8 +80,10 @@ def write_report(
         ),
         "",
         "Server timings are TorchServe's own per-request counters (`ts_queue_latency_microseconds`,",
-        "`ts_inference_latency_microseconds`); TorchServe 0.12 does not count gRPC requests in them.",
+        "`ts_inference_latency_microseconds`); TorchServe 0.12 does not count gRPC requests in them,",
+        "and the Ray Serve engine (`ray`) has no such counters.",
         "",
+        *_engines(results, footprints, top),
         "## Where a batch's time goes: the handler's own histograms (mean ms per batch)",
         "",
         f"| target | protocol | concurrency | images per batch | {' | '.join(STAGES)} |",
@@ -120,8 +122,50 @@ def _ratios(ours: LoadResult | None, stock: LoadResult | None, in_process: InPro
     return lines
 
 
+def _step(results: list[LoadResult], target: str, concurrency: int, protocol: str) -> LoadResult | None:
+    return next((r for r in results if (r.target, r.concurrency, r.protocol) == (target, concurrency, protocol)), None)
+
+
+def _engines(results: list[LoadResult], footprints: dict[str, Footprint], top: int) -> list[str]:
+    """Ours on TorchServe and on Ray Serve: throughput and latency on each protocol at the highest
+    concurrency, the cold start and the memory."""
+    if "ray" not in footprints:
+        return []
+    lines = [
+        f"## The engines side by side: TorchServe (ours) and Ray Serve (ray), concurrency {top}",
+        "",
+        "| protocol | TorchServe img/s | Ray Serve img/s | ray / ours | TorchServe p50 / p99 ms "
+        "| Ray Serve p50 / p99 ms | errors (TorchServe, Ray Serve) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for protocol in ("REST", "gRPC", "OIP"):
+        ours, ray = _step(results, "ours", top, protocol), _step(results, "ray", top, protocol)
+        if ours and ray:
+            lines.append(
+                f"| {protocol} | {ours.throughput:.2f} | {ray.throughput:.2f} "
+                f"| **{ray.throughput / ours.throughput:.2f}** | {ours.p50_ms:.0f} / {ours.p99_ms:.0f} "
+                f"| {ray.p50_ms:.0f} / {ray.p99_ms:.0f} "
+                f"| {ours.failures}, {ray.failures} |"
+            )
+    lines += [
+        "",
+        "| engine | cold start to first answer, s | memory of each model process (PSS), MiB | the whole engine, MiB |",
+        "| --- | --- | --- | --- |",
+        *(
+            f"| {target} | {f.cold_start_s:.1f} | {', '.join(f'{mib:.0f}' for mib in f.model_processes_mib)} "
+            f"| {f.engine_mib:.0f} |"
+            for target, f in footprints.items()
+        ),
+        "",
+        "A model process is a TorchServe worker or a Ray Serve replica of the version's deployment;",
+        "PSS splits each shared page among the processes that share it, so the figures add up.",
+        "",
+    ]
+    return lines
+
+
 def _server_timing(result: LoadResult, milliseconds: float) -> str:
-    return "n/a" if result.protocol == "gRPC" else f"{milliseconds:.0f}"
+    return "n/a" if result.protocol == "gRPC" or math.isnan(milliseconds) else f"{milliseconds:.0f}"
 
 
 def plot(path: Path, best_raw: float, results: list[LoadResult], concurrencies: list[int]) -> None:
@@ -131,7 +175,7 @@ def plot(path: Path, best_raw: float, results: list[LoadResult], concurrencies: 
     import matplotlib.pyplot as plt
 
     figure, (throughput, latency, stages) = plt.subplots(1, 3, figsize=(18, 4.5))
-    for target in ("ours", "stock"):
+    for target in ("ours", "ray", "stock"):
         rows = [r for r in results if r.target == target and r.protocol == "REST"]
         throughput.plot([r.concurrency for r in rows], [r.throughput for r in rows], marker="o", label=target)
     throughput.axhline(best_raw, linestyle="--", color="grey", label="raw eager forward (best)")

@@ -3,7 +3,8 @@ side by side in one run, on this machine.
 
     python -m benchmarks.run --seconds 30 --concurrency 1 4 8
 
-(a) this project's server as `make serve` sizes it; (b) the same weights behind TorchServe's
+(a) this project's server as `make serve` sizes it, and (a') the same archive on the Ray Serve
+engine, sized by the same plan (docs/engines.md); (b) the same weights behind TorchServe's
 stock `image_classifier` handler with the settings TorchServe's examples use (TorchServe's
 default worker count: one per GPU, else one per core; batch size 1; torch's default threads);
 (c) the raw in-process forward pass, the compute limit of the machine, with (c') the compiled
@@ -20,15 +21,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from benchmarks import compute
-from benchmarks.load import load_steps
+from benchmarks import compute, footprint
+from benchmarks.footprint import Footprint
+from benchmarks.load import LoadResult, load_steps
 from benchmarks.report import InProcess, write_report
 from benchmarks.stock_archive import STOCK_NAME, build_stock_archive
 from scripts.client.rest_api import RestClient
@@ -37,6 +41,7 @@ from scripts.harness.in_process import InProcessModel
 from scripts.packaging import build_archives
 from scripts.packaging.weights import RANDOM, weights_file
 from scripts.paths import BUILD_DIR, DEFAULT_VERSION, MODEL_NAME, ROOT, archive_name, sample_photo
+from scripts.ray_serve import lifecycle as ray_engine
 from scripts.server.lifecycle import start, stop
 from scripts.worker_plan import Machine, WorkerPlan, plan_from_environment
 
@@ -62,9 +67,17 @@ def make_inputs(folder: Path) -> Path:
     return folder
 
 
+@dataclass(frozen=True)
+class Served:
+    server: Server
+    cold_start_s: float  # from the start command to the first answer
+
+
 @contextmanager
-def serving(run_dir: Path, model_store: Path, archive: str, plan: WorkerPlan, clients: int) -> Iterator[Server]:
-    """A server of `archive` alone, whose queues hold every client's request (TorchServe's
+def on_torchserve(
+    run_dir: Path, model_store: Path, archive: str, model: str, plan: WorkerPlan, clients: int, first_image: bytes
+) -> Iterator[Served]:
+    """TorchServe serving `archive` (as `model`) alone, whose queues hold every client's request (TorchServe's
     default of 100 would answer a GPU step's 256 clients with instant 503s)."""
     server = Server(
         run_dir=run_dir,
@@ -74,12 +87,40 @@ def serving(run_dir: Path, model_store: Path, archive: str, plan: WorkerPlan, cl
         versions=(),
     )
     run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     start(server, plan)
     try:
         RestClient.for_server(server).register(archive, initial_workers=plan.workers_per_version)
-        yield server
+        yield Served(server, _first_answer(server, model, first_image, started))
     finally:
         stop(server)
+
+
+@contextmanager
+def on_ray_serve(run_dir: Path, model_store: Path, plan: WorkerPlan, first_image: bytes) -> Iterator[Served]:
+    """The Ray Serve engine serving the default version's archive alone, sized by the same plan."""
+    server = Server(run_dir=run_dir, model_store=model_store, ports=Ports.free(), versions=(DEFAULT_VERSION,))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    ray_engine.start(server, plan)
+    try:
+        yield Served(server, _first_answer(server, MODEL_NAME, first_image, started))
+    finally:
+        ray_engine.stop(server)
+
+
+def _first_answer(server: Server, model: str, image: bytes, started: float) -> float:
+    """Seconds from `started` to the model's first answer."""
+    RestClient.for_server(server).predict(model, image, content_type="image/jpeg")
+    return time.monotonic() - started
+
+
+def served_steps(
+    server: Server, model: str, target: str, concurrencies: list[int], seconds: float, inputs: Path, out: Path
+) -> list[LoadResult]:
+    """Ours, on either engine: REST at every concurrency, gRPC and OIP at the highest."""
+    results = load_steps(server, model, target, concurrencies, ["REST"], seconds, inputs, out)
+    return results + load_steps(server, model, target, [max(concurrencies)], ["gRPC", "OIP"], seconds, inputs, out)
 
 
 def measure_in_process(
@@ -113,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="build our archive with this batchSize (default: its config's)")
     parser.add_argument("--weights", default=RANDOM)
     parser.add_argument("--skip-stock", action="store_true")
+    parser.add_argument("--skip-ray", action="store_true", help="leave out (a') ours on Ray Serve")
     args = parser.parse_args(argv)
     out = RESULTS / datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
     inputs = make_inputs(out / "inputs")
@@ -131,27 +173,36 @@ def main(argv: list[str] | None = None) -> int:
         number_of_gpu=plan.number_of_gpu,
         threads_per_worker=None,
     )
+    top = max(concurrencies)
     setup = [
         f"(a) ours: {plan.describe()}, batch size {batch_size}",
+        f"(a') ours on Ray Serve: the same archive, handler and plan ({plan.workers_per_version} replicas)",
         f"(b) stock: {stock_plan.describe()}, batch size 1",
         f"{args.seconds:.0f} s per step, inputs: JPEGs of {', '.join(f'{w}x{h}' for w, h in INPUT_SIZES)}",
     ]
+    first_image = next(inputs.glob("*.jpg")).read_bytes()
+    footprints: dict[str, Footprint] = {}
     print(setup[0])
-    with serving(
-        out / "run-ours", BENCH_MODEL_STORE, archive_name(DEFAULT_VERSION), plan, max(concurrencies)
-    ) as server:
-        results = load_steps(server, MODEL_NAME, "ours", concurrencies, ["REST"], args.seconds, inputs, out)
-        results += load_steps(
-            server, MODEL_NAME, "ours", [max(concurrencies)], ["gRPC", "OIP"], args.seconds, inputs, out
-        )
+    with on_torchserve(
+        out / "run-ours", BENCH_MODEL_STORE, archive_name(DEFAULT_VERSION), MODEL_NAME, plan, top, first_image
+    ) as served:
+        results = served_steps(served.server, MODEL_NAME, "ours", concurrencies, args.seconds, inputs, out)
+        footprints["ours"] = footprint.measure(footprint.TORCHSERVE, served.server, served.cold_start_s)
+    if not args.skip_ray:
+        print(setup[1])
+        with on_ray_serve(out / "run-ray", BENCH_MODEL_STORE, plan, first_image) as served:
+            results += served_steps(served.server, MODEL_NAME, "ray", concurrencies, args.seconds, inputs, out)
+            footprints["ray"] = footprint.measure(footprint.RAY_SERVE, served.server, served.cold_start_s)
     if not args.skip_stock:
         stock_archive = build_stock_archive(weights_file("IMAGENET1K_V2", args.weights), BENCH_MODEL_STORE)
-        print(setup[1])
-        with serving(
-            out / "run-stock", BENCH_MODEL_STORE, stock_archive.name, stock_plan, max(concurrencies)
-        ) as server:
-            results += load_steps(server, STOCK_NAME, "stock", concurrencies, ["REST"], args.seconds, inputs, out)
-    report = write_report(out, device, in_process, results, setup, concurrencies)
+        print(setup[2])
+        with on_torchserve(
+            out / "run-stock", BENCH_MODEL_STORE, stock_archive.name, STOCK_NAME, stock_plan, top, first_image
+        ) as served:
+            results += load_steps(
+                served.server, STOCK_NAME, "stock", concurrencies, ["REST"], args.seconds, inputs, out
+            )
+    report = write_report(out, device, in_process, results, footprints, setup, concurrencies)
     print(f"\n{report.read_text()}\nreport: {report}\nplot: {out / 'plot.png'}")
     return 0
 

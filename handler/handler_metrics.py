@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ts.metrics.metric_cache_errors import MetricsCacheKeyError
-from ts.metrics.metric_type_enum import MetricTypes
 
 from wire_format import ServedModel
 
@@ -49,8 +48,11 @@ class Histogram:
     buckets: Sequence[float]
 
     def observe(self, cache: Any, value: float, labels: list[str]) -> None:
-        """One observation: +1 on every bucket at or above it (the cumulative form), and the sum."""
-        for bound in [*self.buckets, math.inf]:
+        """One observation: +1 on every bucket at or above it (the cumulative form), the sum, then
+        the count. Buckets from +Inf down, so a batch's first line is its first stage's +Inf bucket
+        and its last the handler stage's count: TorchServe's frontend reads the lines after the
+        answer has gone, and a scrape can tell a batch it has read in part (`batches_read_whole`)."""
+        for bound in [math.inf, *reversed(self.buckets)]:
             if value <= bound:
                 _counter(cache, f"{self.name}_bucket", 1, [*labels, _bound(bound)])
         _counter(cache, f"{self.name}_sum", round(value, 6), labels)
@@ -82,7 +84,8 @@ class HandlerMetrics:
             )
         self.cache = None if missing else cache
         self.model = [model.name, model.version]
-        self.forward = [forward, device]
+        # "cuda0", not "cuda:0": TorchServe's metric lines use ":" between a dimension's name and value.
+        self.forward = [forward, device.replace(":", "")]
         self.count(WORKER_STARTS, 1)
 
     @contextmanager
@@ -101,11 +104,13 @@ class HandlerMetrics:
             BATCH_IMAGES.observe(self.cache, images, self.model)
         self.count(FORWARD_BATCHES, 1, *self.forward)
 
-    def answered(self, protocol: str, transport: str, outcome: str, images: int) -> None:
-        """A request answered: OK with its images classified, or refused with its error kind."""
+    def answered(self, protocol: str, transport: str, outcome: str) -> None:
+        """A request answered: OK, or refused with its error kind."""
         self.count(REQUESTS, 1, protocol, transport, outcome)
-        if outcome == OK:
-            self.count(IMAGES, images)
+
+    def classified(self, images: int) -> None:
+        """A request's images classified and answered (a refused request's count none)."""
+        self.count(IMAGES, images)
 
     def count(self, name: str, value: float, *labels: str) -> None:
         if self.cache is not None:
@@ -113,12 +118,12 @@ class HandlerMetrics:
 
 
 def _counter(cache: Any, name: str, value: float, labels: list[str]) -> None:
-    cache.get_metric(name, MetricTypes.COUNTER).add_or_update(value, labels)
+    cache.get_metric(name).add_or_update(value, labels)  # a counter, get_metric's default
 
 
 def _declared(cache: Any, name: str) -> bool:
     try:
-        cache.get_metric(name, MetricTypes.COUNTER)
+        cache.get_metric(name)
     except MetricsCacheKeyError:
         return False
     return True

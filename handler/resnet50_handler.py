@@ -68,15 +68,15 @@ class ResNet50Handler(BaseHandler):
         # Decoding and resizing release the GIL, so a batch is preprocessed on all our threads. (Its
         # size changes how fast, not what, a worker answers: no mutants here.)
         self.preprocessing_pool = ThreadPoolExecutor(max_workers=torch.get_num_threads())  # pragma: no mutate
-        self.gpu_preprocessor = (  # pragma: no mutate block (on a GPU only)
+        # pragma: no mutate start (the GPU preprocessor: on a GPU only)
+        self.gpu_preprocessor = (
             GpuPreprocessor(self.preset, self.device, self.dtype, self.preprocessing_pool)
             if self.device.type == "cuda"
             else None
         )
+        # pragma: no mutate end
         forward = "compiled" if isinstance(self.forward, CompiledForward) else "eager"
-        # "cuda0", not "cuda:0": TorchServe's metric lines use ":" between a dimension's name and value.
-        self.metrics = HandlerMetrics(context.metrics, self.model_id, forward, str(self.device).replace(":", ""))
-        self.initialized = True
+        self.metrics = HandlerMetrics(context.metrics, self.model_id, forward, str(self.device))
         if self.config.random_weights:
             logger.warning("This archive holds SEEDED RANDOM weights: its labels are meaningless")
         logger.info(
@@ -169,11 +169,12 @@ class ResNet50Handler(BaseHandler):
         if job.error is not None:
             logger.info("Request %s rejected: %s", context.get_request_id(job.index), job.error.message)
             context.set_response_status(job.error.status, job.error.kind, job.index)
-            self.metrics.answered(job.request.protocol, job.transport, job.error.kind, 0)
+            self.metrics.answered(job.request.protocol, job.transport, job.error.kind)
             reply = job.request.refuse(job.error, job.failed_image)
         else:
             assert job.scores is not None, "a request without an error was classified"
-            self.metrics.answered(job.request.protocol, job.transport, OK, len(job.images))
+            self.metrics.answered(job.request.protocol, job.transport, OK)
+            self.metrics.classified(len(job.images))
             reply = (
                 job.request.answer(job.scores)
                 if job.explanation is None
@@ -241,13 +242,14 @@ class ResNet50Handler(BaseHandler):
             "could not read this request's classes",
             lambda: explained_classes(request.named_classes(), self.model_id.classes, limits.max_explained_classes),
         )
-        heatmaps = images * max(1, len(classes))
+        per_image = max(1, len(classes))  # no classes named: the top class
+        heatmaps = images * per_image
         if heatmaps > limits.max_heatmaps_per_request:
             raise RequestError(
                 413,
                 "TooManyHeatmaps",
                 f"the request asks for {heatmaps} heatmaps ({images} "
-                f"images x {max(1, len(classes))} classes); the limit is "
+                f"images x {per_image} classes); the limit is "
                 f"{limits.max_heatmaps_per_request} per request. Send fewer images or classes",
             )
         return classes

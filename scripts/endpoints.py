@@ -109,6 +109,18 @@ class Server:
     def config_file(self) -> Path:
         return self.run_dir / "config.properties"
 
+    @property
+    def engine(self) -> str:
+        """What serves from the run dir: the Ray Serve engine names itself in its config.properties
+        (`engine=ray`, scripts/ray_serve/lifecycle.py); TorchServe's has no such line."""
+        return read_properties(self.config_file).get("engine", "torchserve")
+
+    @property
+    def metrics_report_s(self) -> float:
+        """How often the metrics page takes in new values: the Ray Serve engine's processes report
+        at an interval it writes in its config.properties; TorchServe's page is current when read."""
+        return int(read_properties(self.config_file).get("metrics_report_interval_ms", 0)) / 1000
+
     def listeners(self) -> dict[str, object]:
         """The config.properties lines that put this instance's listeners on its ports."""
         return {

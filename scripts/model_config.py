@@ -40,12 +40,13 @@ def model_snapshot(
     workers: int | None = None,
     recipes: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """TorchServe's start-up snapshot of `versions`, `default` the default.
+    """TorchServe's start-up snapshot of `versions`, `default` the default; of no versions, a
+    snapshot of nothing (a server that is given its models over the management API).
 
     `workers` per version, or the model config's own minWorkers/maxWorkers; `recipes` maps a
     version built like another (2.1 like 2.0) to the version whose settings it has.
     """
-    if default not in versions:
+    if versions and default not in versions:
         raise ValueError(f"the default version {default} is not among the versions served: {', '.join(versions)}")
     entries = {}
     for version in versions:
@@ -57,7 +58,7 @@ def model_snapshot(
             "maxWorkers": workers or int(settings["maxWorkers"]),
             **{key: int(settings[key]) for key in SNAPSHOT_SETTINGS},
         }
-    return {"name": "startup.cfg", "modelCount": len(entries), "models": {MODEL_NAME: entries}}
+    return {"name": "startup.cfg", "modelCount": len(entries), "models": {MODEL_NAME: entries} if entries else {}}
 
 
 def snapshot_line(snapshot: dict[str, Any]) -> str:

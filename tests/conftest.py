@@ -6,6 +6,7 @@ flat; the tests do the same with handler/.
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,11 +22,12 @@ sys.path.insert(0, str(ROOT / "handler"))
 sys.path.insert(0, str(ROOT))
 
 from scripts.client.rest_api import ApiError, RestClient  # noqa: E402
-from scripts.endpoints import Ports, Server  # noqa: E402
+from scripts.endpoints import HOST, Ports, Server  # noqa: E402
 from scripts.harness.in_process import InProcessModel  # noqa: E402
 from scripts.packaging import build_archives  # noqa: E402
 from scripts.packaging.weights import RANDOM  # noqa: E402
 from scripts.paths import BUILD_DIR, DEFAULT_VERSION, MODEL_NAME, SERVED_VERSIONS, archive_name  # noqa: E402
+from scripts.ray_serve import lifecycle as ray_engine  # noqa: E402
 from scripts.server.lifecycle import start, stop  # noqa: E402
 from scripts.worker_plan import WorkerPlan  # noqa: E402
 
@@ -69,6 +71,29 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Itera
         yield instance
     finally:
         stop(instance)
+
+
+@pytest.fixture(scope="session")
+def ray_server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The test archives on Ray Serve (docs/engines.md), on free ports, for the session; stopped at
+    the end, and held to leave nothing behind."""
+    instance = Server(run_dir=tmp_path_factory.mktemp("ray-run"), model_store=model_store, ports=Ports.free())
+    with pytest.MonkeyPatch.context() as patch:
+        # A token another Ray left in ~/.ray (any ray.init() leaves one): the engine keeps to its own.
+        home = tmp_path_factory.mktemp("home")
+        (home / ".ray").mkdir()
+        (home / ".ray" / "auth_token").write_text("a-token-of-another-ray")
+        patch.setenv("HOME", str(home))
+        ray_engine.start(instance, TEST_PLAN)
+    try:
+        yield instance
+    finally:
+        ray_engine.stop(instance)
+    assert ray_engine.members(instance) == [], "make stop left processes of the engine running"
+    assert not ray_engine.unpacked_archives(instance).exists(), "make stop left the archives its replicas unpacked"
+    for port in (instance.ports.inference, instance.ports.grpc_inference, instance.ports.metrics):
+        with socket.socket() as sock:
+            assert sock.connect_ex((HOST, port)) != 0, f"port {port} still listens after the engine stopped"
 
 
 @pytest.fixture

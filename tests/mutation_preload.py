@@ -19,6 +19,7 @@ afresh in every session.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
@@ -32,7 +33,7 @@ import pytest
 from mutmut.stats import record_trampoline_hit
 
 from scripts.harness.in_process import InProcessModel
-from scripts.harness.mutants import KILLERS
+from scripts.harness.mutants import KILLERS, function_of
 from scripts.paths import BUILD_DIR, SERVED_VERSIONS, archive_name
 
 ENABLED = "RESNET50_MUTANTS"  # set by `make mutants`: without it nothing here happens
@@ -92,6 +93,10 @@ def preload(model_store: Path) -> None:
         for version in SERVED_VERSIONS:
             shutil.rmtree(extracted(version), ignore_errors=True)
             _preloaded[version] = InProcessModel.from_archive(model_store / archive_name(version), extracted(version))
+    # Every mutant's pytest session ends in gc.collect() (pytest's unraisable-exception check, twice),
+    # which over torch and two loaded models took 0.8 s of a 1 s session, and wrote to every page it
+    # scanned, copying it into the fork. Frozen, what the fork server holds is never scanned.
+    gc.freeze()
 
 
 def depends_on_the_load() -> None:
@@ -113,7 +118,7 @@ def preloaded(version: str) -> InProcessModel | None:
 
 def mutated_function() -> str:
     """mutmut's name of the function this process's mutant changes ("" outside a mutant's tests)."""
-    return mutant().partition("__mutmut_")[0]
+    return function_of(mutant())
 
 
 def note_a_kill(test: str) -> None:

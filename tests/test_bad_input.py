@@ -125,7 +125,27 @@ def test_the_pixel_limit_is_inclusive_and_checked_before_decoding(model: InProce
     )
     assert (at_limit.status, at_limit.body["type"]) == (400, "CorruptImage")
     assert (over_limit.status, over_limit.body["type"]) == (413, "ImageTooLarge")
-    assert f"the limit is {limit:,}" in over_limit.body["message"]
+    assert over_limit.body["message"] == (
+        f"the image is {width}x{limit // width + 1} = {limit + width:,} pixels; the limit is {limit:,}. "
+        "Downscale it before sending"
+    )
+
+
+def test_a_header_pillow_recognises_but_cannot_read_is_refused_as_corrupt(model: InProcessModel) -> None:
+    """A BMP whose header names a compression Pillow does not know: a 400 saying so, not a 500."""
+    bmp = bytearray(encode(sample_photo(), "BMP"))
+    bmp[30:34] = (99).to_bytes(4, "little")  # BITMAPINFOHEADER's compression field
+    [answer] = model.infer([Request.raw(bytes(bmp), "image/bmp")])
+    assert (answer.status, answer.body["type"]) == (400, "CorruptImage")
+    assert answer.body["message"] == "the image header is corrupt: Unsupported BMP compression (99)"
+
+
+def test_a_header_past_pillows_own_limit_is_refused_as_too_large(model: InProcessModel) -> None:
+    """Pillow refuses to open a file declaring over 2 x its MAX_IMAGE_PIXELS (178,956,970 pixels): a
+    413 in its words, before our own limit is asked."""
+    [answer] = model.infer([Request.raw(png_declaring(20_000, 20_000))])
+    assert (answer.status, answer.body["type"]) == (413, "ImageTooLarge")
+    assert answer.body["message"].startswith("Image size (400000000 pixels) exceeds limit of 178956970 pixels")
 
 
 @pytest.mark.parametrize(("limit", "status"), [(640 * 480 - 1, 413), (640 * 480, 200)])

@@ -153,6 +153,21 @@ def test_a_server_that_is_down_is_one_line_on_stderr(
     assert error.count("\n") == 0 and "cannot reach TorchServe" in error
 
 
+@pytest.mark.parametrize("command", [["list"], ["set-default", "1.0"], ["--grpc", "describe"]])
+def test_a_management_command_on_the_ray_engine_says_it_has_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """Said before anything is called: the engine has no management listener to refuse it."""
+    (tmp_path / "config.properties").write_text(
+        "engine=ray\nmodel_store=model_store\ninference_address=http://127.0.0.1:9\n"
+        "management_address=http://127.0.0.1:9\nmetrics_address=http://127.0.0.1:9\n"
+        "grpc_inference_port=9\ngrpc_management_port=9\n"
+    )
+    assert cli.main(["--run-dir", str(tmp_path), *command]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "which the Ray Serve engine does not have" in error
+
+
 def test_no_server_started_says_how_to_start_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--run-dir", str(tmp_path), "ping"]) == 1
     assert "make serve" in capsys.readouterr().err

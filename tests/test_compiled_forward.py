@@ -68,6 +68,7 @@ def test_an_archive_compiled_for_another_cpu_serves_the_same_answers_eagerly(
     monkeypatch.setattr(compiled_forward, "native_target", lambda device: "ANOTHER-CPU")
     with InProcessModel.from_archive(model_store / archive_name(model.version), tmp_path) as eager:
         assert not isinstance(eager.handler.forward, CompiledForward)
+        assert eager.handler.metrics.forward == ["eager", "cpu"]  # the Forward and Device its batches are counted by
         [answer] = eager.infer([Request.raw(PHOTO)])
     [compiled] = model.infer([Request.raw(PHOTO)])
     assert answer.status == compiled.status == 200

@@ -206,6 +206,12 @@ def test_the_fp16_forward_is_made_from_a_copy_of_the_fp32_model(
     assert {weight.dtype for weight in fp32.parameters()} == {torch.float32}
 
 
+def test_in_fp32_the_eager_forward_is_the_explained_model_itself(model: InProcessModel) -> None:
+    """On a CPU the eager forward and Grad-CAM share one model: a copy would hold the weights twice."""
+    fp32 = model.handler._load_model(model.service.context)
+    assert model.handler._eager(fp32) is fp32
+
+
 def test_the_explained_model_is_fp32_on_the_workers_device(
     model: InProcessModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:

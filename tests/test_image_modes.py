@@ -25,6 +25,7 @@ from images import (
     sixteen_bit_png,
 )
 from model_identity import weight_sets
+from request_errors import RequestError
 from scripts.harness.in_process import InProcessModel, Request
 
 PRESET = weight_sets()["IMAGENET1K_V2"].transforms()
@@ -229,3 +230,18 @@ def test_the_size_checked_before_decoding_is_the_decoded_size(orientation: int) 
     for each of the 8 EXIF orientations (5 to 8 turn the picture a quarter)."""
     stored = Image.open(io.BytesIO(jpeg_with_orientation(noise_image((48, 32)), orientation)))
     assert upright_size(stored) == load_rgb(stored).size == ((32, 48) if orientation >= 5 else (48, 32))
+
+
+def test_a_frame_too_large_to_decode_is_refused_as_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow checks the declared size when it opens a file (open_checked), and again when it
+    decodes frames whose size only the data says: that refusal is a 413 too, never a 500."""
+    image = Image.open(io.BytesIO(photo_bytes((64, 48))))
+
+    def bomb() -> None:
+        raise Image.DecompressionBombError("Image size (200000000 pixels) exceeds limit of 178956970 pixels")
+
+    monkeypatch.setattr(image, "load", bomb)
+    with pytest.raises(RequestError) as refused:
+        load_rgb(image)
+    assert (refused.value.status, refused.value.kind) == (413, "ImageTooLarge")
+    assert refused.value.message == "Image size (200000000 pixels) exceeds limit of 178956970 pixels"

@@ -11,13 +11,16 @@ from pathlib import Path
 import pytest
 import ts
 
-from handler_metrics import BATCH_BUCKETS, BATCH_IMAGES, LATENCY_BUCKETS, STAGE_SECONDS, STAGES, Histogram
+from handler_metrics import BATCH_BUCKETS, BATCH_IMAGES, LATENCY_BUCKETS, STAGE_SECONDS, HandlerMetrics, Histogram
 from images import b64, photo_bytes
 from scripts.harness.in_process import METRICS_CONFIG, InProcessModel, Request, metrics_cache
 from scripts.paths import archive_name
+from wire_format import ServedModel
 
 PHOTO = photo_bytes((320, 240))
 NOT_AN_IMAGE = b"%PDF-1.4 not a photo"
+# The stages of every batch, as docs/metrics.md names them for dashboards and alerts.
+STAGES = ("decode_transform", "forward", "postprocess", "handler")
 TORCHSERVE_DEFAULT_METRICS = Path(ts.__file__).parent / "configs" / "metrics.yaml"
 
 
@@ -96,6 +99,7 @@ def test_a_worker_counts_its_start_and_each_batch_by_protocol_outcome_and_stage(
         }
         assert total(samples, "handler_stage_seconds_count", Stage=stage) == 1
         assert buckets == {repr(bound) for bound in LATENCY_BUCKETS if bound >= seconds} | {"+Inf"}, stage
+    assert total(samples, "handler_stage_seconds_count", Stage="explain") == 0  # nothing asked to be explained
     stage_time = {stage: total(samples, "handler_stage_seconds_sum", Stage=stage) for stage in STAGES}
     assert stage_time["handler"] >= stage_time["decode_transform"] + stage_time["forward"] + stage_time["postprocess"]
     assert all(
@@ -104,6 +108,56 @@ def test_a_worker_counts_its_start_and_each_batch_by_protocol_outcome_and_stage(
         if sample.name.startswith("handler_")
     )
     assert all(math.isfinite(sample.value) and sample.value >= 0 for sample in samples)
+
+
+def test_a_batch_with_explanations_times_them_as_the_explain_stage(
+    model: InProcessModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Grad-CAM has a stage of its own (docs/metrics.md), timed once a batch, apart from the forward."""
+    with caplog.at_level(logging.INFO):
+        answers = model.infer([Request.raw(PHOTO).explaining(), Request.raw(PHOTO)])
+    samples = printed(caplog)
+    assert [answer.status for answer in answers] == [200, 200]
+    counted = {s.labels["Stage"]: s.value for s in samples if s.name == "handler_stage_seconds_count" and s.value}
+    assert counted == dict.fromkeys((*STAGES, "explain"), 1)
+    assert total(samples, "handler_images_total") == 2
+
+
+def test_a_batch_with_nothing_to_classify_times_no_forward_and_no_postprocess(
+    model: InProcessModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/metrics.md: the forward and postprocess stages are timed in batches that classified something."""
+    with caplog.at_level(logging.INFO):
+        [answer] = model.infer([Request.raw(NOT_AN_IMAGE)])
+    assert answer.status == 400
+    counted = {s.labels["Stage"] for s in printed(caplog) if s.name == "handler_stage_seconds_count" and s.value}
+    assert counted == {"decode_transform", "handler"}
+
+
+@pytest.mark.parametrize("image", [PHOTO, NOT_AN_IMAGE], ids=["classified", "refused"])
+def test_a_batch_opens_with_its_first_stages_inf_bucket_and_closes_with_the_handler_count(
+    model: InProcessModel, caplog: pytest.LogCaptureFixture, image: bytes
+) -> None:
+    """What lets a scrape tell a batch the frontend has read in part (prometheus_scrape's
+    batches_read_whole): the order of a batch's metric lines."""
+    with caplog.at_level(logging.INFO):
+        model.infer([Request.raw(image)])
+    lines = [sample for sample in printed(caplog) if sample.name.startswith("handler_")]
+    first, last = lines[0], lines[-1]
+    assert (first.name, first.labels["Stage"], first.labels["le"]) == (
+        "handler_stage_seconds_bucket",
+        "decode_transform",
+        "+Inf",
+    )
+    assert (last.name, last.labels["Stage"]) == ("handler_stage_seconds_count", "handler")
+
+
+def test_a_gpu_is_named_without_its_colon(caplog: pytest.LogCaptureFixture) -> None:
+    """TorchServe's metric lines put ":" between a dimension's name and its value: "cuda:0" would be cut."""
+    metrics = HandlerMetrics(metrics_cache(METRICS_CONFIG), ServedModel("resnet50", "2.0", 1000), "compiled", "cuda:0")
+    with caplog.at_level(logging.INFO):
+        metrics.forward_pass(1)
+    assert total(printed(caplog), "handler_forward_batches_total", Forward="compiled", Device="cuda0") == 1
 
 
 def test_without_our_metrics_config_the_handler_serves_and_says_its_metrics_are_off(

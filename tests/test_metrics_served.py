@@ -5,7 +5,6 @@ exactly by version, protocol, transport and outcome, with histograms that add up
 from __future__ import annotations
 
 import functools
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +16,7 @@ import oip
 from conftest import inference_auth, post_inference
 from images import b64, photo_bytes
 from scripts.client.grpc_client import GrpcClient
-from scripts.client.prometheus_scrape import Scrape, increase, scrape
+from scripts.client.prometheus_scrape import Scrape, increase, settled_scrape
 from scripts.client.rest_api import ApiError, RestClient
 from scripts.endpoints import Server
 from scripts.paths import MODEL_NAME
@@ -96,18 +95,17 @@ IMAGES_PER_GOOD_REQUEST = {
 
 @pytest.fixture(scope="module")
 def counted(server: Server) -> Counted:
-    """The traffic, and /metrics before and after it. The frontend reads a worker's metric lines
-    on its own thread, so the scrape is repeated until every batch is in (at most 10 s)."""
-    before = scrape(server.metrics_url)
+    """The traffic, and /metrics before and after it, each scraped when no batch is read in part
+    (the frontend reads a worker's metric lines on its own thread, after the answer)."""
+    before = settled_scrape(server.metrics_url, report_s=server.metrics_report_s)
     sent = traffic(server)
-    deadline = time.monotonic() + 10
-    while True:
-        after = scrape(server.metrics_url)
-        if increase(before, after, "handler_stage_seconds_count", Stage="handler") >= sum(sent.values()):
-            return sent, before, after
-        if time.monotonic() > deadline:
-            pytest.fail(f"/metrics did not show the {sum(sent.values())} batches within 10 s")
-        time.sleep(0.2)
+    batches = sum(sent.values())  # one request after another: a batch each
+    after = settled_scrape(
+        server.metrics_url,
+        report_s=server.metrics_report_s,
+        until=lambda scraped: increase(before, scraped, "handler_stage_seconds_count", Stage="handler") >= batches,
+    )
+    return sent, before, after
 
 
 def test_every_request_is_counted_by_version_protocol_transport_and_outcome(counted: Counted) -> None:

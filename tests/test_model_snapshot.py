@@ -71,6 +71,13 @@ def test_a_served_config_sizes_the_same_snapshot_to_the_plan(tmp_path: Path) -> 
     assert snapshot_in(config)["models"][MODEL_NAME] == promised_versions(workers=(3, 3))
 
 
+def test_a_server_started_empty_replaces_the_checked_in_snapshot_with_one_of_nothing(tmp_path: Path) -> None:
+    """`make bench` starts TorchServe with no version and registers the archive it measures."""
+    server = Server(run_dir=tmp_path / "run", ports=Ports.free(), versions=())
+    config = write_config(server, WorkerPlan(workers_per_version=1, number_of_gpu=0, threads_per_worker=1))
+    assert snapshot_in(config) == {"name": "startup.cfg", "modelCount": 0, "models": {}}
+
+
 @pytest.mark.parametrize("version", ["1.0", "2.0"])
 def test_each_version_has_the_promised_settings(version: str) -> None:
     settings = version_settings(version)

@@ -26,6 +26,7 @@ PROMETHEUS = shutil.which("prometheus")
 BATCHES = 'handler_stage_seconds_bucket{Stage="handler"}'
 COUNTS = 'handler_stage_seconds_count{Stage="handler"}'
 RECORDED_P99 = 'resnet50:handler_stage_seconds:p99_5m{Stage="handler", ModelVersion="2.0"}'
+RAY_RELABELING = CONFIG_DIR / "prometheus" / "ray-relabel.yml"
 
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None,
@@ -68,7 +69,12 @@ def prometheus(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(CONFIG_DIR / "prometheus" / "rules.yml")],
                 "scrape_configs": [
-                    {"job_name": "torchserve", "static_configs": [{"targets": [f"{HOST}:{server.ports.metrics}"]}]}
+                    {
+                        "job_name": "torchserve",
+                        "static_configs": [{"targets": [f"{HOST}:{server.ports.metrics}"]}],
+                        # Ray's names back to TorchServe's; nothing on TorchServe's page matches them.
+                        "metric_relabel_configs": yaml.safe_load(RAY_RELABELING.read_text()),
+                    }
                 ],
             }
         )

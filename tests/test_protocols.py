@@ -681,3 +681,12 @@ def test_every_v1_answer_is_declared_json(model: InProcessModel) -> None:
     )
     assert [response.status for response in (answer, explanation, error)] == [200, 200, 400]
     assert {response.headers.get("Content-Type") for response in (answer, explanation, error)} == {"application/json"}
+
+
+def test_a_kserve_v1_document_is_answered_as_kserve_v1_on_the_predictions_route_too(model: InProcessModel) -> None:
+    """The protocol is read from the request's shape: `instances` is KServe v1 whatever the route."""
+    document = {"instances": [b64(PHOTO), b64(NOISE)]}
+    on_predictions, on_kserve = model.infer([Request.json(document), Request.kserve(document)])
+    assert on_predictions.status == on_kserve.status == 200
+    assert on_predictions.body == on_kserve.body
+    assert len(on_predictions.body["predictions"]) == 2

@@ -110,9 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The calls of TorchServe's management API, which the Ray Serve engine does not have.
+MANAGEMENT_VERBS = ("list", "describe", "register", "set-default", "scale", "unregister")
+
+
 def run(args: argparse.Namespace) -> tuple[Any, bool]:
     """Do what the arguments say; returns (what to print, whether everything succeeded)."""
     server = Server.from_run_dir(args.run_dir)
+    if args.verb in MANAGEMENT_VERBS and server.engine == "ray":
+        raise ServerError(
+            f"`{args.verb}` is a call of TorchServe's management API, which the Ray Serve engine "
+            "does not have: it serves the versions it was started with (docs/engines.md)"
+        )
     if args.verb == "explain":
         out = args.out or Path(f"{args.file.stem}-heatmap.png")
         result = explain_file(RestClient.for_server(server), args.model, args.file, out, args.version, args.classes)

@@ -33,6 +33,8 @@ SERVED_TESTS = (
     "test_model_snapshot",
     "test_prometheus_server",
     "test_ray_engine",
+    "test_ray_served",
+    "test_ray_prometheus",
     "test_serving_image",
     "test_smoke",
 )

@@ -95,9 +95,15 @@ class InProcessModel:
     model unless close() finalizes it."""
 
     def __init__(
-        self, model_dir: Path, batch_size: int = 8, gpu_id: int | None = None, metrics_config: Path = METRICS_CONFIG
+        self,
+        model_dir: Path,
+        batch_size: int = 8,
+        gpu_id: int | None = None,
+        metrics_config: Path = METRICS_CONFIG,
+        metrics_kind: type[MetricsCacheYamlImpl] = MetricsCacheYamlImpl,
     ) -> None:
-        """Load an archive already extracted to `model_dir`, as a worker loads it."""
+        """Load an archive already extracted to `model_dir`, as a worker loads it. The handler's
+        metrics go where `metrics_kind` sends them: TorchServe's cache prints them for its frontend."""
         self.model_dir = model_dir
         self.service = TsModelLoader().load(
             MODEL_NAME,
@@ -105,7 +111,7 @@ class InProcessModel:
             handler="resnet50_handler",
             gpu_id=gpu_id,
             batch_size=batch_size,
-            metrics_cache=metrics_cache(metrics_config),
+            metrics_cache=metrics_cache(metrics_config, metrics_kind),
         )
 
     @classmethod
@@ -116,11 +122,12 @@ class InProcessModel:
         batch_size: int = 8,
         gpu_id: int | None = None,
         metrics_config: Path = METRICS_CONFIG,
+        metrics_kind: type[MetricsCacheYamlImpl] = MetricsCacheYamlImpl,
     ) -> InProcessModel:
         """Extract the archive to `extract_to`, as TorchServe does, and load it."""
         with zipfile.ZipFile(archive) as mar:
             mar.extractall(extract_to)
-        return cls(extract_to, batch_size, gpu_id, metrics_config)
+        return cls(extract_to, batch_size, gpu_id, metrics_config, metrics_kind)
 
     @property
     def handler(self) -> Any:
@@ -158,9 +165,9 @@ class InProcessModel:
         self.close()
 
 
-def metrics_cache(config: Path) -> MetricsCacheYamlImpl:
+def metrics_cache(config: Path, kind: type[MetricsCacheYamlImpl] = MetricsCacheYamlImpl) -> MetricsCacheYamlImpl:
     """The worker's metrics cache, built as TorchServe's worker builds it from metrics_config."""
-    cache = MetricsCacheYamlImpl(str(config))
+    cache = kind(str(config))
     cache.initialize_cache()
     return cache
 

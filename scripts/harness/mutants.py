@@ -34,6 +34,11 @@ from mutmut.workers.isolation import ForkServerRunner
 KILLERS = "RESNET50_MUTANT_KILLERS"
 
 
+def function_of(mutant_name: str) -> str:
+    """mutmut's name of the function a mutant changes: "image_decoding.x_open__mutmut_3" -> "image_decoding.x_open"."""
+    return mutant_name.partition("__mutmut_")[0]
+
+
 def name_handler_modules_flat() -> None:
     """Name handler/'s mutants as its modules are imported: flat, without `handler.`."""
     strip_prefix = mutant_names.strip_prefix
@@ -65,7 +70,7 @@ def run_likely_killers_first(killers: Path) -> None:
     def submit_sorted(
         runner: ForkServerRunner, mutant_name: str, tests: list[str], cpu_time_limit: int, estimated_time: float
     ) -> None:
-        record = killers / mutant_name.partition("__mutmut_")[0]
+        record = killers / function_of(mutant_name)
         kills = Counter(record.read_text().splitlines()) if record.exists() else Counter[str]()
         ordered = sorted(tests, key=lambda test: (-kills[test], state().duration_by_test[test]))
         submit(runner, mutant_name, ordered, cpu_time_limit, estimated_time)

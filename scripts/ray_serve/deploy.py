@@ -14,7 +14,7 @@ from ray import serve
 
 from scripts.endpoints import HOST
 from scripts.paths import MODEL_NAME
-from scripts.ray_serve import loopback
+from scripts.ray_serve import grpc_edge, loopback
 from scripts.ray_serve.app import build
 
 
@@ -22,13 +22,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--address", required=True, help="the cluster's GCS, host:port")
     parser.add_argument("--http-port", type=int, required=True)
+    parser.add_argument("--grpc-port", type=int, required=True)
     parser.add_argument("--app", required=True, help="build()'s arguments, as JSON")
     args = parser.parse_args(argv)
     ray.init(address=args.address, logging_level=logging.WARNING, runtime_env=loopback.RUNTIME_ENV)
     try:
-        serve.start(http_options={"host": HOST, "port": args.http_port})
+        serve.start(
+            http_options={"host": HOST, "port": args.http_port},
+            # Its host is loopback.py's; no reflection service, as TorchServe has none.
+            grpc_options={
+                "port": args.grpc_port,
+                "grpc_servicer_functions": grpc_edge.SERVICER_FUNCTIONS,
+                "enable_reflection": False,
+            },
+        )
     except TimeoutError as error:
-        # Serve waits a fixed 60 s for its HTTP proxy; on a busy small machine it takes longer.
+        # Serve waits a fixed 60 s for its proxy; on a busy small machine it takes longer.
         # The caller waits for it on its own deadline (lifecycle.wait_until_ready).
         print(f"{error} Still starting; deploying.", file=sys.stderr)
     serve.run(build(json.loads(args.app)), name=MODEL_NAME, route_prefix="/")

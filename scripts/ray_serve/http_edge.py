@@ -29,6 +29,25 @@ _BEARER = re.compile(r"^Bearer\s+(\S+)$")  # TorchServe's: the scheme's case mat
 # What a TorchServe worker does not get as one body: the frontend splits these into fields.
 FORM, URL_ENCODED = "multipart/form-data", "application/x-www-form-urlencoded"
 Headers = Sequence[tuple[str, str]]
+TOKEN_REFUSED = "Token Authorization failed. Token either incorrect, expired, or not provided correctly"
+NO_SUCH_RESOURCE = "Requested resource is not found, please refer to API document."
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One of the frontend's own refusals, as TorchServe words it: each edge writes it its own way."""
+
+    status: int
+    kind: str  # TorchServe's exception, ModelNotFoundException say
+    message: str
+
+    def document(self) -> dict[str, Any]:
+        """Its body over HTTP."""
+        return {"code": self.status, "type": self.kind, "message": self.message}
+
+
+# TorchServe's answer to the requests a worker held when it died (WorkerThread, BatchAggregator).
+WORKER_DIED = Refusal(500, "InternalServerException", "Worker died.")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,6 +38,13 @@ ONE_MACHINE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # Serve gives its HTTP proxy 5 s to say it is ready, 3 times, then kills it: on two busy cores
 # (tests/test_ray_engine.py under `make test-busy`) a starting proxy needs longer.
 PATIENT_PROXY = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
+# Ray starts its worker processes (the replicas, Serve's proxies) at nice 15, below every other
+# process of the machine, where a TorchServe worker runs at 0: beside a busy client the replica
+# lost its CPU (measured in docs/engines.md#measured-side-by-side).
+SAME_PRIORITY_AS_TORCHSERVE = {"RAY_worker_niceness": "0"}
+# How often each process sends its metrics to the node's Prometheus endpoint (Ray's default is
+# 10 s): a scrape lags an answer by up to this, and clients read it from config.properties.
+METRICS_REPORT_INTERVAL_MS = 500
 
 
 def start(server: Server, plan: WorkerPlan, timeout: float = 300.0) -> None:
@@ -47,6 +55,8 @@ def start(server: Server, plan: WorkerPlan, timeout: float = 300.0) -> None:
         )
     server.log_dir.mkdir(parents=True, exist_ok=True)
     _write_key_file(server)
+    unpacked_archives(server).mkdir(parents=True, exist_ok=True)
+    _write_private(_cluster_token(server), secrets.token_hex(32))
     # The request-size limit TorchServe reads from config/config.properties, where the clients read it.
     max_request_size = int(
         read_properties(CONFIG_DIR / "config.properties").get("max_request_size", DEFAULT_MAX_REQUEST_SIZE)
@@ -55,13 +65,15 @@ def start(server: Server, plan: WorkerPlan, timeout: float = 300.0) -> None:
         "# The Ray Serve engine's listeners and limits (scripts/ray_serve/lifecycle.py)\n"
         + properties_text(
             {
+                "engine": "ray",
                 **server.listeners(),
                 "model_store": server.model_store.resolve(),
                 "max_request_size": max_request_size,
+                "metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS,
             }
         )
     )
-    env = _environment(server, plan)
+    env = _environment(server, plan, max_request_size)
     gcs_port = _free_port()
     try:
         _run(
@@ -90,6 +102,7 @@ def start(server: Server, plan: WorkerPlan, timeout: float = 300.0) -> None:
             "max_request_size": max_request_size,
             "replicas": plan.workers_per_version,
             "threads": plan.threads_per_worker,
+            "unpack_under": str(unpacked_archives(server)),
         }
         _run(
             [
@@ -98,6 +111,7 @@ def start(server: Server, plan: WorkerPlan, timeout: float = 300.0) -> None:
                 "scripts.ray_serve.deploy",
                 f"--address={HOST}:{gcs_port}",
                 f"--http-port={server.ports.inference}",
+                f"--grpc-port={server.ports.grpc_inference}",
                 f"--app={json.dumps(app)}",
             ],
             server,
@@ -135,8 +149,30 @@ def members(server: Server) -> list[psutil.Process]:
     return found
 
 
-def stop(server: Server, timeout: float = 30.0) -> bool:
-    """Stop every process of this run folder's Ray cluster; returns False if none was running."""
+def unpacked_archives(server: Server) -> Path:
+    """Where the replicas unpack their archives: the engine's stop removes it."""
+    return _temp_dir(server) / "unpacked-archives"
+
+
+def replicas(server: Server, version: str | None = None) -> list[psutil.Process]:
+    """The replicas of a version's deployment (every version's, if None): Ray retitles each
+    `ray::ServeReplica:APP:DEPLOYMENT`, the deployment named `resnet50-VERSION` (app.py)."""
+    deployment = f"ServeReplica:{MODEL_NAME}:{MODEL_NAME}-{version or ''}"
+    return [process for process in members(server) if _title(process).startswith(f"ray::{deployment}")]
+
+
+def _title(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # it ended between the listing and the reading
+        return ""
+
+
+def stop(server: Server, timeout: float = 5.0) -> bool:
+    """Stop every process of this run folder's Ray cluster; returns False if none was running.
+    SIGTERM, then SIGKILL after `timeout`: most of its processes exit within about 3 s, while some
+    of Ray's head services (the GCS, its monitor, the agents) outlived SIGTERM by more than 40 s
+    (Ray 2.60, measured) and hold nothing the next start needs."""
     processes = members(server)
     for process in processes:
         with contextlib.suppress(psutil.Error):
@@ -145,6 +181,7 @@ def stop(server: Server, timeout: float = 30.0) -> bool:
     for process in alive:
         process.kill()
     psutil.wait_procs(alive, timeout=10)
+    shutil.rmtree(unpacked_archives(server), ignore_errors=True)  # those of replicas that were killed
     return bool(processes)
 
 
@@ -154,20 +191,46 @@ def log_excerpt(server: Server, lines: int = 30) -> str:
     return log_excerpt_of([*serve_logs, server.log_dir / "ray-console.log"], lines) or f"(no logs in {server.log_dir})"
 
 
-def _environment(server: Server, plan: WorkerPlan) -> dict[str, str]:
-    env = dict(os.environ, **ONE_MACHINE, **PATIENT_PROXY, PYTHONPATH=str(ROOT))
+def _environment(server: Server, plan: WorkerPlan, max_request_size: int) -> dict[str, str]:
+    # The gRPC proxy's message limit, TorchServe's gRPC port's: max_request_size. Serve applies it to
+    # replies too, which stay far under it (32 images' probabilities are 128 KB).
+    grpc_limit = {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(max_request_size)}
+    metrics = {"RAY_metrics_report_interval_ms": str(METRICS_REPORT_INTERVAL_MS)}
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(_cluster_token(server).resolve())}
+    env = dict(
+        os.environ,
+        **ONE_MACHINE,
+        **PATIENT_PROXY,
+        **SAME_PRIORITY_AS_TORCHSERVE,
+        **grpc_limit,
+        **metrics,
+        **token,
+        PYTHONPATH=str(ROOT),
+    )
     if plan.threads_per_worker:
         env["OMP_NUM_THREADS"] = str(plan.threads_per_worker)
     return env
 
 
 def _write_key_file(server: Server) -> None:
-    """Fresh keys in TorchServe's key_file.json format, readable by this user only."""
+    """Fresh keys in TorchServe's key_file.json format."""
     keys = {kind: {"key": secrets.token_urlsafe(24)} for kind in ("management", "inference", "API")}
-    server.key_file.unlink(missing_ok=True)
-    descriptor = os.open(server.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    _write_private(server.key_file, json.dumps(keys))
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A new file, readable by this user only."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as file:
-        json.dump(keys, file)
+        file.write(text)
+
+
+def _cluster_token(server: Server) -> Path:
+    """The run's own Ray token: its cluster takes no call without it (Ray's token auth). Left to
+    itself, Ray 2.60 turns token auth on where ~/.ray/auth_token exists (any ray.init() leaves
+    one) and the deploy's connection is then refused (InvalidAuthToken)."""
+    return server.run_dir / "ray_auth_token"
 
 
 def _temp_dir(server: Server) -> Path:

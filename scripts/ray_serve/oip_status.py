@@ -35,16 +35,15 @@ def model_query(path: str) -> ModelQuery | None:
     return ModelQuery(match["model"], match["version"], bool(match["ready"])) if match else None
 
 
-def server_answer(path: str) -> dict[str, Any] | None:
-    """The answer to a server route (`/v2`, `/v2/health/live`, `/v2/health/ready`), or None for another
-    path. Liveness and readiness as TorchServe words them; the metadata names this engine, and its
-    extensions under the protocol's own key (TorchServe's reads `extenstion`)."""
-    answers: dict[str, dict[str, Any]] = {
+def server_answers() -> dict[str, dict[str, Any]]:
+    """The answer to each server route (`/v2`, `/v2/health/live`, `/v2/health/ready`). Liveness and
+    readiness as TorchServe words them; the metadata names this engine, and its extensions under
+    the protocol's own key (TorchServe's reads `extenstion`)."""
+    return {
         SERVER_LIVE: {"live": True},
         SERVER_READY: {"ready": True},
         SERVER_METADATA: {"name": "Ray Serve", "version": ray.__version__, "extensions": list(EXTENSIONS)},
     }
-    return answers.get(path)
 
 
 def model_metadata(model: str, versions: list[str]) -> dict[str, Any]:

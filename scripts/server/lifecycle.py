@@ -152,12 +152,17 @@ def _workers_ready(client: RestClient, versions: tuple[str, ...], workers: int) 
     return all(statuses.get(version) == ["READY"] * workers for version in versions)
 
 
+def members(server: Server) -> list[psutil.Process]:
+    """This instance's frontend and every worker it started; none if it is not running."""
+    pid = running_pid(server)
+    return [] if pid is None else [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+
+
 def stop(server: Server, timeout: float = 60.0) -> bool:
     """Stop the frontend and every worker it started; returns False if nothing was running."""
-    pid = running_pid(server)
-    if pid is None:
+    processes = members(server)
+    if not processes:
         return False
-    processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
     subprocess.run(
         [*TORCHSERVE, "--stop", "--foreground"],
         cwd=server.run_dir,
