@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "handler"))
 sys.path.insert(0, str(ROOT))
 
+from scripts.client.cli import management_client  # noqa: E402
 from scripts.client.rest_api import ApiError, RestClient  # noqa: E402
 from scripts.endpoints import HOST, Ports, Server  # noqa: E402
 from scripts.harness.in_process import InProcessModel  # noqa: E402
@@ -190,8 +191,9 @@ def each_version() -> list[str]:
 
 
 def served_versions(server: Server) -> set[str]:
-    """The versions the server serves, in its own words (REST), whatever client a test used."""
-    return {entry["modelVersion"] for entry in RestClient.for_server(server).describe(MODEL_NAME, "all")}
+    """The versions the server serves, in its own words (REST, or the Ray Serve engine's Serve
+    config), whatever client a test used."""
+    return {entry["modelVersion"] for entry in management_client(server).describe(MODEL_NAME, "all")}
 
 
 def refused(call: Callable[..., Any], *args: Any) -> ApiError:
@@ -224,10 +226,10 @@ def post_inference(
 
 def restore(server: Server) -> None:
     """Put the server back as the session started it: 1.0 and 2.0 served, 2.0 the default."""
-    rest = RestClient.for_server(server)
+    versions = management_client(server)
     served = served_versions(server)
     for version in set(SERVED_VERSIONS) - served:
-        rest.register(archive_name(version), TEST_PLAN.workers_per_version)
-    rest.set_default(MODEL_NAME, DEFAULT_VERSION)
+        versions.register(archive_name(version), TEST_PLAN.workers_per_version)
+    versions.set_default(MODEL_NAME, DEFAULT_VERSION)
     for version in served - set(SERVED_VERSIONS):
-        rest.unregister(MODEL_NAME, version)
+        versions.unregister(MODEL_NAME, version)

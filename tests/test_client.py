@@ -154,18 +154,22 @@ def test_a_server_that_is_down_is_one_line_on_stderr(
 
 
 @pytest.mark.parametrize("command", [["list"], ["set-default", "1.0"], ["--grpc", "describe"]])
-def test_a_management_command_on_the_ray_engine_says_it_has_none(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+def test_a_version_command_on_a_stopped_ray_engine_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str], model_store: Path
 ) -> None:
-    """Said before anything is called: the engine has no management listener to refuse it."""
+    """A Ray Serve run folder whose engine is gone: its version commands (Serve config updates
+    through Ray's dashboard) say so in one line, and how to start one."""
     (tmp_path / "config.properties").write_text(
-        "engine=ray\nmodel_store=model_store\ninference_address=http://127.0.0.1:9\n"
+        f"engine=ray\nmodel_store={model_store}\ninference_address=http://127.0.0.1:9\n"
         "management_address=http://127.0.0.1:9\nmetrics_address=http://127.0.0.1:9\n"
-        "grpc_inference_port=9\ngrpc_management_port=9\n"
+        "grpc_inference_port=9\ngrpc_management_port=9\ndashboard_address=http://127.0.0.1:9\n"
     )
+    (tmp_path / "ray_auth_token").write_text("a-token")
+    (tmp_path / "serve_config.json").write_text("{}")
     assert cli.main(["--run-dir", str(tmp_path), *command]) == 1
     error = capsys.readouterr().err.strip()
-    assert error.count("\n") == 0 and "which the Ray Serve engine does not have" in error
+    assert error.count("\n") == 0 and "cannot reach Ray's dashboard at http://127.0.0.1:9" in error, error
+    assert "make serve ENGINE=ray" in error
 
 
 def test_no_server_started_says_how_to_start_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,6 +15,7 @@ import requests
 
 from conftest import TEST_PLAN, post_inference, restore, served_versions
 from images import photo_bytes
+from scripts.client.cli import management_client
 from scripts.client.grpc_client import GrpcClient
 from scripts.client.rest_api import ApiError, RestClient
 from scripts.client.soak import soak
@@ -107,20 +108,21 @@ def test_switching_versions_under_load(server: Server, canary_archive: str) -> N
     """Register 2.1, make it the default and unregister 1.0 while two clients call the default
     and two call 1.0 by name. The default's clients lose nothing. 1.0's get 200 before the
     unregister and 404 after it; a request in flight when 1.0's worker stops is never answered
-    by TorchServe 0.12 (pytorch/serve#1101): at most one per client. Every client waits as long
-    as the server's responseTimeout: on a busy machine, registering 2.1 can hold 1.0's answers up
-    for many seconds, and a slow answer is not a lost one."""
+    by TorchServe 0.12 (pytorch/serve#1101): at most one per client. The Ray Serve engine loses
+    none: it stops routing to 1.0 before it stops 1.0's replicas (scripts/ray_serve/versions.py).
+    Every client waits as long as the server's responseTimeout: on a busy machine, registering
+    2.1 can hold 1.0's answers up for many seconds, and a slow answer is not a lost one."""
     image, stop_at, timeout = photo_bytes((320, 240)), threading.Event(), 60.0
     clients = [Client(server, version, image, timeout, stop_at) for version in ("", "", "1.0", "1.0")]
     try:
         for client in clients:
             client.start()
-        rest = RestClient.for_server(server)
+        versions = management_client(server)
         time.sleep(1)
-        rest.register(canary_archive, initial_workers=1)
-        rest.set_default(MODEL_NAME, "2.1")
+        versions.register(canary_archive, initial_workers=1)
+        versions.set_default(MODEL_NAME, "2.1")
         unregistering = time.monotonic()
-        rest.unregister(MODEL_NAME, "1.0")
+        versions.unregister(MODEL_NAME, "1.0")
         unregistered = time.monotonic()
         time.sleep(2)
         stop_at.set()
@@ -145,7 +147,7 @@ def test_switching_versions_under_load(server: Server, canary_archive: str) -> N
     assert len(default) > 8 and [o for o in default if o.status != 200] == []
     assert before and {o.status for o in before} == {200}
     assert after == 404 and {o.status for o in after_it} <= {404}
-    assert len(lost) <= 2, "more than the one request in flight per client was lost"
+    assert len(lost) <= (0 if server.engine == "ray" else 2), "more than the one request in flight per client was lost"
     for (
         o
     ) in lost:  # never answered (still waiting, or timed out), or 500 "Worker died." when the race goes the other way

@@ -74,6 +74,7 @@ from manifests import (
     yaml_files,
 )
 from scripts.paths import DEFAULT_VERSION, MODEL_NAME, ROOT, SERVED_VERSIONS, archive_name
+from scripts.ray_serve.serve_config import VERSION_BUILDER, engine_config
 
 with warnings.catch_warnings():
     # Ray Serve 2.60 declares its config with pydantic 1's Field() extras: a deprecation warning
@@ -125,8 +126,7 @@ EXPOSED_PORTS = {
     "kubernetes": {(number, number) for number in promised.SERVICE_PORTS},
     "ray": {(promised.INFERENCE_PORT, RAY_SERVE_PORT)},
 }
-# The application builder a RayService deploys, and the Ray the project pins for it.
-RAY_APPLICATION = "scripts.ray_serve.app:build"
+# The Ray the project pins for a RayService.
 RAY_PIN = re.search(r"^ray\[serve\]==(\S+)$", (ROOT / "requirements-ray.txt").read_text(), re.MULTILINE)
 # Where every pod mounts the bundle (the serving image's default, scripts/server/container_entry.py).
 BUNDLE_DIR = "/mnt/models"
@@ -658,24 +658,42 @@ each_ray_kustomization = pytest.mark.parametrize("directory", RAY_KUSTOMIZATIONS
 
 @needs_kubectl
 @each_ray_kustomization
-def test_rayservice_serves_our_application_on_the_pinned_ray(directory: Path) -> None:
-    """KubeRay starts the Ray of requirements-ray.txt, and Serve builds scripts/ray_serve/app.py's
-    application with every argument build() requires and none it does not read: both archives of
-    the bundle, which every node's storage initializer puts at BUNDLE_DIR, 2.0 the default,
-    TorchServe's request-size limit, and the key every node mounts from a Secret."""
+def test_rayservice_serves_our_applications_on_the_pinned_ray(directory: Path) -> None:
+    """KubeRay starts the Ray of requirements-ray.txt, and Serve runs the engine's applications as
+    scripts/ray_serve/serve_config.py makes them on one machine: the frontend (2.0 the default,
+    TorchServe's request-size limit, the key every node mounts from a Secret) and each version's
+    archive from the bundle, which every node's storage initializer puts at BUNDLE_DIR. Each
+    builder gets every argument it requires and none it does not read."""
     objects = rendered(directory)
     (service,) = of_kind(objects, "RayService")
-    (application,) = serve_config(service)["applications"]
-    args = application["args"]
-    required, read = builder_keys(RAY_APPLICATION)
+    applications = serve_config(service)["applications"]
     assert RAY_PIN and service["spec"]["rayClusterConfig"].get("rayVersion") == RAY_PIN[1], name_of(service)
-    assert application["import_path"] == RAY_APPLICATION and read, f"{name_of(service)}: no {RAY_APPLICATION}"
-    assert required <= args.keys() <= read, f"build() requires {sorted(required)}, reads {sorted(read)}: {sorted(args)}"
-    assert args["archives"] == {
-        version: f"{BUNDLE_DIR}/model-store/{archive_name(version)}" for version in SERVED_VERSIONS
-    }
-    assert (args["default"], args["model"]) == (DEFAULT_VERSION, MODEL_NAME), name_of(service)
-    assert args["max_request_size"] == promised.MAX_REQUEST_BYTES, name_of(service)
+    key_file = "/etc/resnet50/keys/key_file.json"
+    # Sized as test_ray_replicas_and_threads_follow_the_worker_rule holds them.
+    replicas, threads = serve_config_sizes(applications)
+    expected = engine_config(
+        http_port=RAY_SERVE_PORT,
+        grpc_port=0,
+        frontend_args={"model": MODEL_NAME, "key_file": key_file, "max_request_size": promised.MAX_REQUEST_BYTES},
+        default=DEFAULT_VERSION,
+        versions={
+            version: {
+                "model": MODEL_NAME,
+                "version": version,
+                "archive": f"{BUNDLE_DIR}/model-store/{archive_name(version)}",
+                "threads": threads,
+            }
+            for version in SERVED_VERSIONS
+        },
+        replicas=replicas,
+    )
+    assert applications == expected["applications"], name_of(service)
+    for application in applications:
+        required, read = builder_keys(application["import_path"])
+        given = application["args"].keys()
+        assert read and required <= given <= read, (
+            f"{application['name']}: requires {sorted(required)}, reads {sorted(read)}"
+        )
     for node in ray_nodes(objects):
         assert "emptyDir" in node.mounts.get(BUNDLE_DIR, {}), f"{node.where}: no bundle at {BUNDLE_DIR}"
         assert [
@@ -683,7 +701,17 @@ def test_rayservice_serves_our_application_on_the_pinned_ray(directory: Path) ->
             for init in node.pod.get("initContainers", [])
             if init["image"].startswith(STORAGE_INITIALIZER)
         ] == [BUNDLE_DIR], f"{node.where}: no storage initializer filling {BUNDLE_DIR}"
-        assert "secret" in node.mounts.get(posixpath.dirname(args["key_file"]), {}), f"{node.where}: no key"
+        assert "secret" in node.mounts.get(posixpath.dirname(key_file), {}), f"{node.where}: no key"
+
+
+def serve_config_sizes(applications: list[dict[str, Any]]) -> tuple[int, int]:
+    """(replicas, threads) of the version applications, which must all have the same."""
+    ((replicas, threads),) = {
+        (app["deployments"][0]["num_replicas"], app["args"]["threads"])
+        for app in applications
+        if app["import_path"] == VERSION_BUILDER
+    }
+    return replicas, threads
 
 
 def builder_keys(import_path: str) -> tuple[set[str], set[str]]:
@@ -731,12 +759,15 @@ def test_ray_replicas_and_threads_follow_the_worker_rule(directory: Path) -> Non
     node, as Serve spreads replicas over the nodes."""
     objects = rendered(directory)
     (service,) = of_kind(objects, "RayService")
-    (application,) = serve_config(service)["applications"]
+    versions = [app for app in serve_config(service)["applications"] if app["import_path"] == VERSION_BUILDER]
     nodes = ray_nodes(objects)
     (plan,) = {node.plan() for node in nodes}
     pods = sum(node.count for node in nodes)
-    assert application["args"]["replicas"] == pods * plan.workers_per_version, f"{pods} pods, {plan.describe()}"
-    assert application["args"]["threads"] == plan.threads_per_worker, plan.describe()
+    assert len(versions) == len(SERVED_VERSIONS)
+    for application in versions:
+        (deployment,) = application["deployments"]
+        assert deployment["num_replicas"] == pods * plan.workers_per_version, f"{pods} pods, {plan.describe()}"
+        assert application["args"]["threads"] == plan.threads_per_worker, plan.describe()
 
 
 @needs_kubectl

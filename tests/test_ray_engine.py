@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import stat
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import grpc
 import numpy as np
@@ -34,9 +36,10 @@ from oip import image_input, requested
 from scripts.client.grpc_client import GrpcClient
 from scripts.client.rest_api import RestClient
 from scripts.client.torchserve_grpc import inference_pb2, open_inference_grpc_pb2 as torchserve_oip
-from scripts.endpoints import HOST, Server
+from scripts.endpoints import HOST, Server, read_properties
 from scripts.paths import DEFAULT_VERSION, MODEL_NAME, SERVED_VERSIONS
 from scripts.ray_serve import lifecycle as ray_engine
+from scripts.ray_serve.serve_control import DASHBOARD_PROPERTY, ServeControl, cluster_token
 
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}
 PHOTO, NOISE = photo_bytes((500, 400)), encode(noise_image((320, 240)), "PNG")
@@ -152,8 +155,26 @@ def test_every_listener_of_the_engine_is_on_loopback(ray_server: Server) -> None
         if connection.status == psutil.CONN_LISTEN
     }
     ports = {ray_server.ports.inference, ray_server.ports.grpc_inference, ray_server.ports.metrics}
+    ports.add(urlsplit(dashboard(ray_server)).port or 0)
     assert ports <= {port for _, _, port in listening}
     assert {entry for entry in listening if entry[1] not in LOOPBACK} == set()
+
+
+def dashboard(ray_server: Server) -> str:
+    return read_properties(ray_server.config_file)[DASHBOARD_PROPERTY]
+
+
+@pytest.mark.parametrize(("token", "status"), [(None, 401), ("a-token-of-another-ray", 403)])
+def test_rays_dashboard_takes_no_call_without_the_clusters_token(
+    ray_server: Server, token: str | None, status: int
+) -> None:
+    """The dashboard takes Serve configs and jobs, code to run: only with the run's own token
+    (mode 600 in the run folder), which the version commands send."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    for path in ("api/serve/applications/", "api/jobs/"):
+        assert requests.get(f"{dashboard(ray_server)}/{path}", headers=headers, timeout=10).status_code == status
+    assert stat.S_IMODE(cluster_token(ray_server).stat().st_mode) == 0o600
+    assert ServeControl(ray_server).details()["applications"].keys() == {MODEL_NAME, "resnet50-1.0", "resnet50-2.0"}
 
 
 def test_the_run_folder_names_its_engine(server: Server, ray_server: Server) -> None:

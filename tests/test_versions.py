@@ -16,6 +16,7 @@ import promised
 from answers import same_answer
 from conftest import refused, restore
 from images import encode, photo_bytes
+from scripts.client.cli import management_client
 from scripts.client.grpc_client import GrpcClient
 from scripts.client.rest_api import RestClient
 from scripts.endpoints import Server
@@ -71,15 +72,15 @@ def test_scale_workers(api: Any) -> None:
 
 
 def served_state(server: Server) -> dict[str, Any]:
-    """What the server serves, read over REST whichever protocol the test used: versions, each
-    one's worker pids, and the default."""
-    rest = RestClient.for_server(server)
+    """What the server serves, read over REST (or from the Ray Serve engine's Serve config)
+    whichever protocol the test used: versions, each one's worker pids, and the default."""
+    versions = management_client(server)
     return {
         "workers": {
             entry["modelVersion"]: [worker["pid"] for worker in entry["workers"]]
-            for entry in rest.describe(MODEL_NAME, "all")
+            for entry in versions.describe(MODEL_NAME, "all")
         },
-        "default": rest.describe(MODEL_NAME)[0]["modelVersion"],
+        "default": versions.describe(MODEL_NAME)[0]["modelVersion"],
     }
 
 

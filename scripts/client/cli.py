@@ -110,34 +110,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# The calls of TorchServe's management API, which the Ray Serve engine does not have.
+# The version commands: calls of TorchServe's management API, Serve config updates on Ray Serve.
 MANAGEMENT_VERBS = ("list", "describe", "register", "set-default", "scale", "unregister")
+
+
+def management_client(server: Server, grpc: bool = False) -> Any:
+    """What the version commands call: TorchServe's management API over REST or gRPC, or, on the
+    Ray Serve engine, its Serve config (scripts/ray_serve/versions.py), whichever the protocol."""
+    if server.engine == "ray":
+        from scripts.ray_serve.versions import RayServeVersions  # Ray is only loaded by those who use it
+
+        return RayServeVersions.for_server(server)
+    return protocol_client(server, grpc)
+
+
+def protocol_client(server: Server, grpc: bool) -> Any:
+    if grpc:
+        from scripts.client.grpc_client import GrpcClient  # grpc is only loaded by those who use it
+
+        return GrpcClient.for_server(server)
+    return RestClient.for_server(server)
 
 
 def run(args: argparse.Namespace) -> tuple[Any, bool]:
     """Do what the arguments say; returns (what to print, whether everything succeeded)."""
     server = Server.from_run_dir(args.run_dir)
-    if args.verb in MANAGEMENT_VERBS and server.engine == "ray":
-        raise ServerError(
-            f"`{args.verb}` is a call of TorchServe's management API, which the Ray Serve engine "
-            "does not have: it serves the versions it was started with (docs/engines.md)"
-        )
     if args.verb == "explain":
         out = args.out or Path(f"{args.file.stem}-heatmap.png")
         result = explain_file(RestClient.for_server(server), args.model, args.file, out, args.version, args.classes)
         return (result if args.json else format_explanation(result)), True
-    if args.grpc:
-        from scripts.client.grpc_client import GrpcClient  # grpc is only loaded by those who use it
-
-        client: Any = GrpcClient.for_server(server)
+    if args.verb in MANAGEMENT_VERBS:
+        client = management_client(server, args.grpc)
     else:
-        client = RestClient.for_server(server)
+        client = protocol_client(server, args.grpc)
     if args.verb == "predict":
         results = predict_files(client, args.model, args.files, args.version, args.concurrency)
         ok = all("error" not in result for result in results)
         return (results if args.json else format_table(results)), ok
+    if args.verb == "ping":
+        return client.ping(), True
     actions: dict[str, Callable[[], Any]] = {
-        "ping": client.ping,
         "list": client.list_models,
         "describe": lambda: client.describe(args.model, args.version),
         "register": lambda: client.register(args.archive, args.workers),

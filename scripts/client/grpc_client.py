@@ -8,7 +8,6 @@ Errors are raised as ApiError with the HTTP status that corresponds to the gRPC 
 from __future__ import annotations
 
 import json
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from model_signature import ERROR, IMAGE, PROBABILITIES
+from scripts.archive_contents import identity
 from scripts.client import grpc_stubs
 from scripts.client.rest_api import QUEUE_FULL_MESSAGE, ApiError, Tokens, explain
 from scripts.endpoints import HOST, Server
@@ -187,9 +187,7 @@ class GrpcClient:
     def _why_register_failed(self, archive: str) -> ApiError | None:
         if self.model_store is None or not (self.model_store / archive).is_file():
             return None
-        with zipfile.ZipFile(self.model_store / archive) as mar:
-            manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
-        model, version = manifest["model"]["modelName"], manifest["model"]["modelVersion"]
+        model, version = identity(self.model_store / archive)
         try:
             registered = {entry["modelVersion"] for entry in self.describe(model, "all")}
         except ApiError:

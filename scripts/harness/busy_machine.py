@@ -34,6 +34,7 @@ SERVED_TESTS = (
     "test_prometheus_server",
     "test_ray_engine",
     "test_ray_served",
+    "test_ray_versions",
     "test_ray_prometheus",
     "test_serving_image",
     "test_smoke",

@@ -1,6 +1,6 @@
-"""The Ray Serve application: a deployment per served version, whose replicas each load that
-version's archive as a TorchServe worker does (scripts/harness/in_process.py, the same handler
-code), batched as the archive's model-config.yaml asks; and one frontend deployment that speaks
+"""The Ray Serve applications (serve_config.py puts them together): one per served version, whose
+replicas each load that version's archive as a TorchServe worker does (scripts/harness/in_process.py,
+the same handler code), batched as the archive's model-config.yaml asks; and a frontend that speaks
 TorchServe's routes, gRPC calls and tokens (http_edge.py, grpc_edge.py) and sends each request to
 its version."""
 
@@ -41,6 +41,7 @@ from scripts.ray_serve.http_edge import (
     wire_request,
 )
 from scripts.ray_serve.replica_metrics import RayMetricsCache
+from scripts.ray_serve.serve_config import version_name
 
 
 class VersionReplica:
@@ -65,14 +66,23 @@ class Frontend:
     """TorchServe's inference API on Ray Serve's HTTP and gRPC proxies: its token, its routes and
     calls, its refusals."""
 
-    def __init__(
-        self, versions: dict[str, DeploymentHandle[Any]], default: str, model: str, key_file: str, max_request_size: int
-    ) -> None:
-        self.versions = versions
-        self.default = default
+    def __init__(self, model: str, key_file: str, max_request_size: int) -> None:
         self.model = model
         self.inference_key = Tokens.from_key_file(Path(key_file)).inference
         self.max_request_size = max_request_size
+        self.versions: dict[str, DeploymentHandle[Any]] = {}
+        self.default = ""
+
+    def reconfigure(self, routing: dict[str, Any]) -> None:
+        """The versions to route to and the default (serve_config.py): Serve calls this with the
+        deployment's user_config as the replica starts and on each change, with no restart."""
+        self.versions = {
+            version: serve.get_deployment_handle(
+                version_name(self.model, version), app_name=version_name(self.model, version)
+            )
+            for version in routing["versions"]
+        }
+        self.default = routing["default"]
 
     async def __call__(self, http: HttpRequest) -> HttpResponse:
         """TorchServe's order: the size limit (its HTTP layer, no body), the token, then the route."""
@@ -251,27 +261,28 @@ def _json(document: Any, status: int = 200) -> HttpResponse:
     return HttpResponse(frontend_json(document), status_code=status, media_type="application/json")
 
 
-def build(args: dict[str, Any]) -> Application:
-    """The application, from {"archives": {version: path}, "default": version, "model": name,
-    "key_file": path, "max_request_size": bytes, "replicas": per version, "threads": per replica
-    or None, "unpack_under": a folder for the replicas' unpacked archives, or None for the system's
-    temporary folder}: Serve's builder form, for `serve run` and a RayService's serveConfigV2."""
-    env_vars = {"OMP_NUM_THREADS": str(args["threads"])} if args.get("threads") else {}
-    batching = {version: Batching.of(Path(archive)) for version, archive in args["archives"].items()}
-    versions = {
-        version: _deployment(
-            VersionReplica,
-            name=f"{args['model']}-{version}",
-            num_replicas=args["replicas"],
-            # Room for a batch filling while another runs (Serve's default, 5, is under a batch of 8).
-            max_ongoing_requests=2 * batching[version].size,
-            # The worker rule sizes replicas and their threads (scripts/worker_plan.py), not Ray's CPU count.
-            ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env_vars}},
-        ).bind(archive, batching[version], args.get("unpack_under"))
-        for version, archive in args["archives"].items()
-    }
+def build_frontend(args: dict[str, Any]) -> Application:
+    """The frontend, from {"model": name, "key_file": path, "max_request_size": bytes}; its
+    routing comes as its user_config (serve_config.py). Serve's builder form, for a Serve config."""
     frontend = _deployment(Frontend, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
-    return frontend.bind(versions, args["default"], args["model"], args["key_file"], args["max_request_size"])
+    return frontend.bind(args["model"], args["key_file"], args["max_request_size"])
+
+
+def build_version(args: dict[str, Any]) -> Application:
+    """One version's replicas, from {"model": name, "version": version, "archive": path,
+    "threads": per replica or None, "unpack_under": a folder for the replicas' unpacked archives,
+    or None for the system's temporary folder}; their number comes from the Serve config."""
+    env_vars = {"OMP_NUM_THREADS": str(args["threads"])} if args.get("threads") else {}
+    batching = Batching.of(Path(args["archive"]))
+    replica = _deployment(
+        VersionReplica,
+        name=version_name(args["model"], args["version"]),
+        # Room for a batch filling while another runs (Serve's default, 5, is under a batch of 8).
+        max_ongoing_requests=2 * batching.size,
+        # The worker rule sizes replicas and their threads (scripts/worker_plan.py), not Ray's CPU count.
+        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env_vars}},
+    )
+    return replica.bind(args["archive"], batching, args.get("unpack_under"))
 
 
 def _deployment(cls: type, **options: Any) -> Deployment:

@@ -8,14 +8,12 @@ running one, so under load its batches ran far from full (docs/engines.md#measur
 from __future__ import annotations
 
 import asyncio
-import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from scripts.archive_contents import model_config
 from scripts.harness.in_process import Request, Response
 
 
@@ -28,8 +26,7 @@ class Batching:
 
     @classmethod
     def of(cls, archive: Path) -> Batching:
-        with zipfile.ZipFile(archive) as mar:
-            settings = yaml.safe_load(mar.read("model-config.yaml"))
+        settings = model_config(archive)
         return cls(int(settings["batchSize"]), int(settings["maxBatchDelay"]) / 1000)
 
 

@@ -79,14 +79,10 @@ TORCHSERVE_OPEN_INFERENCE = Service(
     "org.pytorch.serve.grpc.openinference.GRPCInferenceService", _open_inference(torchserve_oip)
 )
 OPEN_INFERENCE = Service("inference.GRPCInferenceService", _open_inference(standard_open_inference))
-# Serve's gRPC options name the functions that add each service by import path.
+# Serve's gRPC options name the functions that add each service by import path (serve_config.py).
 add_torchserve_inference = TORCHSERVE_INFERENCE.add_to_server
 add_torchserve_open_inference = TORCHSERVE_OPEN_INFERENCE.add_to_server
 add_open_inference = OPEN_INFERENCE.add_to_server
-SERVICER_FUNCTIONS = [
-    f"{__name__}.{function}"
-    for function in ("add_torchserve_inference", "add_torchserve_open_inference", "add_open_inference")
-]
 _REPLY_TO = {
     request: reply
     for service in (TORCHSERVE_INFERENCE, TORCHSERVE_OPEN_INFERENCE, OPEN_INFERENCE)

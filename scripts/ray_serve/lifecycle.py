@@ -28,6 +28,8 @@ from scripts.endpoints import (
     read_properties,
 )
 from scripts.paths import CONFIG_DIR, DEFAULT_VERSION, MODEL_NAME, ROOT, archive_name
+from scripts.ray_serve.serve_config import Config, engine_config, version_name
+from scripts.ray_serve.serve_control import DASHBOARD_PROPERTY, ServeControl, cluster_token, config_file
 from scripts.worker_plan import WorkerPlan
 
 RAY = str(Path(sys.executable).with_name("ray"))  # the Ray of this interpreter's environment
@@ -56,25 +58,28 @@ def start(server: Server, plan: WorkerPlan, timeout: float = 300.0) -> None:
     server.log_dir.mkdir(parents=True, exist_ok=True)
     _write_key_file(server)
     unpacked_archives(server).mkdir(parents=True, exist_ok=True)
-    _write_private(_cluster_token(server), secrets.token_hex(32))
+    _write_private(cluster_token(server), secrets.token_hex(32))
     # The request-size limit TorchServe reads from config/config.properties, where the clients read it.
     max_request_size = int(
         read_properties(CONFIG_DIR / "config.properties").get("max_request_size", DEFAULT_MAX_REQUEST_SIZE)
     )
+    gcs_port, dashboard_port = _free_port(), _free_port()
     server.config_file.write_text(
         "# The Ray Serve engine's listeners and limits (scripts/ray_serve/lifecycle.py)\n"
         + properties_text(
             {
                 "engine": "ray",
                 **server.listeners(),
+                DASHBOARD_PROPERTY: f"http://{HOST}:{dashboard_port}",
                 "model_store": server.model_store.resolve(),
                 "max_request_size": max_request_size,
                 "metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS,
             }
         )
     )
+    config = _engine_config(server, plan, max_request_size)
+    config_file(server).write_text(json.dumps(config, indent=2))
     env = _environment(server, plan, max_request_size)
-    gcs_port = _free_port()
     try:
         _run(
             [
@@ -84,7 +89,10 @@ def start(server: Server, plan: WorkerPlan, timeout: float = 300.0) -> None:
                 f"--node-ip-address={HOST}",
                 f"--port={gcs_port}",
                 f"--temp-dir={_temp_dir(server)}",
-                "--include-dashboard=false",
+                # Its REST API takes Serve configs (serve_control.py), on loopback, with the token.
+                "--include-dashboard=true",
+                f"--dashboard-host={HOST}",
+                f"--dashboard-port={dashboard_port}",
                 f"--metrics-export-port={server.ports.metrics}",
                 f"--num-cpus={os.cpu_count() or 1}",
                 "--disable-usage-stats",
@@ -92,35 +100,47 @@ def start(server: Server, plan: WorkerPlan, timeout: float = 300.0) -> None:
             server,
             env,
         )
-        app = {
-            "archives": {
-                version: str((server.model_store / archive_name(version)).resolve()) for version in server.versions
-            },
-            "default": DEFAULT_VERSION,
-            "model": MODEL_NAME,
-            "key_file": str(server.key_file.resolve()),
-            "max_request_size": max_request_size,
-            "replicas": plan.workers_per_version,
-            "threads": plan.threads_per_worker,
-            "unpack_under": str(unpacked_archives(server)),
-        }
         _run(
             [
                 sys.executable,
                 "-m",
-                "scripts.ray_serve.deploy",
+                "scripts.ray_serve.start_serve",
                 f"--address={HOST}:{gcs_port}",
-                f"--http-port={server.ports.inference}",
-                f"--grpc-port={server.ports.grpc_inference}",
-                f"--app={json.dumps(app)}",
+                f"--config={config_file(server)}",
             ],
             server,
             env,
         )
+        ServeControl(server).apply(config, timeout)
         wait_until_ready(server, timeout)
     except ServerError:
         stop(server)  # an engine that did not come up is not left running behind the error
         raise
+
+
+def _engine_config(server: Server, plan: WorkerPlan, max_request_size: int) -> Config:
+    """Both versions served as make serve serves them, 2.0 the default, sized by the worker rule."""
+    return engine_config(
+        http_port=server.ports.inference,
+        grpc_port=server.ports.grpc_inference,
+        frontend_args={
+            "model": MODEL_NAME,
+            "key_file": str(server.key_file.resolve()),
+            "max_request_size": max_request_size,
+        },
+        default=DEFAULT_VERSION,
+        versions={
+            version: {
+                "model": MODEL_NAME,
+                "version": version,
+                "archive": str((server.model_store / archive_name(version)).resolve()),
+                "threads": plan.threads_per_worker,
+                "unpack_under": str(unpacked_archives(server)),
+            }
+            for version in server.versions
+        },
+        replicas=plan.workers_per_version,
+    )
 
 
 def wait_until_ready(server: Server, timeout: float) -> None:
@@ -156,9 +176,12 @@ def unpacked_archives(server: Server) -> Path:
 
 def replicas(server: Server, version: str | None = None) -> list[psutil.Process]:
     """The replicas of a version's deployment (every version's, if None): Ray retitles each
-    `ray::ServeReplica:APP:DEPLOYMENT`, the deployment named `resnet50-VERSION` (app.py)."""
-    deployment = f"ServeReplica:{MODEL_NAME}:{MODEL_NAME}-{version or ''}"
-    return [process for process in members(server) if _title(process).startswith(f"ray::{deployment}")]
+    `ray::ServeReplica:APP:DEPLOYMENT`, a version's application and deployment both named
+    `resnet50-VERSION` (serve_config.py)."""
+    prefix = f"ray::ServeReplica:{version_name(MODEL_NAME, version or '')}"
+    if version:
+        prefix += f":{version_name(MODEL_NAME, version)}"
+    return [process for process in members(server) if _title(process).startswith(prefix)]
 
 
 def _title(process: psutil.Process) -> str:
@@ -196,7 +219,7 @@ def _environment(server: Server, plan: WorkerPlan, max_request_size: int) -> dic
     # replies too, which stay far under it (32 images' probabilities are 128 KB).
     grpc_limit = {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(max_request_size)}
     metrics = {"RAY_metrics_report_interval_ms": str(METRICS_REPORT_INTERVAL_MS)}
-    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(_cluster_token(server).resolve())}
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(cluster_token(server).resolve())}
     env = dict(
         os.environ,
         **ONE_MACHINE,
@@ -224,13 +247,6 @@ def _write_private(path: Path, text: str) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as file:
         file.write(text)
-
-
-def _cluster_token(server: Server) -> Path:
-    """The run's own Ray token: its cluster takes no call without it (Ray's token auth). Left to
-    itself, Ray 2.60 turns token auth on where ~/.ray/auth_token exists (any ray.init() leaves
-    one) and the deploy's connection is then refused (InvalidAuthToken)."""
-    return server.run_dir / "ray_auth_token"
 
 
 def _temp_dir(server: Server) -> Path:

@@ -1,0 +1,89 @@
+"""The Ray Serve engine's Serve config (scripts/ray_serve/serve_config.py) and each version
+command's edit of it: Serve's own schema keeps every field of each, and an edit changes only what
+it names, on a copy."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from ray.serve.schema import ServeDeploySchema
+
+from manifests import differences
+from scripts.ray_serve import serve_config
+
+VERSION_ARGS = {"model": "resnet50", "threads": 2, "unpack_under": "/tmp/unpacked"}
+
+
+def engine() -> serve_config.Config:
+    return serve_config.engine_config(
+        http_port=8080,
+        grpc_port=7070,
+        frontend_args={"model": "resnet50", "key_file": "/run/key_file.json", "max_request_size": 10485760},
+        default="2.0",
+        versions={
+            version: {**VERSION_ARGS, "version": version, "archive": f"/store/resnet50-{version}.mar"}
+            for version in ("1.0", "2.0")
+        },
+        replicas=1,
+    )
+
+
+EDITS: dict[str, Callable[[serve_config.Config], serve_config.Config]] = {
+    "engine": lambda config: config,
+    "register": lambda config: serve_config.with_version(
+        config, "2.1", {**VERSION_ARGS, "version": "2.1", "archive": "/store/resnet50-2.1.mar"}, replicas=1
+    ),
+    "set-default": lambda config: serve_config.with_routing(config, ["1.0", "2.0"], "1.0"),
+    "scale to 2": lambda config: serve_config.with_replicas(config, "1.0", 2, 2, target_ongoing=8),
+    "autoscale 1 to 3": lambda config: serve_config.with_replicas(config, "1.0", 1, 3, target_ongoing=8),
+    "unregister": lambda config: serve_config.without_version(serve_config.with_routing(config, ["2.0"], "2.0"), "1.0"),
+}
+
+
+@pytest.mark.parametrize("edit", EDITS.values(), ids=EDITS.keys())
+def test_serve_takes_each_config_whole(edit: Any) -> None:
+    """What `serve deploy` (the dashboard's REST API) validates it with: a misspelled field would be
+    dropped without a word."""
+    config = edit(engine())
+    returned = ServeDeploySchema.model_validate(config).model_dump(mode="json", exclude_unset=True)
+    assert differences(config, returned) == []
+
+
+@pytest.mark.parametrize("edit", EDITS.values(), ids=EDITS.keys())
+def test_an_edit_leaves_the_config_it_was_given_alone(edit: Any) -> None:
+    original = engine()
+    kept = copy.deepcopy(original)
+    edit(original)
+    assert original == kept
+
+
+def test_the_engine_routes_to_each_version_and_serves_none_of_them_over_http() -> None:
+    config = engine()
+    assert serve_config.routing(config) == {"versions": ["1.0", "2.0"], "default": "2.0"}
+    assert serve_config.deployed_versions(config) == ["1.0", "2.0"]
+    routes = {app["name"]: app["route_prefix"] for app in config["applications"]}
+    assert routes == {"resnet50": "/", "resnet50-1.0": None, "resnet50-2.0": None}
+    assert config["http_options"]["host"] == config["grpc_options"].get("host", "127.0.0.1") == "127.0.0.1"
+
+
+def test_a_registered_version_is_deployed_but_not_routed_to_until_the_routing_says_so() -> None:
+    config = EDITS["register"](engine())
+    assert serve_config.deployed_versions(config) == ["1.0", "2.0", "2.1"]
+    assert serve_config.routing(config)["versions"] == ["1.0", "2.0"]
+    assert serve_config.version_application(config, "2.1")["args"]["archive"] == "/store/resnet50-2.1.mar"
+
+
+@pytest.mark.parametrize(("low", "high"), [(2, 2), (1, 3)])
+def test_replicas_are_fixed_or_autoscaled_between_the_bounds(low: int, high: int) -> None:
+    config = serve_config.with_replicas(engine(), "1.0", low, high, target_ongoing=8)
+    assert serve_config.replica_bounds(config, "1.0") == (low, high)
+    assert serve_config.replica_bounds(config, "2.0") == (1, 1)
+    (deployment,) = serve_config.version_application(config, "1.0")["deployments"]
+    if low == high:
+        assert deployment == {"name": "resnet50-1.0", "num_replicas": low}
+    else:
+        scaling = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": 8}
+        assert deployment == {"name": "resnet50-1.0", "autoscaling_config": scaling}

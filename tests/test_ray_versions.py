@@ -1,0 +1,48 @@
+"""The version suite (tests/test_versions.py) against the Ray Serve engine, unchanged: the canary
+workflow and its refusals, with the same calls and answers; and the fault suite's version switch
+under load. Its version commands are Serve config updates (scripts/ray_serve/versions.py),
+whichever protocol the inference calls use, so `api` below pairs the two; everything else is the
+suites' own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from conftest import restore
+from scripts.client.cli import protocol_client
+from scripts.endpoints import Server
+from scripts.ray_serve.versions import RayServeVersions
+from test_faults import test_switching_versions_under_load  # noqa: F401
+from test_versions import *  # noqa: F403
+
+
+@pytest.fixture(scope="module")
+def server(ray_server: Server) -> Server:
+    return ray_server
+
+
+@dataclass(frozen=True)
+class RayEngineApi:
+    """Inference over REST or gRPC, and the version commands as the engine has them."""
+
+    inference: Any
+    versions: RayServeVersions
+
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inference.predict(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.versions, name)
+
+
+@pytest.fixture(params=["rest", "grpc"])  # type: ignore[no-redef]
+def api(request: pytest.FixtureRequest, server: Server) -> Iterator[Any]:
+    inference = protocol_client(server, grpc=request.param == "grpc")
+    yield RayEngineApi(inference, RayServeVersions.for_server(server))
+    restore(server)
+    if hasattr(inference, "close"):
+        inference.close()
