@@ -109,7 +109,7 @@ def test_switching_versions_under_load(server: Server, canary_archive: str) -> N
     and two call 1.0 by name. The default's clients lose nothing. 1.0's get 200 before the
     unregister and 404 after it; a request in flight when 1.0's worker stops is never answered
     by TorchServe 0.12 (pytorch/serve#1101): at most one per client. The Ray Serve engine loses
-    none: it stops routing to 1.0 before it stops 1.0's replicas (scripts/ray_serve/versions.py).
+    none: it stops routing to 1.0, then removes 1.0's replicas, which Serve drains first.
     Every client waits as long as the server's responseTimeout: on a busy machine, registering
     2.1 can hold 1.0's answers up for many seconds, and a slow answer is not a lost one."""
     image, stop_at, timeout = photo_bytes((320, 240)), threading.Event(), 60.0

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
 from manifests import differences
@@ -50,6 +51,10 @@ def test_serve_takes_each_config_whole(edit: Any) -> None:
     config = edit(engine())
     returned = ServeDeploySchema.model_validate(config).model_dump(mode="json", exclude_unset=True)
     assert differences(config, returned) == []
+    # Serve keeps an autoscaling_config's unknown keys and ignores them: each must be a field.
+    for app in config["applications"]:
+        for deployment in app["deployments"]:
+            assert deployment.get("autoscaling_config", {}).keys() <= AutoscalingConfig.model_fields.keys()
 
 
 @pytest.mark.parametrize("edit", EDITS.values(), ids=EDITS.keys())

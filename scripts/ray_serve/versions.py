@@ -105,7 +105,9 @@ class RayServeVersions:
             raise ApiError(403, f"Cannot remove default version for model {model}")
         if not others:  # TorchServe would unregister the model; the engine keeps serving it
             raise ApiError(403, f"Cannot remove the last version of model {model}: register another first")
-        # Requests stop going to it before its replicas stop, so none is caught in flight.
+        # Routed to no more, then removed: a request routed to a deployment already deleted would
+        # wait for replicas that never come. (Serve also drains a removed replica's requests: the
+        # switch under load lost none with the two in one step too.)
         unrouted = serve_config.with_routing(config, others, routing["default"])
         self._apply(unrouted)
         self._apply(serve_config.without_version(unrouted, version))
@@ -166,7 +168,7 @@ class RayServeVersions:
             "workers": [
                 {
                     "id": replica["replica_id"],
-                    "pid": replica["pid"],
+                    "pid": replica.get("pid"),  # none yet while it starts
                     "status": WORKER_STATUS.get(replica["state"], replica["state"]),
                 }
                 for replica in replicas
