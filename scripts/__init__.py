@@ -1,5 +1,6 @@
 """The project's tooling. The modules at this level are shared (paths, endpoints, model_config,
-worker_plan); each folder imports them and, so that no two folders import each other, only:
+serve_config, archive_contents, worker_plan); each folder imports them and, so that no two folders
+import each other, only:
 server/ -> client/, packaging/ and ray_serve/; ray_serve/ -> client/ and harness/ (its replicas run
 the handler as harness/in_process.py does); client/, packaging/ and harness/ -> nothing else.
 

@@ -113,6 +113,8 @@ class Server:
     def engine(self) -> str:
         """What serves from the run dir: the Ray Serve engine names itself in its config.properties
         (`engine=ray`, scripts/ray_serve/lifecycle.py); TorchServe's has no such line."""
+        if not self.config_file.is_file():  # TorchServe started on the repository's own config
+            return "torchserve"
         return read_properties(self.config_file).get("engine", "torchserve")
 
     @property

@@ -165,7 +165,8 @@ def test_a_full_queue_is_answered_fast_not_timed_out(server: Server) -> None:
         with_compiled_forward=False,
         settings={"jobQueueSize": 2, "batchSize": 1},
     )
-    RestClient.for_server(server).register(archive.name, initial_workers=1)
+    versions = management_client(server)
+    versions.register(archive.name, initial_workers=1)
     # Even requests over REST, odd over gRPC.
     clients: tuple[RestClient, GrpcClient] = (RestClient.for_server(server), GrpcClient.for_server(server))
     image = photo_bytes((1632, 1224))
@@ -183,7 +184,7 @@ def test_a_full_queue_is_answered_fast_not_timed_out(server: Server) -> None:
             outcomes = list(pool.map(classify, range(12)))
     finally:
         clients[1].close()
-        RestClient.for_server(server).unregister(MODEL_NAME, "9.0")
+        versions.unregister(MODEL_NAME, "9.0")
     refused = [(index % 2, error, seconds) for index, (error, seconds) in enumerate(outcomes) if error is not None]
     assert refused and len(refused) < len(outcomes)
     print(f"{len(refused)} of {len(outcomes)} refused, each within {max(seconds for *_, seconds in refused):.2f} s")

@@ -74,7 +74,7 @@ from manifests import (
     yaml_files,
 )
 from scripts.paths import DEFAULT_VERSION, MODEL_NAME, ROOT, SERVED_VERSIONS, archive_name
-from scripts.ray_serve.serve_config import VERSION_BUILDER, engine_config
+from scripts.serve_config import VERSION_BUILDER, engine_config
 
 with warnings.catch_warnings():
     # Ray Serve 2.60 declares its config with pydantic 1's Field() extras: a deprecation warning
@@ -660,7 +660,7 @@ each_ray_kustomization = pytest.mark.parametrize("directory", RAY_KUSTOMIZATIONS
 @each_ray_kustomization
 def test_rayservice_serves_our_applications_on_the_pinned_ray(directory: Path) -> None:
     """KubeRay starts the Ray of requirements-ray.txt, and Serve runs the engine's applications as
-    scripts/ray_serve/serve_config.py makes them on one machine: the frontend (2.0 the default,
+    scripts/serve_config.py makes them on one machine: the frontend (2.0 the default,
     TorchServe's request-size limit, the key every node mounts from a Secret) and each version's
     archive from the bundle, which every node's storage initializer puts at BUNDLE_DIR. Each
     builder gets every argument it requires and none it does not read."""

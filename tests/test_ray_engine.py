@@ -34,12 +34,12 @@ from images import encode, noise_image, photo_bytes
 from model_signature import IMAGE, PROBABILITIES
 from oip import image_input, requested
 from scripts.client.grpc_client import GrpcClient
+from scripts.client.ray_dashboard import DASHBOARD_PROPERTY, ServeControl, cluster_token
 from scripts.client.rest_api import RestClient
 from scripts.client.torchserve_grpc import inference_pb2, open_inference_grpc_pb2 as torchserve_oip
 from scripts.endpoints import HOST, Server, read_properties
 from scripts.paths import DEFAULT_VERSION, MODEL_NAME, SERVED_VERSIONS
 from scripts.ray_serve import lifecycle as ray_engine
-from scripts.ray_serve.serve_control import DASHBOARD_PROPERTY, ServeControl, cluster_token
 
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}
 PHOTO, NOISE = photo_bytes((500, 400)), encode(noise_image((320, 240)), "PNG")

@@ -1,4 +1,4 @@
-"""The Ray Serve engine's Serve config (scripts/ray_serve/serve_config.py) and each version
+"""The Ray Serve engine's Serve config (scripts/serve_config.py) and each version
 command's edit of it: Serve's own schema keeps every field of each, and an edit changes only what
 it names, on a copy."""
 
@@ -13,7 +13,7 @@ from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
 from manifests import differences
-from scripts.ray_serve import serve_config
+from scripts import serve_config
 
 VERSION_ARGS = {"model": "resnet50", "threads": 2, "unpack_under": "/tmp/unpacked"}
 

@@ -1,8 +1,7 @@
 """The version suite (tests/test_versions.py) against the Ray Serve engine, unchanged: the canary
-workflow and its refusals, with the same calls and answers; and the fault suite's version switch
-under load. Its version commands are Serve config updates (scripts/ray_serve/versions.py),
-whichever protocol the inference calls use, so `api` below pairs the two; everything else is the
-suites' own."""
+workflow and its refusals, with the same calls and answers. Its version commands are Serve config
+updates (scripts/client/ray_versions.py), whichever protocol the inference calls use, so `api`
+below pairs the two; everything else is the suite's own."""
 
 from __future__ import annotations
 
@@ -14,9 +13,8 @@ import pytest
 
 from conftest import restore
 from scripts.client.cli import protocol_client
+from scripts.client.ray_versions import RayServeVersions
 from scripts.endpoints import Server
-from scripts.ray_serve.versions import RayServeVersions
-from test_faults import test_switching_versions_under_load  # noqa: F401
 from test_versions import *  # noqa: F403
 
 

@@ -116,9 +116,9 @@ MANAGEMENT_VERBS = ("list", "describe", "register", "set-default", "scale", "unr
 
 def management_client(server: Server, grpc: bool = False) -> Any:
     """What the version commands call: TorchServe's management API over REST or gRPC, or, on the
-    Ray Serve engine, its Serve config (scripts/ray_serve/versions.py), whichever the protocol."""
+    Ray Serve engine, its Serve config (scripts/client/ray_versions.py), whichever the protocol."""
     if server.engine == "ray":
-        from scripts.ray_serve.versions import RayServeVersions  # Ray is only loaded by those who use it
+        from scripts.client.ray_versions import RayServeVersions  # Ray is only loaded by those who use it
 
         return RayServeVersions.for_server(server)
     return protocol_client(server, grpc)

@@ -24,6 +24,7 @@ import psutil
 import requests
 from PIL import Image
 
+from scripts.client.cli import management_client
 from scripts.client.rest_api import RestClient
 from scripts.endpoints import Server, ServerError
 from scripts.paths import MODEL_NAME, RUN_DIR, sample_photo
@@ -104,7 +105,7 @@ def workers(server: Server) -> dict[str, int]:
     """Worker id -> pid, for every version of the model."""
     return {
         f"{entry['modelVersion']}/{worker['id']}": worker["pid"]
-        for entry in RestClient.for_server(server).describe(MODEL_NAME, "all")
+        for entry in management_client(server).describe(MODEL_NAME, "all")
         for worker in entry["workers"]
     }
 

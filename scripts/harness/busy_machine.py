@@ -35,6 +35,7 @@ SERVED_TESTS = (
     "test_ray_engine",
     "test_ray_served",
     "test_ray_versions",
+    "test_ray_faults",
     "test_ray_prometheus",
     "test_serving_image",
     "test_smoke",

@@ -1,4 +1,4 @@
-"""The Ray Serve applications (serve_config.py puts them together): one per served version, whose
+"""The Ray Serve applications (scripts/serve_config.py puts them together): one per served version, whose
 replicas each load that version's archive as a TorchServe worker does (scripts/harness/in_process.py,
 the same handler code), batched as the archive's model-config.yaml asks; and a frontend that speaks
 TorchServe's routes, gRPC calls and tokens (http_edge.py, grpc_edge.py) and sends each request to
@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.deployment import Application, Deployment
+from ray.serve.exceptions import BackPressureError
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request as HttpRequest
@@ -37,11 +38,12 @@ from scripts.ray_serve.http_edge import (
     answer_body,
     bearer_token,
     frontend_json,
+    queue_full,
     route,
     wire_request,
 )
 from scripts.ray_serve.replica_metrics import RayMetricsCache
-from scripts.ray_serve.serve_config import version_name
+from scripts.serve_config import version_name
 
 
 class VersionReplica:
@@ -74,7 +76,7 @@ class Frontend:
         self.default = ""
 
     def reconfigure(self, routing: dict[str, Any]) -> None:
-        """The versions to route to and the default (serve_config.py): Serve calls this with the
+        """The versions to route to and the default (scripts/serve_config.py): Serve calls this with the
         deployment's user_config as the replica starts and on each change, with no restart."""
         self.versions = {
             version: serve.get_deployment_handle(
@@ -94,17 +96,20 @@ class Frontend:
         if isinstance(destination, HttpResponse):
             return destination
         found, version = destination
-        answer = await self._answer(version, wire_request(found, headers, body))
+        answer = await self._answer(version, wire_request(found, headers, body), found.version)
         if isinstance(answer, Refusal):
             return _refused(answer)
         return HttpResponse(answer_body(answer), status_code=answer.status, headers=answer.headers)
 
-    async def _answer(self, version: str, request: Request) -> Response | Refusal:
-        """The version's answer, or TorchServe's for a worker that died holding the request."""
+    async def _answer(self, version: str, request: Request, named_version: str | None) -> Response | Refusal:
+        """The version's answer, or TorchServe's for a worker that died holding the request or
+        for a full queue (the archive's jobQueueSize, as the version's max_queued_requests)."""
         try:
             answer: Response = await self.versions[version].remote(request)
         except RayActorError:  # the replica died; Serve starts another
             return WORKER_DIED
+        except BackPressureError:
+            return queue_full(self.model, named_version)
         return answer
 
     def _destination(self, path: str, headers: Headers) -> tuple[Route, str] | HttpResponse:
@@ -212,16 +217,17 @@ class Frontend:
 
     async def _predictions(self, call: Any) -> Message:
         version = self._grpc_version(call.model_name, call.model_version, "model_name", grpc.StatusCode.INTERNAL)
-        return grpc_edge.prediction(await self._grpc_answer(version, grpc_edge.predictions_request(call)))
+        answer = await self._grpc_answer(version, grpc_edge.predictions_request(call), call.model_version)
+        return grpc_edge.prediction(answer)
 
     async def _model_infer(self, call: Any) -> Message:
         version = self._grpc_version(call.model_name, call.model_version, "model_name", grpc.StatusCode.INTERNAL)
-        answer = await self._grpc_answer(version, grpc_edge.model_infer_request(call))
+        answer = await self._grpc_answer(version, grpc_edge.model_infer_request(call), call.model_version)
         return grpc_edge.model_infer_reply(answer, call)
 
-    async def _grpc_answer(self, version: str, request: Request) -> Response:
+    async def _grpc_answer(self, version: str, request: Request, named_version: str) -> Response:
         """The version's answer; the frontend's refusal is the call's status."""
-        answer = await self._answer(version, request)
+        answer = await self._answer(version, request, named_version or None)
         if isinstance(answer, Refusal):
             raise grpc_edge.refusal_of(answer)
         return answer
@@ -263,7 +269,7 @@ def _json(document: Any, status: int = 200) -> HttpResponse:
 
 def build_frontend(args: dict[str, Any]) -> Application:
     """The frontend, from {"model": name, "key_file": path, "max_request_size": bytes}; its
-    routing comes as its user_config (serve_config.py). Serve's builder form, for a Serve config."""
+    routing comes as its user_config (scripts/serve_config.py). Serve's builder form, for a Serve config."""
     frontend = _deployment(Frontend, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
     return frontend.bind(args["model"], args["key_file"], args["max_request_size"])
 
@@ -279,6 +285,8 @@ def build_version(args: dict[str, Any]) -> Application:
         name=version_name(args["model"], args["version"]),
         # Room for a batch filling while another runs (Serve's default, 5, is under a batch of 8).
         max_ongoing_requests=2 * batching.size,
+        # Past these, waiting for a replica, a request is refused at once, as by TorchServe's job queue.
+        max_queued_requests=batching.queue_size,
         # The worker rule sizes replicas and their threads (scripts/worker_plan.py), not Ray's CPU count.
         ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env_vars}},
     )

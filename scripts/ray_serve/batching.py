@@ -16,18 +16,23 @@ from pathlib import Path
 from scripts.archive_contents import model_config
 from scripts.harness.in_process import Request, Response
 
+# TorchServe's job_queue_size when neither config.properties nor the archive sets one (ours do not).
+TORCHSERVE_JOB_QUEUE_SIZE = 100
+
 
 @dataclass(frozen=True)
 class Batching:
-    """An archive's batching, from the model-config.yaml it carries."""
+    """An archive's batching, and the queue in front of it, from the model-config.yaml it carries."""
 
     size: int
     max_delay_s: float
+    queue_size: int = TORCHSERVE_JOB_QUEUE_SIZE
 
     @classmethod
     def of(cls, archive: Path) -> Batching:
         settings = model_config(archive)
-        return cls(int(settings["batchSize"]), int(settings["maxBatchDelay"]) / 1000)
+        queue_size = int(settings.get("jobQueueSize", TORCHSERVE_JOB_QUEUE_SIZE))
+        return cls(int(settings["batchSize"]), int(settings["maxBatchDelay"]) / 1000, queue_size)
 
 
 Waiting = tuple[Request, "asyncio.Future[Response]"]

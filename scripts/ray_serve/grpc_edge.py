@@ -79,7 +79,7 @@ TORCHSERVE_OPEN_INFERENCE = Service(
     "org.pytorch.serve.grpc.openinference.GRPCInferenceService", _open_inference(torchserve_oip)
 )
 OPEN_INFERENCE = Service("inference.GRPCInferenceService", _open_inference(standard_open_inference))
-# Serve's gRPC options name the functions that add each service by import path (serve_config.py).
+# Serve's gRPC options name the functions that add each service by import path (scripts/serve_config.py).
 add_torchserve_inference = TORCHSERVE_INFERENCE.add_to_server
 add_torchserve_open_inference = TORCHSERVE_OPEN_INFERENCE.add_to_server
 add_open_inference = OPEN_INFERENCE.add_to_server
@@ -146,7 +146,10 @@ def model_refusal(refusal: Refusal, code: grpc.StatusCode) -> RefusedCall:
 
 def refusal_of(refusal: Refusal) -> RefusedCall:
     """A refusal over gRPC as TorchServe's GRPCJob sends an inference error: its status mapped,
-    the exception's name on a line of its own."""
+    the exception's name on a line of its own. A full queue is the exception: TorchServe's gRPC
+    inference refuses it INTERNAL, as an InternalServerException (InferenceImpl)."""
+    if refusal.kind == "ServiceUnavailableException":
+        return RefusedCall(grpc.StatusCode.INTERNAL, f"{refusal.message}\nInternalServerException.()")
     return RefusedCall(_GRPC_STATUS[refusal.status], f"{refusal.message}\norg.pytorch.serve.http.{refusal.kind}")
 
 

@@ -50,6 +50,20 @@ class Refusal:
 WORKER_DIED = Refusal(500, "InternalServerException", "Worker died.")
 
 
+def queue_full(model: str, named_version: str | None) -> Refusal:
+    """TorchServe's answer to a request its version's job queue has no room for, worded and quoted
+    as its ApiUtils.getStreamingInferenceErrorResponseMessage words it (the version only if the
+    request named one)."""
+    version = f'" Version {named_version}' if named_version else ""
+    return Refusal(
+        503,
+        "ServiceUnavailableException",
+        f'Model "{model}{version}" has no worker to serve inference request. Please use scale workers API to add '
+        "workers. If this is a sequence inference, please check if it is closed, or expired; or exceeds "
+        "maxSequenceJobQueueSize",
+    )
+
+
 @dataclass(frozen=True)
 class Route:
     """Which model and version a path asks for, and on which kind of route."""

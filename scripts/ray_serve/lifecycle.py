@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 
+from scripts.client.ray_dashboard import DASHBOARD_PROPERTY, ServeControl, cluster_token, config_file
 from scripts.client.rest_api import ApiError, RestClient
 from scripts.endpoints import (
     DEFAULT_MAX_REQUEST_SIZE,
@@ -28,8 +29,7 @@ from scripts.endpoints import (
     read_properties,
 )
 from scripts.paths import CONFIG_DIR, DEFAULT_VERSION, MODEL_NAME, ROOT, archive_name
-from scripts.ray_serve.serve_config import Config, engine_config, version_name
-from scripts.ray_serve.serve_control import DASHBOARD_PROPERTY, ServeControl, cluster_token, config_file
+from scripts.serve_config import Config, engine_config, version_name
 from scripts.worker_plan import WorkerPlan
 
 RAY = str(Path(sys.executable).with_name("ray"))  # the Ray of this interpreter's environment
@@ -89,7 +89,7 @@ def start(server: Server, plan: WorkerPlan, timeout: float = 300.0) -> None:
                 f"--node-ip-address={HOST}",
                 f"--port={gcs_port}",
                 f"--temp-dir={_temp_dir(server)}",
-                # Its REST API takes Serve configs (serve_control.py), on loopback, with the token.
+                # Its REST API takes Serve configs (scripts/client/ray_dashboard.py), on loopback, with the token.
                 "--include-dashboard=true",
                 f"--dashboard-host={HOST}",
                 f"--dashboard-port={dashboard_port}",
@@ -177,7 +177,7 @@ def unpacked_archives(server: Server) -> Path:
 def replicas(server: Server, version: str | None = None) -> list[psutil.Process]:
     """The replicas of a version's deployment (every version's, if None): Ray retitles each
     `ray::ServeReplica:APP:DEPLOYMENT`, a version's application and deployment both named
-    `resnet50-VERSION` (serve_config.py)."""
+    `resnet50-VERSION` (scripts/serve_config.py)."""
     prefix = f"ray::ServeReplica:{version_name(MODEL_NAME, version or '')}"
     if version:
         prefix += f":{version_name(MODEL_NAME, version)}"

@@ -20,7 +20,7 @@ from scripts.ray_serve import loopback
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--address", required=True, help="the cluster's GCS, host:port")
-    parser.add_argument("--config", required=True, help="the engine's Serve config file (serve_config.py)")
+    parser.add_argument("--config", required=True, help="the engine's Serve config file (scripts/serve_config.py)")
     args = parser.parse_args(argv)
     with open(args.config) as file:
         config = json.load(file)

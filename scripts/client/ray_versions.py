@@ -1,6 +1,6 @@
 """TorchServe's version commands on the Ray Serve engine, done Ray Serve's way: each is an edit of
-the engine's Serve config (serve_config.py), applied as `serve deploy` applies one
-(serve_control.py). The same calls, answers and refusals as the management API's
+the engine's Serve config (scripts/serve_config.py), applied as `serve deploy` applies one
+(scripts/client/ray_dashboard.py). The same calls, answers and refusals as the management API's
 (scripts/client/rest_api.py), so the client's version commands work on both engines.
 
 | command | the config change | what Serve does |
@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scripts.archive_contents import identity
+from scripts import serve_config
+from scripts.archive_contents import identity, model_config
+from scripts.client.ray_dashboard import WORKER_STATUS, ServeControl
 from scripts.client.rest_api import ApiError
 from scripts.endpoints import Server, ServerError, read_properties
-from scripts.ray_serve import serve_config
-from scripts.ray_serve.batching import Batching
-from scripts.ray_serve.serve_config import Config
-from scripts.ray_serve.serve_control import WORKER_STATUS, ServeControl
+from scripts.serve_config import Config
 
 # A registration waits for the version's replicas to load, as TorchServe's synchronous one does.
 LOAD_TIMEOUT_S = 300.0
@@ -92,7 +91,7 @@ class RayServeVersions:
             raise ApiError(400, "max_worker cannot be less than min_worker.")
         config = self._config_of(model)
         self._served(config, version)
-        batch = Batching.of(Path(self._archive_path(config, version))).size
+        batch = int(self._settings(config, version)["batchSize"])
         self._apply(serve_config.with_replicas(config, version, min_workers, max_workers, target_ongoing=batch))
         return {"status": f"Workers scaled to {min_workers} for model: {model}, version: {version}"}
 
@@ -148,6 +147,9 @@ class RayServeVersions:
     def _archive_path(self, config: Config, version: str) -> str:
         return str(serve_config.version_application(config, version)["args"]["archive"])
 
+    def _settings(self, config: Config, version: str) -> dict[str, Any]:
+        return model_config(Path(self._archive_path(config, version)))
+
     def _archive(self, config: Config, version: str) -> str:
         return Path(self._archive_path(config, version)).name
 
@@ -155,7 +157,7 @@ class RayServeVersions:
         """TorchServe's description of a version: its archive, bounds, batching and workers (Serve's
         replicas, with their pids)."""
         low, high = serve_config.replica_bounds(config, version)
-        batching = Batching.of(Path(self._archive_path(config, version)))
+        settings = self._settings(config, version)
         replicas = ServeControl(self.server).replicas(serve_config.version_name(serve_config.model(config), version))
         return {
             "modelName": serve_config.model(config),
@@ -163,8 +165,8 @@ class RayServeVersions:
             "modelUrl": self._archive(config, version),
             "minWorkers": low,
             "maxWorkers": high,
-            "batchSize": batching.size,
-            "maxBatchDelay": round(batching.max_delay_s * 1000),
+            "batchSize": int(settings["batchSize"]),
+            "maxBatchDelay": int(settings["maxBatchDelay"]),
             "workers": [
                 {
                     "id": replica["replica_id"],

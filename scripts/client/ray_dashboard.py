@@ -1,4 +1,4 @@
-"""Apply a Serve config (serve_config.py) to the running engine, as `serve deploy` does: through
+"""Apply a Serve config (scripts/serve_config.py) to the running engine, as `serve deploy` does: through
 Ray's dashboard REST API on loopback, with the cluster's token; then wait until Serve runs it.
 
 Serve applies a config whole: an application it no longer names is deleted, a changed
@@ -16,7 +16,7 @@ from typing import Any
 import requests
 
 from scripts.endpoints import Server, ServerError, read_properties
-from scripts.ray_serve.serve_config import Config
+from scripts.serve_config import Config
 
 DASHBOARD_PROPERTY = "dashboard_address"
 NOT_RUNNING = "is the engine running? Start it with `make serve ENGINE=ray`"
