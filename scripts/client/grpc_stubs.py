@@ -12,9 +12,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import grpc_tools
 import ts
-from grpc_tools import protoc
 
 from scripts.paths import ROOT
 
@@ -24,8 +22,11 @@ JAR = Path(ts.__file__).parent / "frontend" / "model-server.jar"
 
 
 def generate() -> Path:
-    """(Re)generate the stubs; the protos are placed under PACKAGE so the imports are absolute."""
+    """(Re)generate the stubs; the protos are placed under PACKAGE so the imports are absolute.
+    grpcio-tools is imported here only: the serving image carries the stubs, not the generator."""
+    import grpc_tools
     from google.rpc import status_pb2  # googleapis-common-protos ships status.proto beside it
+    from grpc_tools import protoc
 
     output = ROOT / PACKAGE
     with tempfile.TemporaryDirectory() as proto_root, zipfile.ZipFile(JAR) as jar:
