@@ -38,6 +38,7 @@ SERVED_TESTS = (
     "test_ray_faults",
     "test_ray_prometheus",
     "test_serving_image",
+    "test_serving_image_ray",
     "test_smoke",
 )
 
