@@ -51,7 +51,7 @@ class Histogram:
         """One observation: +1 on every bucket at or above it (the cumulative form), the sum, then
         the count. Buckets from +Inf down, so a batch's first line is its first stage's +Inf bucket
         and its last the handler stage's count: TorchServe's frontend reads the lines after the
-        answer has gone, and a scrape can tell a batch it has read in part (`batches_read_whole`)."""
+        answer has gone, and a scrape can tell a batch it has read in part (`batches_read_in_part`)."""
         for bound in [math.inf, *reversed(self.buckets)]:
             if value <= bound:
                 _counter(cache, f"{self.name}_bucket", 1, [*labels, _bound(bound)])

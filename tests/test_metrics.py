@@ -139,7 +139,7 @@ def test_a_batch_opens_with_its_first_stages_inf_bucket_and_closes_with_the_hand
     model: InProcessModel, caplog: pytest.LogCaptureFixture, image: bytes
 ) -> None:
     """What lets a scrape tell a batch the frontend has read in part (prometheus_scrape's
-    batches_read_whole): the order of a batch's metric lines."""
+    batches_read_in_part): the order of a batch's metric lines."""
     with caplog.at_level(logging.INFO):
         model.infer([Request.raw(image)])
     lines = [sample for sample in printed(caplog) if sample.name.startswith("handler_")]

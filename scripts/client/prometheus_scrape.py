@@ -47,14 +47,29 @@ def increase(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
     return total(after, name, **labels) - total(before, name, **labels)
 
 
-def batches_read_whole(scraped: Scrape) -> bool:
-    """Whether the page holds every handler batch it holds part of. TorchServe's frontend reads a
-    worker's metric lines on its own thread, after the answer has gone, and Ray's processes report
-    theirs at an interval, mid-batch or not. A batch's first value is its decode_transform +Inf
-    bucket and its last the handler stage's count (handler_metrics.py), and each worker's are
-    taken in order, so the two totals are equal exactly then."""
-    first_lines = total(scraped, "handler_stage_seconds_bucket", Stage="decode_transform", le="+Inf")
-    return first_lines == total(scraped, "handler_stage_seconds_count", Stage="handler")
+# How long a worker's batch may stand read in part before it is taken for the last report of a
+# worker that has stopped (a Ray Serve replica stopped or killed mid-report leaves it so): far
+# longer than any batch, and than the interval a reporting engine takes to send the rest.
+STOPPED_WORKER_S = 10.0
+
+
+def batches_read_in_part(scraped: Scrape) -> set[frozenset[tuple[str, str]]]:
+    """The workers (their labels, less Stage and le) whose last batch the page holds in part.
+    TorchServe's frontend reads a worker's metric lines on its own thread, after the answer has
+    gone, and Ray's processes report theirs at an interval, mid-batch or not. A batch's first value
+    is its decode_transform +Inf bucket and its last the handler stage's count
+    (handler_metrics.py), and each worker's are taken in order, so a worker's two totals are equal
+    exactly when the page holds its batches whole."""
+    first: dict[frozenset[tuple[str, str]], float] = {}
+    last: dict[frozenset[tuple[str, str]], float] = {}
+    for (name, labels), value in scraped.items():
+        named = dict(labels)
+        worker = frozenset((key, label) for key, label in labels if key not in ("Stage", "le"))
+        if name == "handler_stage_seconds_bucket" and (named.get("Stage"), named["le"]) == ("decode_transform", "+Inf"):
+            first[worker] = first.get(worker, 0) + value
+        elif name == "handler_stage_seconds_count" and named.get("Stage") == "handler":
+            last[worker] = last.get(worker, 0) + value
+    return {worker for worker in first.keys() | last.keys() if first.get(worker, 0) != last.get(worker, 0)}
 
 
 def settled_scrape(
@@ -63,17 +78,22 @@ def settled_scrape(
     """The first scrape with no batch read in part and for which `until` holds; scrapes of one
     server taken this way differ by whole batches only. A page that takes values in at an
     interval (`report_s`, Server.metrics_report_s) is settled once the handler's samples have
-    stood for three intervals, so that no value already counted is still on its way."""
+    stood for three intervals, so that no value already counted is still on its way; on such a
+    page, a batch that has stood in part for STOPPED_WORKER_S is a stopped worker's, and stays as
+    it is (it adds nothing to a difference of two scrapes)."""
     deadline = time.monotonic() + timeout_s
     handler_samples, unchanged_since = None, time.monotonic()
+    in_part_since: dict[frozenset[tuple[str, str]], float] = {}
     while True:
-        scraped = scrape(metrics_url)
+        scraped, now = scrape(metrics_url), time.monotonic()
         if (
             samples := {key: value for key, value in scraped.items() if key[0].startswith("handler_")}
         ) != handler_samples:
-            handler_samples, unchanged_since = samples, time.monotonic()
-        if batches_read_whole(scraped) and until(scraped) and time.monotonic() - unchanged_since >= 3 * report_s:
+            handler_samples, unchanged_since = samples, now
+        in_part_since = {worker: in_part_since.get(worker, now) for worker in batches_read_in_part(scraped)}
+        stopped = report_s > 0 and all(now - since >= STOPPED_WORKER_S for since in in_part_since.values())
+        if (not in_part_since or stopped) and until(scraped) and now - unchanged_since >= 3 * report_s:
             return scraped
-        if time.monotonic() > deadline:
+        if now > deadline:
             raise TimeoutError(f"{metrics_url} did not settle within {timeout_s:g} s")
         time.sleep(0.2)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scripts.client.cli import management_client
 from scripts.client.rest_api import ApiError, RestClient
 from scripts.endpoints import Ports, Server, ServerError
 from scripts.packaging import build_archives
@@ -32,13 +33,12 @@ class Engine:
     start: Callable[[Server, WorkerPlan], None]
     stop: Callable[[Server], bool]
     log_excerpt: Callable[[Server], str]
-    has_management_api: bool  # TorchServe's; Ray Serve manages versions its own way (docs/engines.md)
 
 
-TORCHSERVE = Engine("TorchServe", torchserve_engine.start, torchserve_engine.stop, torchserve_engine.log_excerpt, True)
+TORCHSERVE = Engine("TorchServe", torchserve_engine.start, torchserve_engine.stop, torchserve_engine.log_excerpt)
 ENGINES = {
     "torchserve": TORCHSERVE,
-    "ray": Engine("Ray Serve", ray_engine.start, ray_engine.stop, ray_engine.log_excerpt, False),
+    "ray": Engine("Ray Serve", ray_engine.start, ray_engine.stop, ray_engine.log_excerpt),
 }
 
 
@@ -60,8 +60,8 @@ def serve(weights: str, server: Server, plan: WorkerPlan, engine: Engine = TORCH
     engine.start(server, plan)
     try:
         client = RestClient.for_server(server)
-        if engine.has_management_api and (served := client.describe(MODEL_NAME)[0]["modelVersion"]) != DEFAULT_VERSION:
-            raise ServerError(f"asked for default version {DEFAULT_VERSION} but TorchServe serves {served}")
+        if (served := management_client(server).describe(MODEL_NAME)[0]["modelVersion"]) != DEFAULT_VERSION:
+            raise ServerError(f"asked for default version {DEFAULT_VERSION} but {engine.name} serves {served}")
         photo = sample_photo()
         predictions = client.predict(MODEL_NAME, photo.read_bytes(), content_type="image/jpeg")
     except (ApiError, ServerError) as error:
