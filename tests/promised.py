@@ -49,6 +49,14 @@ GPU_TAINT = "nvidia.com/gpu"
 MONITORING_NAMESPACE = "monitoring"  # the only namespace the plain NetworkPolicy admits to metrics
 ALLOWED_URLS = "(?!)"  # an empty negative lookahead: fails at every position, so no URL matches
 
+# docs/engines.md: the Ray Serve engine, on one machine and on a KubeRay cluster.
+RAY_METRICS_REPORT_MS = 500  # each replica's report to the node's metrics endpoint
+RAY_PROXY_CHECK_TIMEOUT_S, RAY_START_TIMEOUT_S = 60, 300  # each proxy check's, and the start's deadline
+RAY_WORKER_PODS, RAY_POD_CPUS = 1, "4"  # beside the head pod, each node's size
+RAY_SERVE_PORT, RAY_SERVE_GRPC_PORT = 8000, 9000  # Serve's HTTP and gRPC proxies in a pod
+RAY_GCS_PORT, RAY_DASHBOARD_PORT = 6379, 8265  # on KubeRay's head Service, inside the cluster
+RAY_AUTH_MODE = "token"  # the cluster's authOptions
+
 # Each value in the words that state it: (file, words). Whitespace in the doc is normalised, so a
 # promise may wrap across lines.
 STATEMENTS: tuple[tuple[str, str], ...] = (
@@ -116,5 +124,28 @@ STATEMENTS: tuple[tuple[str, str], ...] = (
     (
         "docs/deployment.md",
         f"**Registration is off**, and `allowed_urls` matches nothing (`{ALLOWED_URLS}`)",
+    ),
+    ("docs/engines.md", f"`jobQueueSize` (TorchServe's default, {JOB_QUEUE_SIZE}, where it sets none)"),
+    ("docs/engines.md", f"which every replica reports to the node's endpoint every {RAY_METRICS_REPORT_MS} ms"),
+    (
+        "docs/engines.md",
+        f"`lifecycle.py` gives each check {RAY_PROXY_CHECK_TIMEOUT_S} s, and the start waits for `/ping` on "
+        f"its own deadline ({RAY_START_TIMEOUT_S} s)",
+    ),
+    (
+        "docs/engines.md",
+        f"a head and {('one', 'two', 'three')[RAY_WORKER_PODS - 1]} worker pod, each a Ray node on our image "
+        f"with {RAY_POD_CPUS} CPUs (requests = limits)",
+    ),
+    (
+        "docs/engines.md",
+        f"ports {INFERENCE_PORT} (REST) and {GRPC_INFERENCE_PORT} (gRPC) only**, onto Serve's HTTP proxy "
+        f"({RAY_SERVE_PORT}) and gRPC proxy ({RAY_SERVE_GRPC_PORT}, with the same {MAX_REQUEST_BYTES // MIB} MiB "
+        "message limit)",
+    ),
+    (
+        "docs/engines.md",
+        f"**Ray's own ports** (GCS {RAY_GCS_PORT}, dashboard {RAY_DASHBOARD_PORT}, metrics {METRICS_PORT}) are "
+        f"on KubeRay's head Service, inside the cluster; `authOptions: {{mode: {RAY_AUTH_MODE}}}`",
     ),
 )

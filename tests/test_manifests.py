@@ -118,13 +118,14 @@ PLAIN_KUSTOMIZATIONS = [DEPLOY_DIR / "kubernetes" / "base", DEPLOY_DIR / "kubern
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 # Each kustomization that renders a RayService (Ray Serve under KubeRay).
 RAY_KUSTOMIZATIONS = [DEPLOY_DIR / "ray" / "base"]
-# Serve's HTTP proxy in a Ray pod (its default), behind TorchServe's REST port on the Service.
-RAY_SERVE_PORT = 8000
-# What each tree's Services expose, as (Service port, container port): the same ports as
-# TorchServe's in the plain Deployment, only REST under Ray Serve (gRPC is not built there).
+# What each tree's Services expose, as (Service port, container port): TorchServe's inference
+# ports, REST and gRPC, onto TorchServe in the plain Deployment and onto Serve's proxies under Ray.
 EXPOSED_PORTS = {
     "kubernetes": {(number, number) for number in promised.SERVICE_PORTS},
-    "ray": {(promised.INFERENCE_PORT, RAY_SERVE_PORT)},
+    "ray": {
+        (promised.INFERENCE_PORT, promised.RAY_SERVE_PORT),
+        (promised.GRPC_INFERENCE_PORT, promised.RAY_SERVE_GRPC_PORT),
+    },
 }
 # The Ray the project pins for a RayService.
 RAY_PIN = re.search(r"^ray\[serve\]==(\S+)$", (ROOT / "requirements-ray.txt").read_text(), re.MULTILINE)
@@ -659,21 +660,24 @@ each_ray_kustomization = pytest.mark.parametrize("directory", RAY_KUSTOMIZATIONS
 @needs_kubectl
 @each_ray_kustomization
 def test_rayservice_serves_our_applications_on_the_pinned_ray(directory: Path) -> None:
-    """KubeRay starts the Ray of requirements-ray.txt, and Serve runs the engine's applications as
-    scripts/serve_config.py makes them on one machine: the frontend (2.0 the default,
-    TorchServe's request-size limit, the key every node mounts from a Secret) and each version's
-    archive from the bundle, which every node's storage initializer puts at BUNDLE_DIR. Each
-    builder gets every argument it requires and none it does not read."""
+    """KubeRay starts the Ray of requirements-ray.txt, and Serve runs the engine's applications and
+    gRPC services as scripts/serve_config.py makes them on one machine: the frontend (2.0 the
+    default, TorchServe's request-size limit, the key every node mounts from a Secret) and each
+    version's archive from the bundle, which every node's storage initializer puts at BUNDLE_DIR.
+    Each builder gets every argument it requires and none it does not read."""
     objects = rendered(directory)
     (service,) = of_kind(objects, "RayService")
-    applications = serve_config(service)["applications"]
+    config = serve_config(service)
+    applications = config["applications"]
     assert RAY_PIN and service["spec"]["rayClusterConfig"].get("rayVersion") == RAY_PIN[1], name_of(service)
+    # The dashboard takes jobs (code to run): KubeRay's token or nothing.
+    assert service["spec"]["rayClusterConfig"].get("authOptions") == {"mode": promised.RAY_AUTH_MODE}
     key_file = "/etc/resnet50/keys/key_file.json"
     # Sized as test_ray_replicas_and_threads_follow_the_worker_rule holds them.
     replicas, threads = serve_config_sizes(applications)
     expected = engine_config(
-        http_port=RAY_SERVE_PORT,
-        grpc_port=0,
+        http_port=promised.RAY_SERVE_PORT,
+        grpc_port=promised.RAY_SERVE_GRPC_PORT,
         frontend_args={"model": MODEL_NAME, "key_file": key_file, "max_request_size": promised.MAX_REQUEST_BYTES},
         default=DEFAULT_VERSION,
         versions={
@@ -688,6 +692,7 @@ def test_rayservice_serves_our_applications_on_the_pinned_ray(directory: Path) -
         replicas=replicas,
     )
     assert applications == expected["applications"], name_of(service)
+    assert config["grpc_options"] == expected["grpc_options"], name_of(service)
     for application in applications:
         required, read = builder_keys(application["import_path"])
         given = application["args"].keys()
@@ -754,13 +759,15 @@ def string_of(node: ast.expr) -> str | None:
 @needs_kubectl
 @each_ray_kustomization
 def test_ray_replicas_and_threads_follow_the_worker_rule(directory: Path) -> None:
-    """Every node is the same size, and Serve runs as many replicas of each version as the worker
-    rule gives that many TorchServe pods of that size, each with its threads: one pod's worth per
-    node, as Serve spreads replicas over the nodes."""
+    """A head and the promised worker pods, every node the promised size, and Serve runs as many
+    replicas of each version as the worker rule gives that many TorchServe pods of that size, each
+    with its threads: one pod's worth per node, as Serve spreads replicas over the nodes."""
     objects = rendered(directory)
     (service,) = of_kind(objects, "RayService")
     versions = [app for app in serve_config(service)["applications"] if app["import_path"] == VERSION_BUILDER]
     nodes = ray_nodes(objects)
+    assert [node.count for node in nodes] == [1, promised.RAY_WORKER_PODS], [node.where for node in nodes]
+    assert {node.cpus() for node in nodes} == {int(promised.RAY_POD_CPUS)}
     (plan,) = {node.plan() for node in nodes}
     pods = sum(node.count for node in nodes)
     assert len(versions) == len(SERVED_VERSIONS)
@@ -773,16 +780,27 @@ def test_ray_replicas_and_threads_follow_the_worker_rule(directory: Path) -> Non
 @needs_kubectl
 @each_ray_kustomization
 def test_ray_listens_on_the_ports_its_pods_declare(directory: Path) -> None:
-    """Serve's HTTP proxy on every node's serve port (the Service's target), Ray's metrics on
-    every node's metrics port, which is TorchServe's; the head declares the ports KubeRay finds
-    the GCS and the dashboard by."""
+    """Serve's HTTP and gRPC proxies on every node's serve and serve-grpc ports (the Service's
+    targets), Ray's metrics on every node's metrics port, which is TorchServe's; the head declares
+    the ports KubeRay finds the GCS and the dashboard by, Ray's defaults. The gRPC proxy's message limit is
+    TorchServe's request-size limit on every node."""
     objects = rendered(directory)
     (service,) = of_kind(objects, "RayService")
-    http = serve_config(service)["http_options"]
+    config = serve_config(service)
+    http, grpc = config["http_options"], config["grpc_options"]
     head, *_ = nodes = ray_nodes(objects)  # the head first
-    assert {"gcs-server", "dashboard"} <= declared_ports(head.container).keys(), head.where
+    internal = declared_ports(head.container)
+    assert (internal.get("gcs-server"), internal.get("dashboard")) == (
+        promised.RAY_GCS_PORT,
+        promised.RAY_DASHBOARD_PORT,
+    ), head.where
     for node in nodes:
         ports = declared_ports(node.container)
-        assert ports.get(SERVE_PORT_NAME) == http["port"] == RAY_SERVE_PORT, f"{node.where}: {ports}, {http}"
+        assert ports.get(SERVE_PORT_NAME) == http["port"] == promised.RAY_SERVE_PORT, f"{node.where}: {ports}, {http}"
+        assert ports.get(f"{SERVE_PORT_NAME}-grpc") == grpc["port"] == promised.RAY_SERVE_GRPC_PORT, (
+            f"{node.where}: {ports}"
+        )
+        env = {item["name"]: item.get("value") for item in node.container.get("env", [])}
+        assert env.get("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE") == str(promised.MAX_REQUEST_BYTES), node.where
         metrics = int(node.start_params["metrics-export-port"])
         assert ports.get("metrics") == metrics == promised.METRICS_PORT, f"{node.where}: {ports}, {metrics}"

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
 
+import promised
 from scripts.harness.in_process import Request, Response
+from scripts.paths import SERVED_VERSIONS, archive_name
 from scripts.ray_serve.batching import Batcher, Batching
 
 
@@ -105,3 +108,11 @@ def test_a_failing_batch_fails_each_of_its_requests_and_the_next_batch_runs() ->
     error = repr(RuntimeError("a bug in the handler"))
     assert asyncio.run(run()) == [b"first", error, error, b"after"]
     assert model.batches == [1, 2, 1]
+
+
+@pytest.mark.parametrize("version", SERVED_VERSIONS)
+def test_an_archive_batches_and_queues_as_docs_serving_promises(model_store: Path, version: str) -> None:
+    """Its model-config.yaml's batchSize and maxBatchDelay, and TorchServe's default queue, as
+    it sets no jobQueueSize: the engine's replica batches and queues by these."""
+    expected = Batching(promised.BATCH_SIZE, promised.MAX_BATCH_DELAY_MS / 1000, promised.JOB_QUEUE_SIZE)
+    assert Batching.of(model_store / archive_name(version)) == expected

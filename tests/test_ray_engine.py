@@ -27,6 +27,7 @@ import requests
 import tritonclient.http as triton
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
+from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
 import promised
 from conftest import inference_auth, post_inference
@@ -158,6 +159,8 @@ def test_every_listener_of_the_engine_is_on_loopback(ray_server: Server) -> None
     ports.add(urlsplit(dashboard(ray_server)).port or 0)
     assert ports <= {port for _, _, port in listening}
     assert {entry for entry in listening if entry[1] not in LOOPBACK} == set()
+    # TorchServe's management ports: versions change by Serve config updates instead.
+    assert {ray_server.ports.management, ray_server.ports.grpc_management}.isdisjoint(port for *_, port in listening)
 
 
 def dashboard(ray_server: Server) -> str:
@@ -168,13 +171,38 @@ def dashboard(ray_server: Server) -> str:
 def test_rays_dashboard_takes_no_call_without_the_clusters_token(
     ray_server: Server, token: str | None, status: int
 ) -> None:
-    """The dashboard takes Serve configs and jobs, code to run: only with the run's own token
-    (mode 600 in the run folder), which the version commands send."""
+    """The dashboard takes Serve configs and jobs, code to run: only with the run's own token,
+    which the version commands send."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     for path in ("api/serve/applications/", "api/jobs/"):
         assert requests.get(f"{dashboard(ray_server)}/{path}", headers=headers, timeout=10).status_code == status
-    assert stat.S_IMODE(cluster_token(ray_server).stat().st_mode) == 0o600
     assert ServeControl(ray_server).details()["applications"].keys() == {MODEL_NAME, "resnet50-1.0", "resnet50-2.0"}
+
+
+@pytest.mark.parametrize("token", [None, "a-token-of-another-ray"])
+def test_rays_gcs_takes_no_call_without_the_clusters_token(ray_server: Server, token: str | None) -> None:
+    """The GCS, where a driver submits work: the run's token, or UNAUTHENTICATED."""
+    (port,) = {
+        connection.laddr.port
+        for process in ray_engine.members(ray_server)
+        if process.name() == "gcs_server"
+        for connection in process.net_connections(kind="inet")
+        if connection.status == psutil.CONN_LISTEN
+    }
+    with grpc.insecure_channel(f"{HOST}:{port}") as channel:
+        nodes = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetAllNodeInfo
+        request = gcs_service_pb2.GetAllNodeInfoRequest()
+        own = (("authorization", f"Bearer {cluster_token(ray_server).read_text().strip()}"),)
+        assert len(nodes(request, metadata=own, timeout=30).node_info_list) == 1
+        with pytest.raises(grpc.RpcError) as refused:
+            nodes(request, metadata=(("authorization", f"Bearer {token}"),) if token else (), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_run_folders_keys_are_its_owners_alone(ray_server: Server) -> None:
+    """The clients' tokens (TorchServe's key_file.json) and the cluster's, mode 600."""
+    for path in (ray_server.key_file, cluster_token(ray_server)):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
 def test_the_run_folder_names_its_engine(server: Server, ray_server: Server) -> None:
@@ -215,6 +243,10 @@ def test_tritonclient_finds_the_server_and_the_model_ready(
         f"{ray_server.inference_url}/v2/models/{MODEL_NAME}/versions/1.0/ready", headers=auth, timeout=60
     )
     assert ready.json() == {"name": MODEL_NAME, "version": "1.0", "ready": True}
+    unknown = requests.get(
+        f"{ray_server.inference_url}/v2/models/{MODEL_NAME}/versions/9.9/ready", headers=auth, timeout=60
+    )
+    assert (unknown.status_code, unknown.json()["type"]) == (404, "ModelVersionNotFoundException")
     extensions = tritonclient_on_ray.get_server_metadata(headers=auth)["extensions"]
     assert extensions == ["binary_tensor_data", "classification"]
 

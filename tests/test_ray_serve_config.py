@@ -1,19 +1,27 @@
 """The Ray Serve engine's Serve config (scripts/serve_config.py) and each version
 command's edit of it: Serve's own schema keeps every field of each, and an edit changes only what
-it names, on a copy."""
+it names, on a copy; and the edits the version commands (scripts/client/ray_versions.py) make of
+the archives' own settings."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
+import promised
+from conftest import refused
 from manifests import differences
 from scripts import serve_config
+from scripts.client.ray_versions import RayServeVersions
+from scripts.endpoints import Ports, Server
+from scripts.paths import MODEL_NAME, archive_name
 
 VERSION_ARGS = {"model": "resnet50", "threads": 2, "unpack_under": "/tmp/unpacked"}
 
@@ -92,3 +100,51 @@ def test_replicas_are_fixed_or_autoscaled_between_the_bounds(low: int, high: int
     else:
         scaling = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": 8}
         assert deployment == {"name": "resnet50-1.0", "autoscaling_config": scaling}
+
+
+@dataclass(frozen=True)
+class HeldVersions(RayServeVersions):
+    """The version commands on a config held here: each config they would apply is kept, last
+    the current one, and none is sent to Serve."""
+
+    applied: list[serve_config.Config] = field(default_factory=list)
+
+    def _config(self) -> serve_config.Config:
+        return self.applied[-1]
+
+    def _apply(self, config: serve_config.Config, timeout: float = 120.0) -> None:
+        self.applied.append(config)
+
+
+def held_versions(model_store: Path, tmp_path: Path, versions: tuple[str, ...]) -> HeldVersions:
+    """The engine serving `versions` of the test archives, the last the default."""
+    config = serve_config.engine_config(
+        http_port=8080,
+        grpc_port=7070,
+        frontend_args={"model": MODEL_NAME, "key_file": "/run/key_file.json", "max_request_size": 10485760},
+        default=versions[-1],
+        versions={
+            version: {**VERSION_ARGS, "version": version, "archive": str(model_store / archive_name(version))}
+            for version in versions
+        },
+        replicas=1,
+    )
+    return HeldVersions(Server(run_dir=tmp_path, model_store=model_store, ports=Ports.free()), [config])
+
+
+def test_scale_with_room_to_grow_adds_a_replica_while_each_holds_more_than_a_batch(
+    model_store: Path, tmp_path: Path
+) -> None:
+    """docs/engines.md: Serve's autoscaler targets the archive's batch size per replica."""
+    versions = held_versions(model_store, tmp_path, ("1.0", "2.0"))
+    versions.scale(MODEL_NAME, "1.0", 1, 3)
+    (deployment,) = serve_config.version_application(versions.applied[-1], "1.0")["deployments"]
+    scaling = {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": promised.BATCH_SIZE}
+    assert deployment["autoscaling_config"] == scaling
+
+
+def test_the_last_version_served_is_not_unregistered(model_store: Path, tmp_path: Path) -> None:
+    """docs/engines.md: 403, where TorchServe would unregister the model; nothing is applied."""
+    versions = held_versions(model_store, tmp_path, ("2.0",))
+    assert refused(versions.unregister, MODEL_NAME, "2.0").status == 403
+    assert len(versions.applied) == 1

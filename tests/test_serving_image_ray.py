@@ -1,8 +1,9 @@
 """The serving image as a RayService's pod runs it (deploy/ray/base/rayservice.yaml): KubeRay's
-`ray start` in place of the entry point, uid 1000 on a read-only root, the bundle and the key file
-mounted read-only, Ray's token auth on; then the RayService's serveConfigV2 deployed through the
-dashboard, as KubeRay deploys it, sized for this machine (one replica of each version, each with
-this machine's threads). Where no container can run here, every test skips and says so."""
+`ray start` in place of the entry point, uid 1000 on a read-only root, the head container's
+environment, the bundle and the key file mounted read-only, Ray's token auth on; then the
+RayService's serveConfigV2 (REST and gRPC) deployed through the dashboard, as KubeRay deploys it,
+sized for this machine (one replica of each version, each with this machine's threads). Where no
+container can run here, every test skips and says so."""
 
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import requests
 import yaml
 
-from answers import same_answer
+from answers import indices, same_answer, top5
 from conftest import TEST_PLAN, InProcessModels, refused
 from images import photo_bytes
 from scripts import serve_config
+from scripts.client.grpc_client import GrpcClient
 from scripts.client.ray_dashboard import DASHBOARD_PROPERTY, ServeControl, cluster_token
 from scripts.client.ray_versions import RayServeVersions
 from scripts.client.rest_api import RestClient
@@ -33,7 +36,7 @@ from test_serving_image import POD, TAG, Container, podman, why_no_containers
 
 RAYSERVICE = ROOT / "deploy" / "ray" / "base" / "rayservice.yaml"
 KEYS = "/etc/resnet50/keys"  # where the RayService mounts the key file's Secret
-SERVE_PORT, DASHBOARD_PORT, METRICS_PORT = 8000, 8265, 8082
+SERVE_PORT, GRPC_PORT, DASHBOARD_PORT, METRICS_PORT = 8000, 9000, 8265, 8082
 UNCHECKED = "the serving image was not run as a RayService's pod here: Ray Serve in the image went unchecked"
 
 pytestmark = pytest.mark.skipif(why_no_containers() is not None, reason=f"{why_no_containers()}: {UNCHECKED}")
@@ -46,14 +49,24 @@ class RayPod:
     token: str  # the cluster's, as KubeRay gives it
 
 
+def rayservice() -> dict[str, Any]:
+    (service,) = yaml.safe_load_all(RAYSERVICE.read_text())
+    return cast(dict[str, Any], service)
+
+
 def rayservice_serve_config() -> serve_config.Config:
     """The RayService's serveConfigV2, one replica of each version with this machine's threads."""
-    (service,) = yaml.safe_load_all(RAYSERVICE.read_text())
-    config: serve_config.Config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    config: serve_config.Config = yaml.safe_load(rayservice()["spec"]["serveConfigV2"])
     for version in SERVED_VERSIONS:
         config = serve_config.with_replicas(config, version, 1, 1, target_ongoing=0)
         serve_config.version_application(config, version)["args"]["threads"] = TEST_PLAN.threads_per_worker
     return config
+
+
+def head_environment() -> list[str]:
+    """The RayService's head container's environment, as podman options."""
+    head = rayservice()["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    return [option for item in head["env"] for option in ("--env", f"{item['name']}={item['value']}")]
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +87,13 @@ def ray_pod(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     started = podman(
         *("run", "--detach", "--replace", "--name", name, "--user", "1000:1000", "--read-only"),
         *("--volume", f"{bundle}:/mnt/models:ro", "--volume", f"{keys}:{KEYS}:ro"),
-        *("--env", "PYTHONPATH=/opt/resnet50/app", "--env", "RAY_AUTH_MODE=token", "--env", f"RAY_AUTH_TOKEN={token}"),
-        *(option for port in (SERVE_PORT, DASHBOARD_PORT, METRICS_PORT) for option in ("--publish", f"{HOST}::{port}")),
+        *head_environment(),
+        *("--env", "RAY_AUTH_MODE=token", "--env", f"RAY_AUTH_TOKEN={token}"),
+        *(
+            option
+            for port in (SERVE_PORT, GRPC_PORT, DASHBOARD_PORT, METRICS_PORT)
+            for option in ("--publish", f"{HOST}::{port}")
+        ),
         *("--entrypoint", "ray", TAG, "start", "--head", "--block", "--dashboard-host=0.0.0.0"),
         *(f"--metrics-export-port={METRICS_PORT}", f"--num-cpus={POD.cpus}", "--disable-usage-stats"),
     )
@@ -95,7 +113,7 @@ def server(ray_pod: RayPod, tmp_path_factory: pytest.TempPathFactory) -> Server:
         inference=pod.published(SERVE_PORT),
         management=unused.management,
         metrics=pod.published(METRICS_PORT),
-        grpc_inference=unused.grpc_inference,
+        grpc_inference=pod.published(GRPC_PORT),
         grpc_management=unused.grpc_management,
     )
     run_dir = tmp_path_factory.mktemp("ray-pod-client")
@@ -137,6 +155,23 @@ def test_the_rayservice_config_serves_each_version_as_the_handler_answers_in_pro
         [expected] = in_process_models[version].infer([Request.raw(photo)])
         assert same_answer(client.predict(MODEL_NAME, photo, version), expected.body), version
     assert same_answer(client.predict(MODEL_NAME, photo), client.predict(MODEL_NAME, photo, DEFAULT_VERSION))
+
+
+def test_grpc_on_the_pod_serves_each_version_as_the_handler_answers_in_process(
+    server: Server, in_process_models: InProcessModels
+) -> None:
+    """The RayService's grpc_options, behind its Service's 7070: TorchServe's gRPC inference
+    service and the Open Inference Protocol's, each version by name."""
+    photo = photo_bytes()
+    client = GrpcClient.for_server(server)
+    try:
+        for version in SERVED_VERSIONS:
+            [expected] = in_process_models[version].infer([Request.raw(photo)])
+            assert same_answer(client.predict(MODEL_NAME, photo, version), expected.body), version
+            [probabilities] = client.infer(MODEL_NAME, [photo], version)
+            assert top5(probabilities) == indices(expected.body), version
+    finally:
+        client.close()
 
 
 def test_it_runs_as_uid_1000_on_a_read_only_root(server: Server, ray_pod: RayPod) -> None:
