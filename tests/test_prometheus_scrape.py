@@ -5,6 +5,7 @@ as the engines' pages would read."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -52,6 +53,16 @@ def test_a_live_workers_batch_in_part_is_never_settled(monkeypatch: pytest.Monke
     served(monkeypatch, pages)
     with pytest.raises(TimeoutError):
         settled_scrape("metrics", report_s=report_s, timeout_s=1.5)
+
+
+def test_on_a_reporting_page_the_handlers_samples_stand_for_three_reports_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/engines.md: a value counted just before a scrape may be a report or two on its way."""
+    served(monkeypatch, iter([page(a=(3, 3))]))
+    started = time.monotonic()
+    assert settled_scrape("metrics", report_s=0.3, timeout_s=5) == page(a=(3, 3))
+    assert time.monotonic() - started >= 3 * 0.3
 
 
 def test_on_a_reporting_page_a_stopped_workers_last_batch_in_part_is_left_as_it_is(

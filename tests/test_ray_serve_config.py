@@ -20,7 +20,8 @@ from conftest import refused
 from manifests import differences
 from scripts import serve_config
 from scripts.client.ray_versions import RayServeVersions
-from scripts.endpoints import Ports, Server
+from scripts.client.rest_api import ApiError
+from scripts.endpoints import Ports, Server, properties_text
 from scripts.paths import MODEL_NAME, archive_name
 
 VERSION_ARGS = {"model": "resnet50", "threads": 2, "unpack_under": "/tmp/unpacked"}
@@ -104,20 +105,27 @@ def test_replicas_are_fixed_or_autoscaled_between_the_bounds(low: int, high: int
 
 @dataclass(frozen=True)
 class HeldVersions(RayServeVersions):
-    """The version commands on a config held here: each config they would apply is kept, last
-    the current one, and none is sent to Serve."""
+    """The version commands on a config held here: each config they apply is kept, last the
+    current one, and none is sent to Serve; one that deploys the `failing` version is kept and
+    refused, as Serve refuses one whose replicas fail to load."""
 
     applied: list[serve_config.Config] = field(default_factory=list)
+    failing: str | None = None
 
     def _config(self) -> serve_config.Config:
         return self.applied[-1]
 
     def _apply(self, config: serve_config.Config, timeout: float = 120.0) -> None:
         self.applied.append(config)
+        if self.failing in serve_config.deployed_versions(config):
+            raise ApiError(500, f"the replicas of {self.failing} failed to start")
 
 
-def held_versions(model_store: Path, tmp_path: Path, versions: tuple[str, ...]) -> HeldVersions:
-    """The engine serving `versions` of the test archives, the last the default."""
+def held_versions(
+    model_store: Path, tmp_path: Path, versions: tuple[str, ...], failing: str | None = None
+) -> HeldVersions:
+    """The engine serving `versions` of the test archives from `model_store`, the last the default."""
+    (tmp_path / "config.properties").write_text(properties_text({"model_store": model_store}))
     config = serve_config.engine_config(
         http_port=8080,
         grpc_port=7070,
@@ -129,7 +137,7 @@ def held_versions(model_store: Path, tmp_path: Path, versions: tuple[str, ...]) 
         },
         replicas=1,
     )
-    return HeldVersions(Server(run_dir=tmp_path, model_store=model_store, ports=Ports.free()), [config])
+    return HeldVersions(Server(run_dir=tmp_path, model_store=model_store, ports=Ports.free()), [config], failing)
 
 
 def test_scale_with_room_to_grow_adds_a_replica_while_each_holds_more_than_a_batch(
@@ -148,3 +156,29 @@ def test_the_last_version_served_is_not_unregistered(model_store: Path, tmp_path
     versions = held_versions(model_store, tmp_path, ("2.0",))
     assert refused(versions.unregister, MODEL_NAME, "2.0").status == 403
     assert len(versions.applied) == 1
+
+
+@pytest.mark.parametrize(
+    ("archive", "message"),
+    [
+        ("https://example.com/resnet50-1.0.mar", "Given URL https://example.com/resnet50-1.0.mar does not match"),
+        (f"../{archive_name('1.0')}", "Relative path is not allowed in url"),
+        (archive_name("9.9"), f"Model not found at: {archive_name('9.9')}"),
+    ],
+)
+def test_only_an_archive_in_the_model_store_is_registered(
+    model_store: Path, tmp_path: Path, archive: str, message: str
+) -> None:
+    """docs/engines.md: refused as TorchServe refuses them (404), before Serve is asked anything."""
+    versions = held_versions(model_store, tmp_path, ("2.0",))
+    error = refused(versions.register, archive, 1)
+    assert error.status == 404 and message in error.message
+    assert len(versions.applied) == 1
+
+
+def test_a_version_whose_replicas_fail_to_load_is_removed_again(model_store: Path, tmp_path: Path) -> None:
+    """docs/engines.md: the call fails with Serve's reason (500), and the engine serves what it did."""
+    versions = held_versions(model_store, tmp_path, ("2.0",), failing="1.0")
+    error = refused(versions.register, archive_name("1.0"), 1)
+    assert error.status == 500 and "failed to start" in error.message
+    assert versions.applied[-1] == versions.applied[0]
