@@ -56,6 +56,8 @@ RAY_WORKER_PODS, RAY_POD_CPUS = 1, "4"  # beside the head pod, each node's size
 RAY_SERVE_PORT, RAY_SERVE_GRPC_PORT = 8000, 9000  # Serve's HTTP and gRPC proxies in a pod
 RAY_GCS_PORT, RAY_DASHBOARD_PORT = 6379, 8265  # on KubeRay's head Service, inside the cluster
 RAY_AUTH_MODE = "token"  # the cluster's authOptions
+RAY_WORKER_NICENESS = 0  # the replicas' priority, a TorchServe worker's
+TORCHSERVE_VERSION = "0.12.0"  # the Python package the engine loads archives with
 
 # Each value in the words that state it: (file, words). Whitespace in the doc is normalised, so a
 # promise may wrap across lines.
@@ -148,4 +150,6 @@ STATEMENTS: tuple[tuple[str, str], ...] = (
         f"**Ray's own ports** (GCS {RAY_GCS_PORT}, dashboard {RAY_DASHBOARD_PORT}, metrics {METRICS_PORT}) are "
         f"on KubeRay's head Service, inside the cluster; `authOptions: {{mode: {RAY_AUTH_MODE}}}`",
     ),
+    ("docs/engines.md", f"once `RAY_worker_niceness={RAY_WORKER_NICENESS}`, priority as a TorchServe worker"),
+    ("docs/engines.md", f"(`ts`, pure Python, pinned at {TORCHSERVE_VERSION})"),
 )

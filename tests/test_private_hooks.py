@@ -12,6 +12,7 @@ import kserve
 import pytest
 from ts.service import Service
 
+import promised
 from scripts.harness import private_hooks
 from scripts.harness.private_hooks import (
     PrivateHookError,
@@ -26,6 +27,11 @@ from scripts.harness.private_hooks import (
 @pytest.mark.parametrize("distribution", sorted(private_hooks.CHECKED_AGAINST))
 def test_the_installed_version_is_the_one_the_hooks_were_checked_against(distribution: str) -> None:
     require_pinned(distribution)
+
+
+def test_torchserve_is_pinned_at_the_promised_version() -> None:
+    """docs/engines.md: the engine keeps TorchServe's Python package, at its last release."""
+    assert private_hooks.pinned_version("torchserve") == promised.TORCHSERVE_VERSION
 
 
 def test_another_installed_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,3 +30,8 @@ def test_replicas_report_their_metrics_as_often_as_promised(tmp_path: Path) -> N
     """Ray's default is 10 s, which a scrape right after an answer would lag by."""
     assert environment(tmp_path)["RAY_metrics_report_interval_ms"] == str(promised.RAY_METRICS_REPORT_MS)
     assert lifecycle.METRICS_REPORT_INTERVAL_MS == promised.RAY_METRICS_REPORT_MS  # where clients read it
+
+
+def test_replicas_run_at_a_torchserve_workers_priority(tmp_path: Path) -> None:
+    """Ray starts its workers at nice 15, below a busy client's (docs/engines.md#measured-side-by-side)."""
+    assert environment(tmp_path)["RAY_worker_niceness"] == str(promised.RAY_WORKER_NICENESS)
